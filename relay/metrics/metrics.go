@@ -1,0 +1,100 @@
+// Package metrics defines every Prometheus series mailgate exports, built on a registry the caller
+// passes in (never the global one, so tests can build as many as they like).
+//
+// Names follow mailgate_<subsystem>_<name>_<unit>; counters end in _total. Labels are low-cardinality
+// words only (channel, transport, result, reason, server): never a sender, recipient, token or message
+// id. Packages take a *Metrics; tests build one with New(prometheus.NewRegistry()).
+package metrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+)
+
+// Metrics holds mailgate's collectors.
+type Metrics struct {
+	// Submission.
+	Sessions         *prometheus.CounterVec // listener
+	SessionsActive   prometheus.Gauge
+	AuthAttempts     *prometheus.CounterVec // mechanism, result (success, failure, rate_limited)
+	MessagesAccepted *prometheus.CounterVec // channel
+	MessagesRejected *prometheus.CounterVec // stage (mail, rcpt, data), reason
+	// Queue.
+	QueueDepth           prometheus.Gauge
+	QueueOldestAge       prometheus.Gauge
+	QueueQuarantined     prometheus.Counter
+	DeliveryAttempts     *prometheus.CounterVec   // transport, result (delivered, deferred, bounced)
+	DeliveryDuration     *prometheus.HistogramVec // transport, result
+	Bounces              *prometheus.CounterVec   // reason
+	OAuthTokenErrors     *prometheus.CounterVec   // server, reason
+	OAuthTokenRefreshes  *prometheus.CounterVec   // server
+	SESEvents            *prometheus.CounterVec   // type (bounce, complaint, delivery_delay, ...), result
+	UpstreamConnections  *prometheus.CounterVec   // server, tls (none, starttls, implicit)
+	ConfigReloads        *prometheus.CounterVec   // result
+	ComposeDuration      prometheus.Histogram
+	ComposedMessageBytes prometheus.Histogram
+}
+
+// New registers every collector on reg.
+func New(reg prometheus.Registerer) *Metrics {
+	f := promauto.With(reg)
+	return &Metrics{
+		Sessions: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "mailgate_submission_sessions_total", Help: "SMTP submission sessions opened, by listener.",
+		}, []string{"listener"}),
+		SessionsActive: f.NewGauge(prometheus.GaugeOpts{
+			Name: "mailgate_submission_sessions_active", Help: "SMTP submission sessions open now.",
+		}),
+		AuthAttempts: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "mailgate_submission_auth_attempts_total", Help: "SMTP AUTH attempts by mechanism and result.",
+		}, []string{"mechanism", "result"}),
+		MessagesAccepted: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "mailgate_submission_messages_accepted_total", Help: "Messages accepted and queued, by channel.",
+		}, []string{"channel"}),
+		MessagesRejected: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "mailgate_submission_messages_rejected_total", Help: "Submission refusals by SMTP stage and reason.",
+		}, []string{"stage", "reason"}),
+		QueueDepth: f.NewGauge(prometheus.GaugeOpts{
+			Name: "mailgate_queue_messages", Help: "Messages in the spool awaiting delivery.",
+		}),
+		QueueOldestAge: f.NewGauge(prometheus.GaugeOpts{
+			Name: "mailgate_queue_oldest_message_age_seconds", Help: "Age of the oldest message in the spool.",
+		}),
+		QueueQuarantined: f.NewCounter(prometheus.CounterOpts{
+			Name: "mailgate_queue_quarantined_total", Help: "Unreadable spool entries moved to quarantine.",
+		}),
+		DeliveryAttempts: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "mailgate_delivery_attempts_total", Help: "Per-recipient delivery attempts by transport and result.",
+		}, []string{"transport", "result"}),
+		DeliveryDuration: f.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "mailgate_delivery_duration_seconds", Help: "Duration of one delivery attempt by transport and result.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2.5, 10),
+		}, []string{"transport", "result"}),
+		Bounces: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "mailgate_bounces_total", Help: "Recipients recorded as bounced, by reason.",
+		}, []string{"reason"}),
+		OAuthTokenErrors: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "mailgate_oauth_token_errors_total", Help: "OAuth token failures by server and reason.",
+		}, []string{"server", "reason"}),
+		OAuthTokenRefreshes: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "mailgate_oauth_token_refreshes_total", Help: "OAuth access tokens obtained, by server.",
+		}, []string{"server"}),
+		SESEvents: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "mailgate_ses_events_total", Help: "SES notifications received through SNS, by type and result.",
+		}, []string{"type", "result"}),
+		UpstreamConnections: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "mailgate_upstream_connections_total", Help: "Upstream SMTP connections opened, by server and TLS mode.",
+		}, []string{"server", "tls"}),
+		ConfigReloads: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "mailgate_config_reloads_total", Help: "Configuration reloads by result.",
+		}, []string{"result"}),
+		ComposeDuration: f.NewHistogram(prometheus.HistogramOpts{
+			Name: "mailgate_compose_duration_seconds", Help: "Time to compose one message.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 3, 10),
+		}),
+		ComposedMessageBytes: f.NewHistogram(prometheus.HistogramOpts{
+			Name: "mailgate_compose_message_size_bytes", Help: "Size of composed messages.",
+			Buckets: prometheus.ExponentialBuckets(1024, 4, 10),
+		}),
+	}
+}
