@@ -183,3 +183,24 @@ type DeliveryRecord struct {
 	LastReply  string
 	Time       time.Time
 }
+
+// Envelope is what the queue keeps beside a message body: where it goes, how, and on whose behalf.
+type Envelope struct {
+	Channel    string // channel name
+	Transport  string // name of the transport that delivers it (a custom SMTP server, "ses", "outbox")
+	MailFrom   string // envelope sender
+	Recipients []string
+	MessageID  string // composed Message-ID, without angle brackets
+	Ticket     string
+	Principal  string // login of the submitting agent or service principal
+	ForceTLS   bool
+	Received   time.Time
+}
+
+// Draft is a message body being written into the spool. Commit makes it durable (file and directory
+// fsynced) and returns its queue id; only then may submission answer 250. Abort discards it.
+type Draft interface {
+	io.Writer
+	Commit(ctx context.Context, env Envelope) (queueID string, err error)
+	Abort() error
+}
