@@ -1,0 +1,234 @@
+// Package config is mailgate's configuration: the YAML schema, strict loading, defaults, and one
+// validation pass that reports every problem at once, each with its path and the fix
+// (`channels[1].transport: unknown server "m365" (define it under smtp_servers, or use ses or outbox)`).
+//
+// Design: Load decodes into plain structs and never stops at the first problem. Unknown keys are found
+// by walking the YAML tree against the struct tags (yaml.v3's KnownFields stops at the first one), then
+// Validate checks every object and every cross-reference. The result is a value: the daemon builds its
+// runtime objects from a *Config and, on SIGHUP, swaps them only if the new file loads cleanly. Only
+// cmd/mailgate reads these types; every other package takes option structs of its own. Secrets are
+// stored here as references (kms:, local:, env:, file:); kms resolves them.
+package config
+
+import (
+	"time"
+)
+
+// Config is the whole file.
+type Config struct {
+	// Development relaxes production rules: plain-text secrets, and AUTH without TLS on loopback
+	// listeners that ask for it. The no-config development default sets it.
+	Development bool   `yaml:"development"`
+	Hostname    string `yaml:"hostname"` // EHLO name and Message-ID fallback domain
+
+	Listeners []Listener `yaml:"listeners"`
+	TLS       TLS        `yaml:"tls"`
+	Admin     Admin      `yaml:"admin"`
+	Limits    Limits     `yaml:"limits"`
+	Spool     Spool      `yaml:"spool"`
+	Store     Store      `yaml:"store"`
+	Queue     Queue      `yaml:"queue"`
+
+	BusinessUnits   []BusinessUnit   `yaml:"business_units"`
+	Channels        []Channel        `yaml:"channels"`
+	SMTPServers     []SMTPServer     `yaml:"smtp_servers"`
+	SES             *SES             `yaml:"ses"`
+	Outbox          *Outbox          `yaml:"outbox"`
+	KMS             KMS              `yaml:"kms"`
+	Templates       []Template       `yaml:"templates"`
+	Signatures      []Signature      `yaml:"signatures"`
+	Roles           []Role           `yaml:"roles"`
+	Users           []User           `yaml:"users"`
+	TrustedNetworks []TrustedNetwork `yaml:"trusted_networks"`
+}
+
+// Listener is one SMTP submission listener.
+type Listener struct {
+	Name    string `yaml:"name"`
+	Address string `yaml:"address"`
+	// TLS is "starttls" (587-style) or "implicit" (465-style).
+	TLS string `yaml:"tls"`
+	// AllowInsecureAuth permits AUTH before STARTTLS. Only accepted in a development config on a
+	// loopback address: credentials must never cross a network in the clear.
+	AllowInsecureAuth bool `yaml:"allow_insecure_auth"`
+}
+
+// TLS names the certificate and key served by the listeners.
+type TLS struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// Admin is the HTTP listener for /metrics, /healthz, /readyz and SES events.
+type Admin struct {
+	Address string `yaml:"address"`
+}
+
+// Limits bound what one client can make mailgate do.
+type Limits struct {
+	MaxConnections    int      `yaml:"max_connections"`
+	MaxMessageBytes   int64    `yaml:"max_message_bytes"` // raw DATA size
+	MaxRecipients     int      `yaml:"max_recipients"`
+	AuthFailures      int      `yaml:"auth_failures"`       // failed AUTH attempts per client IP ...
+	AuthFailureWindow Duration `yaml:"auth_failure_window"` // ... within this window
+	ReadTimeout       Duration `yaml:"read_timeout"`
+}
+
+// Spool is the per-instance durable queue directory.
+type Spool struct {
+	Dir string `yaml:"dir"`
+}
+
+// Store is the SQLite database for bounces, suppression, the delivery log and OAuth tokens.
+type Store struct {
+	Path string `yaml:"path"`
+}
+
+// Queue is the retry policy.
+type Queue struct {
+	RetryInitial        Duration `yaml:"retry_initial"`
+	RetryMax            Duration `yaml:"retry_max"`
+	MaxLifetime         Duration `yaml:"max_lifetime"`
+	WorkersPerTransport int      `yaml:"workers_per_transport"`
+	AttemptTimeout      Duration `yaml:"attempt_timeout"`
+}
+
+// BusinessUnit carries the time zone of outgoing Date headers and the attachment allowlist.
+type BusinessUnit struct {
+	Name     string `yaml:"name"`
+	TimeZone string `yaml:"time_zone"` // IANA name, e.g. Europe/Berlin
+	// AcceptedExtensions like ".png"; empty allows every attachment.
+	AcceptedExtensions []string `yaml:"accepted_extensions"`
+}
+
+// Channel is a point of contact: the From address agents send as, and how its mail looks and travels.
+type Channel struct {
+	Name         string `yaml:"name"`
+	From         string `yaml:"from"`
+	DisplayName  string `yaml:"display_name"`
+	BusinessUnit string `yaml:"business_unit"`
+	// Transport is "ses", "outbox" or the name of one of smtp_servers.
+	Transport    string `yaml:"transport"`
+	OutboundFlow bool   `yaml:"outbound_flow"`
+	ForceTLS     bool   `yaml:"force_tls"`
+	// MailFrom overrides the envelope sender (the seed's MAILFROM setting); default: From.
+	MailFrom string `yaml:"mail_from"`
+	Template string `yaml:"template"`
+	Ticket   Ticket `yaml:"ticket"`
+	// Threading is prefer_in_reply_to (default) or ignore_in_reply_to.
+	Threading string `yaml:"threading"`
+	// SESConfigurationSet is the SES configuration set for this channel (required with force_tls on SES).
+	SESConfigurationSet string `yaml:"ses_configuration_set"`
+}
+
+// Ticket is how the ticket number appears in the subject.
+type Ticket struct {
+	Position string `yaml:"position"` // end (default) or start
+	Style    string `yaml:"style"`    // plain (default), brackets, braces, hidden
+}
+
+// SMTPServer is a custom upstream SMTP server.
+type SMTPServer struct {
+	Name string `yaml:"name"`
+	Host string `yaml:"host"`
+	Port int    `yaml:"port"`
+	TLS  string `yaml:"tls"` // starttls (default) or implicit
+	// Provider "microsoft" applies Exchange Online's limits by default; "generic" otherwise.
+	Provider string `yaml:"provider"`
+	// Auth is none, login, plain or microsoft-oauth.
+	Auth              string       `yaml:"auth"`
+	Username          string       `yaml:"username"`
+	Password          string       `yaml:"password"` // secret reference
+	OAuth             *OAuth       `yaml:"oauth"`
+	MaxConnections    int          `yaml:"max_connections"`
+	MessagesPerMinute int          `yaml:"messages_per_minute"`
+	RecipientsPerDay  int          `yaml:"recipients_per_day"`
+	MaxMessageBytes   int64        `yaml:"max_message_bytes"`
+	CAFile            string       `yaml:"ca_file"` // extra trust anchors (a private CA); system roots otherwise
+	Timeouts          SMTPTimeouts `yaml:"timeouts"`
+}
+
+// SMTPTimeouts bound each step of an upstream session.
+type SMTPTimeouts struct {
+	Connect Duration `yaml:"connect"`
+	Command Duration `yaml:"command"`
+	Data    Duration `yaml:"data"`
+}
+
+// OAuth is a Microsoft OAuth 2.0 credential for XOAUTH2.
+type OAuth struct {
+	TenantID     string   `yaml:"tenant_id"`
+	ClientID     string   `yaml:"client_id"`
+	ClientSecret string   `yaml:"client_secret"` // secret reference
+	Mailbox      string   `yaml:"mailbox"`
+	Flow         string   `yaml:"flow"` // client_credentials or authorization_code
+	Scopes       []string `yaml:"scopes"`
+	RedirectURL  string   `yaml:"redirect_url"`
+	AuthorizeURL string   `yaml:"authorize_url"` // override for national clouds and tests
+	TokenURL     string   `yaml:"token_url"`
+}
+
+// SES is the AWS SES v2 transport.
+type SES struct {
+	Region      string  `yaml:"region"`
+	Endpoint    string  `yaml:"endpoint"`
+	MaxSendRate float64 `yaml:"max_send_rate"` // messages per second; 0 = unlimited
+}
+
+// Outbox is the development transport: each delivered message becomes a .eml file.
+type Outbox struct {
+	Dir string `yaml:"dir"`
+}
+
+// KMS says how secrets are decrypted and how mailgate seals what it stores (OAuth refresh tokens).
+type KMS struct {
+	Region   string `yaml:"region"`
+	Endpoint string `yaml:"endpoint"`
+	KeyID    string `yaml:"key_id"`  // AWS KMS key for sealing stored secrets
+	Keyring  string `yaml:"keyring"` // local keyring file (local: references, and sealing when no key_id)
+}
+
+// Template is a branded HTML template (with an optional plain-text form).
+type Template struct {
+	Name string `yaml:"name"`
+	HTML string `yaml:"html"`
+	Text string `yaml:"text"`
+}
+
+// Signature is an agent signature and the users it is assigned to.
+type Signature struct {
+	Name  string   `yaml:"name"`
+	Text  string   `yaml:"text"`
+	HTML  string   `yaml:"html"`
+	Users []string `yaml:"users"`
+}
+
+// Role grants permissions per channel: "reply" and "outbound".
+type Role struct {
+	Name     string              `yaml:"name"`
+	Channels map[string][]string `yaml:"channels"`
+}
+
+// User is an agent (or service account) that authenticates with SMTP AUTH.
+type User struct {
+	Login        string `yaml:"login"`
+	Name         string `yaml:"name"`
+	PasswordHash string `yaml:"password_hash"` // bcrypt
+	Role         string `yaml:"role"`
+	BusinessUnit string `yaml:"business_unit"`
+}
+
+// TrustedNetwork lets applications that cannot do SMTP AUTH submit from a network, as a named service
+// principal whose role still limits the channels it may send on (like Postfix mynetworks, but narrower).
+type TrustedNetwork struct {
+	CIDR         string `yaml:"cidr"`
+	Principal    string `yaml:"principal"`
+	Role         string `yaml:"role"`
+	BusinessUnit string `yaml:"business_unit"`
+}
+
+// Duration is a time.Duration written as "90s", "15m", "120h" in YAML.
+type Duration time.Duration
+
+// D returns the value as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
