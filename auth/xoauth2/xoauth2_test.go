@@ -71,7 +71,9 @@ func TestClientAnswersChallengeWithEmptyNonNilResponse(t *testing.T) {
 // goBackend is a go-smtp backend whose only mechanism is the package's Server.
 type goBackend struct{ good string }
 
-func (b goBackend) NewSession(*gosmtp.Conn) (gosmtp.Session, error) { return &goSession{good: b.good}, nil }
+func (b goBackend) NewSession(*gosmtp.Conn) (gosmtp.Session, error) {
+	return &goSession{good: b.good}, nil
+}
 
 type goSession struct{ good string }
 
