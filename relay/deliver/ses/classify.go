@@ -1,0 +1,163 @@
+package ses
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/aws/aws-sdk-go-v2/service/sesv2/types"
+	"github.com/aws/smithy-go"
+
+	"github.com/mailgate/mailgate/relay"
+)
+
+// Enhanced codes for SES answers that relay has no constant for (RFC 3463 §3).
+const (
+	codeCongestion   relay.EnhancedCode = "4.4.5"  // X.4.5 mail system congestion: throttling, quotas
+	codeNotAccepting relay.EnhancedCode = "4.3.2"  // X.3.2 system not accepting network messages: paused, suspended
+	codeUpstream     relay.EnhancedCode = "4.4.0"  // X.4.0 other network or routing status: SES 5xx
+	codeTLSPolicy    relay.EnhancedCode = "4.7.10" // X.7.10 encryption needed (RFC 5248), deferred
+)
+
+// Reasons (relay.Error.Reason) this transport produces: short fixed words for metrics and logs.
+const (
+	ReasonThrottled        = "ses_throttled"
+	ReasonSendingPaused    = "ses_sending_paused"
+	ReasonAccountSuspended = "ses_account_suspended"
+	ReasonUnavailable      = "ses_unavailable"
+	ReasonRejected         = "ses_rejected"
+	ReasonMailFrom         = "ses_mail_from_not_verified"
+	ReasonBadRequest       = "ses_bad_request"
+	ReasonAuth             = "upstream_auth"
+	ReasonNotFound         = "ses_not_found"
+	ReasonSize             = "size"
+	ReasonError            = "ses_error"
+	ReasonNetwork          = "network"
+	ReasonTimeout          = "timeout"
+)
+
+// maxDiagnostic bounds the SES text kept in an error and a bounce record.
+const maxDiagnostic = 300
+
+// classify maps an error from SendEmail to a *relay.Error. It is the SES error table:
+//
+//	throttling, TooManyRequests, LimitExceeded, HTTP 429  → 451 4.4.5 (retried by the queue)
+//	SendingPaused                                         → 451 4.3.2 (retried; alert)
+//	AccountSuspended                                      → 451 4.3.2 (deferred, never bounced; alert)
+//	any HTTP 5xx (InternalServiceError, 503, ...)         → 451 4.4.0
+//	MessageRejected                                       → 554 5.7.1 bounce, SES text as diagnostic
+//	MailFromDomainNotVerified                             → 550 5.7.1 bounce
+//	BadRequest                                            → 554 5.6.0 bounce
+//	HTTP 413 (request too large)                          → 552 5.3.4 bounce
+//	403 / signature / token errors                        → 451 4.7.0 (deferred; alert: credentials)
+//	NotFound (e.g. configuration set)                     → 451 4.3.0 (deferred; alert: configuration)
+//	anything else, network errors, timeouts               → 451 (retried)
+//
+// Unknown answers are temporary: a late bounce after the queue lifetime is better than losing a
+// customer's mail to an answer mailgate did not understand.
+func classify(err error) *relay.Error {
+	if re, ok := relay.AsError(err); ok {
+		return re
+	}
+	status := httpStatus(err)
+	var apiErr smithy.APIError
+	if !errors.As(err, &apiErr) {
+		switch {
+		case status == 413:
+			return relay.Wrap(err, 552, relay.CodeTooBig, ReasonSize, "SES refused the message as too large")
+		case status >= 500:
+			return relay.Wrap(err, 451, codeUpstream, ReasonUnavailable, fmt.Sprintf("SES answered HTTP %d", status))
+		case errors.Is(err, context.DeadlineExceeded):
+			return relay.Wrap(err, 451, relay.CodeTempTimeout, ReasonTimeout, "SES did not answer in time")
+		case errors.Is(err, context.Canceled):
+			return relay.Wrap(err, 451, relay.CodeTempTimeout, ReasonTimeout, "SES request cancelled")
+		case status != 0:
+			return relay.Wrap(err, 451, relay.CodeTempLocal, ReasonError, fmt.Sprintf("SES answered HTTP %d", status))
+		}
+		return relay.Wrap(err, 451, relay.CodeTempNetwork, ReasonNetwork, "SES is unreachable")
+	}
+
+	code := apiErr.ErrorCode()
+	diag := diagnostic(code, apiErr.ErrorMessage())
+	var (
+		rejected  *types.MessageRejected
+		mailFrom  *types.MailFromDomainNotVerifiedException
+		badReq    *types.BadRequestException
+		suspended *types.AccountSuspendedException
+		paused    *types.SendingPausedException
+		tooMany   *types.TooManyRequestsException
+		limit     *types.LimitExceededException
+		notFound  *types.NotFoundException
+	)
+	switch {
+	case errors.As(err, &suspended) || code == "AccountSuspendedException":
+		return relay.Wrap(err, 451, codeNotAccepting, ReasonAccountSuspended, diag)
+	case errors.As(err, &paused) || code == "SendingPausedException":
+		return relay.Wrap(err, 451, codeNotAccepting, ReasonSendingPaused, diag)
+	case errors.As(err, &tooMany), errors.As(err, &limit), status == 429, isThrottleCode(code):
+		return relay.Wrap(err, 451, codeCongestion, ReasonThrottled, diag)
+	case status == 413:
+		return relay.Wrap(err, 552, relay.CodeTooBig, ReasonSize, diag)
+	case status >= 500:
+		return relay.Wrap(err, 451, codeUpstream, ReasonUnavailable, diag)
+	case errors.As(err, &rejected) || code == "MessageRejected":
+		return relay.Wrap(err, 554, relay.CodePolicy, ReasonRejected, diag)
+	case errors.As(err, &mailFrom) || code == "MailFromDomainNotVerifiedException":
+		return relay.Wrap(err, 550, relay.CodePolicy, ReasonMailFrom, diag)
+	case errors.As(err, &badReq) || code == "BadRequestException":
+		return relay.Wrap(err, 554, relay.CodeMalformed, ReasonBadRequest, diag)
+	case status == 401 || status == 403 || isAuthCode(code):
+		return relay.Wrap(err, 451, relay.CodeTempAuth, ReasonAuth, diag)
+	case errors.As(err, &notFound) || code == "NotFoundException":
+		return relay.Wrap(err, 451, relay.CodeTempLocal, ReasonNotFound, diag)
+	}
+	return relay.Wrap(err, 451, relay.CodeTempLocal, ReasonError, diag)
+}
+
+func isThrottleCode(code string) bool {
+	switch code {
+	case "Throttling", "ThrottlingException", "TooManyRequestsException", "LimitExceededException",
+		"RequestLimitExceeded", "SlowDown":
+		return true
+	}
+	return false
+}
+
+func isAuthCode(code string) bool {
+	switch code {
+	case "AccessDeniedException", "AccessDenied", "UnrecognizedClientException", "InvalidClientTokenId",
+		"InvalidSignatureException", "SignatureDoesNotMatch", "ExpiredTokenException", "ExpiredToken",
+		"MissingAuthenticationTokenException", "IncompleteSignature":
+		return true
+	}
+	return false
+}
+
+// httpStatus digs the HTTP status out of an SDK error (smithy's *http.ResponseError), 0 if none.
+func httpStatus(err error) int {
+	var withStatus interface{ HTTPStatusCode() int }
+	if errors.As(err, &withStatus) {
+		return withStatus.HTTPStatusCode()
+	}
+	return 0
+}
+
+// diagnostic is the client-safe text of an SES answer: "SES <code>: <message>", control characters
+// removed and length bounded, as it is stored in the bounce record and shown by test-send.
+func diagnostic(code, msg string) string {
+	msg = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, strings.TrimSpace(msg))
+	s := "SES " + strings.TrimSuffix(code, "Exception")
+	if msg != "" {
+		s += ": " + msg
+	}
+	if len(s) > maxDiagnostic {
+		s = strings.ToValidUTF8(s[:maxDiagnostic], "") + "..."
+	}
+	return s
+}
