@@ -1,0 +1,64 @@
+// Package queue is mailgate's durable spool and delivery scheduler: a message accepted by submission
+// is on disk (file and directory fsynced) before the client hears 250, and stays there until every one
+// of its recipients is delivered or bounced.
+//
+// # Files
+//
+// One spool directory per instance (Options.Dir):
+//
+//	lock               flock(2)ed by the running Queue: two processes never share a spool
+//	tmp/<id>.eml       a draft body being written by submission (garbage after a crash)
+//	tmp/<id>.json      a metadata file being written (garbage after a crash)
+//	msg/<id>.eml       a committed message body (the composed RFC 5322 message, CRLF)
+//	msg/<id>.json      its metadata: the relay.Envelope, per-recipient status, attempts, next attempt
+//	quarantine/<id>.*  entries whose metadata could not be read; kept for an operator, never delivered
+//
+// The metadata file is the commit marker: an entry exists exactly when msg/<id>.json exists. Queue ids
+// are 17 characters of a sortable base32 alphabet ([0-9a-v]): 13 for the creation time in nanoseconds
+// (strictly increasing within a process), 4 random. They sort by age and are safe as file names.
+//
+// # fsync order
+//
+// Commit (the only step a client waits on):
+//  1. write the body to tmp/<id>.eml (buffered), fsync it, close it;
+//  2. rename tmp/<id>.eml to msg/<id>.eml;
+//  3. write the metadata to tmp/<id>.json, fsync it, close it, rename it to msg/<id>.json;
+//  4. fsync msg/ — both renames are now durable — and only then return the id.
+//
+// An update after a delivery attempt writes tmp/<id>.json, fsyncs it, renames it over msg/<id>.json and
+// fsyncs msg/. Removal unlinks msg/<id>.json first (the entry ends), then msg/<id>.eml, then fsyncs msg/.
+// So a fully delivered message costs three file fsyncs (body, metadata) plus two directory fsyncs
+// (commit, removal); a deferred attempt costs one file and one directory fsync.
+//
+// tmp/ itself is never fsynced: nothing in it is ever needed after a crash, so whether a rename out of it
+// is remembered there does not matter (only the new name in msg/ must be durable, and that is what the
+// msg/ fsync makes so). Directory fsyncs of concurrent commits are coalesced: a caller waits for one
+// fsync that started after its own renames, so twenty sessions committing at once share a few fsyncs.
+// If a directory fsync ever fails, the page cache no longer tells what is on disk, so every later commit
+// fails (451) until the process restarts and rescans the spool.
+//
+// # Start-up
+//
+// New removes everything in tmp/, deletes a msg/<id>.eml that has no metadata (a commit cut short by a
+// crash: the client never got its 250), moves metadata that cannot be read or parsed — and a metadata
+// file whose body is gone — to quarantine/ (logged, counted in metrics.QueueQuarantined, never fatal),
+// removes entries whose recipients are all final, and schedules every other entry at its recorded next
+// attempt time (at once when that is past).
+//
+// # Scheduling
+//
+// Each transport name (relay.Envelope.Transport) has its own pool of workers, so a slow upstream does
+// not hold up another. A committed message goes straight to its pool's ready list (no polling delay);
+// deferred ones wait in a time-ordered heap. The transport is looked up by name at each attempt through
+// the Transports interface, so a configuration reload that swaps transports takes effect at the next
+// attempt. An attempt sees only the recipients still pending; each recipient's error in relay.Result
+// decides its fate: nil is delivered, a permanent error (5xx, relay.IsPermanent) bounces it, anything
+// else defers it. Retries back off exponentially with jitter (or follow an explicit schedule), never
+// sooner than a relay.Error.RetryAfter asks; RFC 5321 §4.5.4.1 asks senders to keep trying for 4–5
+// days, which is the default maximum lifetime, after which the remaining recipients bounce with 5.4.7
+// (RFC 3463: delivery time expired). An unknown transport name defers (a configuration mistake must
+// never bounce a customer's address).
+//
+// Delivery is at-least-once: an attempt that succeeded upstream but was not recorded (crash, shutdown
+// cut short) is attempted again.
+package queue

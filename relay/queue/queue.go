@@ -1,0 +1,534 @@
+package queue
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mailgate/mailgate/relay"
+	"github.com/mailgate/mailgate/relay/metrics"
+)
+
+// Transports finds the transport that delivers a message by its name (relay.Envelope.Transport). The
+// queue asks at every attempt, so an implementation that swaps its map on a configuration reload
+// changes where the next attempt goes.
+type Transports interface {
+	Transport(name string) (relay.Transport, bool)
+}
+
+// TransportMap is a fixed set of transports, for wiring without reloads and for tests.
+type TransportMap map[string]relay.Transport
+
+// Transport returns the transport registered under name.
+func (m TransportMap) Transport(name string) (relay.Transport, bool) {
+	t, ok := m[name]
+	return t, ok
+}
+
+// Bounces records recipients that will not receive a message (relay/store puts them on the
+// suppression list).
+type Bounces interface {
+	RecordBounce(ctx context.Context, b relay.Bounce) error
+}
+
+// DeliveryLog records the latest state of each queued message (relay/store upserts by queue id).
+type DeliveryLog interface {
+	LogDelivery(ctx context.Context, r relay.DeliveryRecord) error
+}
+
+// Options configure a Queue. Dir and Transports are required.
+type Options struct {
+	Dir        string // spool directory; created if missing
+	Transports Transports
+	// Bounces and DeliveryLog may be nil: bounces are then only logged and counted.
+	Bounces     Bounces
+	DeliveryLog DeliveryLog
+	Metrics     *metrics.Metrics // nil: a private registry
+	Logger      *slog.Logger     // nil: slog.Default()
+
+	// Workers is the number of concurrent attempts per transport (default 16); TransportWorkers
+	// overrides it for named transports. Per-server connection limits belong to the transport.
+	Workers          int
+	TransportWorkers map[string]int
+
+	Retry Backoff
+	// MaxLifetime is how long a message may stay queued before its remaining recipients bounce with
+	// 5.4.7 (default 5 days, RFC 5321 §4.5.4.1).
+	MaxLifetime time.Duration
+	// AttemptTimeout bounds one Deliver call (default 10 minutes, the sum of the RFC 5321 §4.5.3.2
+	// timeouts a large DATA may legitimately take).
+	AttemptTimeout time.Duration
+	// ShutdownGrace is how long attempts in flight may run on after Run's context ends before they are
+	// cancelled (default 10 s): cutting a delivery short makes a duplicate more likely.
+	ShutdownGrace time.Duration
+}
+
+// ErrNoEntry is wrapped by the operator API when no queued message has the given id.
+var ErrNoEntry = errors.New("no such queue entry")
+
+// entry states in the scheduler.
+const (
+	stateWaiting  = iota // in the heap until its next attempt
+	stateReady           // in its transport pool's ready list
+	stateInflight        // a worker is delivering it
+	stateGone            // removed (delivered, bounced or dropped)
+)
+
+type entry struct {
+	data      Entry // replaced (never mutated in place) under Queue.mu
+	state     int
+	heapIndex int
+	dropped   bool // Drop was called while in flight
+	retryNow  bool // RetryNow was called while in flight
+}
+
+// Queue is the durable spool and its scheduler. Create it with New, start delivery with Run; Create,
+// List, RetryNow and Drop may be called from any goroutine, before or during Run.
+type Queue struct {
+	opts    Options
+	log     *slog.Logger
+	metrics *metrics.Metrics
+	spool   *spool
+	lock    *os.File
+	ids     idSource
+
+	mu      sync.Mutex
+	entries map[string]*entry
+	waiting timeHeap
+	pools   map[string]*pool
+	wake    chan struct{}
+	run     *runState // non-nil while Run is running
+	closed  bool
+}
+
+type runState struct {
+	ctx      context.Context // cancelled ShutdownGrace after Run's context: attempts use it
+	stopping bool
+	wg       sync.WaitGroup
+}
+
+// New opens (or creates) the spool in opts.Dir, locks it against a second process, cleans what a crash
+// left half-written, quarantines unreadable entries and loads the rest. Delivery starts with Run.
+func New(opts Options) (*Queue, error) {
+	if opts.Dir == "" {
+		return nil, errors.New("queue: Options.Dir is required")
+	}
+	if opts.Transports == nil {
+		return nil, errors.New("queue: Options.Transports is required")
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = metrics.New(prometheus.NewRegistry())
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Workers <= 0 {
+		opts.Workers = 16
+	}
+	opts.Retry = opts.Retry.withDefaults()
+	if opts.MaxLifetime <= 0 {
+		opts.MaxLifetime = 5 * 24 * time.Hour
+	}
+	if opts.AttemptTimeout <= 0 {
+		opts.AttemptTimeout = 10 * time.Minute
+	}
+	if opts.ShutdownGrace <= 0 {
+		opts.ShutdownGrace = 10 * time.Second
+	}
+	sp, err := newSpool(opts.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("queue: spool %s: %w", opts.Dir, err)
+	}
+	lock, err := os.OpenFile(filepath.Join(opts.Dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("queue: %w", err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("queue: spool %s is in use by another process: %w", opts.Dir, err)
+	}
+	q := &Queue{
+		opts:    opts,
+		log:     opts.Logger.With("component", "queue"),
+		metrics: opts.Metrics,
+		spool:   sp,
+		lock:    lock,
+		entries: map[string]*entry{},
+		pools:   map[string]*pool{},
+		wake:    make(chan struct{}, 1),
+	}
+	if err := q.load(); err != nil {
+		lock.Close()
+		return nil, err
+	}
+	return q, nil
+}
+
+// load implements the start-up rules of the package doc.
+func (q *Queue) load() error {
+	tmp, err := os.ReadDir(q.spool.tmp)
+	if err != nil {
+		return fmt.Errorf("queue: %w", err)
+	}
+	for _, de := range tmp {
+		if err := os.RemoveAll(filepath.Join(q.spool.tmp, de.Name())); err != nil {
+			q.log.Warn("spool cleanup failed", "file", de.Name(), "error", err)
+		}
+	}
+	names, err := os.ReadDir(q.spool.msg)
+	if err != nil {
+		return fmt.Errorf("queue: %w", err)
+	}
+	metas := map[string]bool{}
+	for _, de := range names {
+		if id, ok := strings.CutSuffix(de.Name(), ".json"); ok {
+			metas[id] = true
+		}
+	}
+	changed := false
+	for _, de := range names {
+		name := de.Name()
+		switch {
+		case strings.HasSuffix(name, ".eml"):
+			if id := strings.TrimSuffix(name, ".eml"); !metas[id] {
+				// Body without metadata: the commit never finished, the client never got its 250.
+				if err := os.Remove(filepath.Join(q.spool.msg, name)); err != nil {
+					q.log.Warn("spool cleanup failed", "file", name, "error", err)
+				}
+				q.log.Info("removed half-written spool entry", "queue_id", id)
+				changed = true
+			}
+		case strings.HasSuffix(name, ".json"):
+			id := strings.TrimSuffix(name, ".json")
+			e, err := q.readEntry(id)
+			if err != nil {
+				q.quarantine(name, err)
+				continue
+			}
+			if len(e.Pending()) == 0 {
+				// Every recipient was final but the removal did not finish.
+				if err := q.spool.remove(id); err != nil {
+					q.log.Warn("spool cleanup failed", "queue_id", id, "error", err)
+				}
+				continue
+			}
+			q.entries[id] = &entry{data: e, heapIndex: -1}
+		default:
+			q.log.Warn("unexpected file in spool ignored", "file", name)
+		}
+	}
+	if changed {
+		if err := q.spool.msgSync.Sync(); err != nil {
+			return fmt.Errorf("queue: %w", err)
+		}
+	}
+	for _, e := range q.entries {
+		q.scheduleLocked(e, e.data.NextAttempt)
+	}
+	q.metrics.QueueDepth.Set(float64(len(q.entries)))
+	q.updateOldestLocked()
+	if n := len(q.entries); n > 0 {
+		q.log.Info("spool resumed", "messages", n)
+	}
+	return nil
+}
+
+func (q *Queue) readEntry(id string) (Entry, error) {
+	if !validID(id) {
+		return Entry{}, fmt.Errorf("invalid queue id %q", id)
+	}
+	data, err := os.ReadFile(q.spool.meta(id))
+	if err != nil {
+		return Entry{}, err
+	}
+	e, err := parseMeta(data)
+	if err != nil {
+		return Entry{}, err
+	}
+	if e.ID != id {
+		return Entry{}, fmt.Errorf("metadata names queue id %q", e.ID)
+	}
+	if _, err := os.Stat(q.spool.body(id)); err != nil {
+		return Entry{}, fmt.Errorf("body: %w", err)
+	}
+	return e, nil
+}
+
+func (q *Queue) quarantine(name string, cause error) {
+	q.metrics.QueueQuarantined.Inc()
+	if err := q.spool.moveToQuarantine(name); err != nil {
+		q.log.Error("spool entry unreadable and could not be quarantined", "file", name, "cause", cause, "error", err)
+		return
+	}
+	q.log.Error("spool entry quarantined", "file", name, "dir", q.spool.quarantine, "error", cause)
+}
+
+// Close releases the spool lock. Call it after Run has returned.
+func (q *Queue) Close() error {
+	q.mu.Lock()
+	q.closed = true
+	q.mu.Unlock()
+	return q.lock.Close()
+}
+
+// Create starts a new message body in the spool. The submission server streams the composed message
+// into the Draft, then calls Commit (or Abort).
+func (q *Queue) Create() (relay.Draft, error) {
+	q.mu.Lock()
+	closed := q.closed
+	q.mu.Unlock()
+	if closed {
+		return nil, relay.Errorf(451, relay.CodeTempLocal, "queue", "queue is shutting down")
+	}
+	id := q.ids.next()
+	f, err := os.OpenFile(q.spool.tmpBody(id), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, relay.Wrap(err, 451, relay.CodeTempLocal, "queue", "cannot queue the message now")
+	}
+	return &draft{q: q, id: id, f: f, w: bufio.NewWriterSize(f, 64<<10)}, nil
+}
+
+type draft struct {
+	q    *Queue
+	id   string
+	f    *os.File
+	w    *bufio.Writer
+	size int64
+	done bool
+	err  error // first write error: Commit refuses a body that was not written whole
+}
+
+func (d *draft) Write(p []byte) (int, error) {
+	if d.done {
+		return 0, errors.New("queue: write to a finished draft")
+	}
+	n, err := d.w.Write(p)
+	d.size += int64(n)
+	if err != nil && d.err == nil {
+		d.err = err
+	}
+	return n, err
+}
+
+func (d *draft) Abort() error {
+	if d.done {
+		return nil
+	}
+	d.done = true
+	d.f.Close()
+	if err := os.Remove(d.q.spool.tmpBody(d.id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// Commit makes the message durable in the order the package doc gives, then schedules its first
+// attempt at once. Only an id returned here may be announced to the client.
+func (d *draft) Commit(ctx context.Context, env relay.Envelope) (string, error) {
+	if d.done {
+		return "", relay.Errorf(451, relay.CodeTempLocal, "queue", "message already committed or aborted")
+	}
+	if len(env.Recipients) == 0 {
+		d.Abort()
+		// RFC 5321 §3.3: a transaction without valid recipients is refused with 554 5.5.1.
+		return "", relay.Errorf(554, "5.5.1", "no_recipients", "no valid recipients")
+	}
+	if env.Transport == "" {
+		d.Abort()
+		return "", relay.Errorf(451, relay.CodeTempLocal, "config", "no transport for this message")
+	}
+	if err := ctx.Err(); err != nil {
+		d.Abort()
+		return "", relay.Wrap(err, 451, relay.CodeTempLocal, "queue", "message not queued")
+	}
+	id, err := d.commit(env)
+	if err != nil {
+		d.q.log.Error("queue commit failed", "queue_id", d.id, "channel", env.Channel, "error", err)
+		return "", relay.Wrap(err, 451, relay.CodeTempLocal, "queue", "cannot queue the message now")
+	}
+	return id, nil
+}
+
+func (d *draft) commit(env relay.Envelope) (string, error) {
+	q, sp := d.q, d.q.spool
+	d.done = true
+	fail := func(err error) (string, error) {
+		d.f.Close()
+		os.Remove(sp.tmpBody(d.id))
+		os.Remove(sp.meta(d.id)) // metadata first: never a committed-looking entry without its body
+		os.Remove(sp.body(d.id))
+		os.Remove(sp.tmpMeta(d.id))
+		return "", err
+	}
+	if d.err != nil {
+		return fail(d.err)
+	}
+	if err := d.w.Flush(); err != nil {
+		return fail(err)
+	}
+	if err := d.f.Sync(); err != nil {
+		return fail(err)
+	}
+	if err := d.f.Close(); err != nil {
+		return fail(err)
+	}
+	if err := os.Rename(sp.tmpBody(d.id), sp.body(d.id)); err != nil {
+		return fail(err)
+	}
+	now := time.Now()
+	env.Recipients = slices.Clone(env.Recipients)
+	if env.Received.IsZero() {
+		env.Received = now
+	}
+	e := Entry{ID: d.id, Envelope: env, Size: d.size, Created: now, NextAttempt: now}
+	for _, r := range env.Recipients {
+		e.Recipients = append(e.Recipients, Recipient{Address: r, Status: Pending})
+	}
+	if err := sp.writeMeta(&e); err != nil {
+		return fail(err)
+	}
+	q.log.Info("queued", "queue_id", e.ID, "channel", env.Channel, "transport", env.Transport,
+		"recipients", len(env.Recipients), "size", e.Size)
+	q.logDelivery(&e, "queued", "")
+	q.mu.Lock()
+	q.entries[e.ID] = &entry{data: e, heapIndex: -1}
+	q.scheduleLocked(q.entries[e.ID], now)
+	q.metrics.QueueDepth.Set(float64(len(q.entries)))
+	q.mu.Unlock()
+	return e.ID, nil
+}
+
+// List returns every queued message, oldest first.
+func (q *Queue) List() []Entry {
+	q.mu.Lock()
+	out := make([]Entry, 0, len(q.entries))
+	for _, e := range q.entries {
+		out = append(out, e.data.clone())
+	}
+	q.mu.Unlock()
+	slices.SortFunc(out, func(a, b Entry) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
+// Get returns one queued message.
+func (q *Queue) Get(id string) (Entry, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	e, ok := q.entries[id]
+	if !ok {
+		return Entry{}, false
+	}
+	return e.data.clone(), true
+}
+
+func notFound(id string) error {
+	return relay.Wrap(ErrNoEntry, 550, "5.0.0", "not_found", fmt.Sprintf("no queued message %q", id))
+}
+
+// RetryNow schedules an immediate attempt of a deferred message (mailgate queue retry). A message
+// being delivered right now gets another attempt as soon as this one ends if recipients remain.
+func (q *Queue) RetryNow(id string) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	e, ok := q.entries[id]
+	if !ok {
+		return notFound(id)
+	}
+	switch e.state {
+	case stateWaiting:
+		q.waiting.remove(e)
+		q.scheduleLocked(e, time.Now())
+	case stateInflight:
+		e.retryNow = true
+	}
+	q.log.Info("retry requested", "queue_id", id, "channel", e.data.Envelope.Channel)
+	return nil
+}
+
+// Drop removes a message from the spool without bouncing it (mailgate queue drop): the operator decided
+// it must not be sent, which says nothing about the recipients' addresses, so nothing is put on the
+// suppression list. The drop is logged and written to the delivery log as "dropped". A message being
+// delivered right now is removed when the attempt ends (recipients that attempt reached got it).
+func (q *Queue) Drop(id string) error {
+	q.mu.Lock()
+	e, ok := q.entries[id]
+	if !ok {
+		q.mu.Unlock()
+		return notFound(id)
+	}
+	if e.state == stateInflight {
+		e.dropped = true
+		q.mu.Unlock()
+		q.log.Info("drop requested during delivery", "queue_id", id)
+		return nil
+	}
+	if e.state == stateWaiting {
+		q.waiting.remove(e)
+	}
+	e.state = stateGone // a ready entry is skipped by the worker that pops it
+	delete(q.entries, id)
+	q.metrics.QueueDepth.Set(float64(len(q.entries)))
+	data := e.data
+	q.mu.Unlock()
+	return q.finishDrop(&data)
+}
+
+func (q *Queue) finishDrop(e *Entry) error {
+	err := q.spool.remove(e.ID)
+	q.log.Warn("dropped", "queue_id", e.ID, "channel", e.Envelope.Channel,
+		"recipients", len(e.Pending()), "attempts", e.Attempts)
+	q.logDelivery(e, "dropped", "dropped by operator")
+	if err != nil {
+		return relay.Wrap(err, 451, relay.CodeTempLocal, "queue", "could not remove the spool files")
+	}
+	return nil
+}
+
+func (q *Queue) logDelivery(e *Entry, status, reply string) {
+	if q.opts.DeliveryLog == nil {
+		return
+	}
+	r := relay.DeliveryRecord{
+		QueueID:    e.ID,
+		MessageID:  e.Envelope.MessageID,
+		Ticket:     e.Envelope.Ticket,
+		Channel:    e.Envelope.Channel,
+		Principal:  e.Envelope.Principal,
+		Recipients: slices.Clone(e.Envelope.Recipients),
+		Status:     status,
+		Attempts:   e.Attempts,
+		LastReply:  reply,
+		Time:       time.Now().UTC(),
+	}
+	// The log must not hold up delivery or the spool: it gets its own short deadline.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := q.opts.DeliveryLog.LogDelivery(ctx, r); err != nil {
+		q.log.Warn("delivery log write failed", "queue_id", e.ID, "error", err)
+	}
+}
+
+func (q *Queue) updateOldestLocked() {
+	var oldest time.Time
+	for _, e := range q.entries {
+		if oldest.IsZero() || e.data.Created.Before(oldest) {
+			oldest = e.data.Created
+		}
+	}
+	if oldest.IsZero() {
+		q.metrics.QueueOldestAge.Set(0)
+		return
+	}
+	q.metrics.QueueOldestAge.Set(time.Since(oldest).Seconds())
+}

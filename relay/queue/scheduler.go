@@ -1,0 +1,456 @@
+package queue
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/mailgate/mailgate/relay"
+)
+
+// timeHeap orders waiting entries by their next attempt.
+type timeHeap []*entry
+
+func (h timeHeap) Len() int           { return len(h) }
+func (h timeHeap) Less(i, j int) bool { return h[i].data.NextAttempt.Before(h[j].data.NextAttempt) }
+func (h timeHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].heapIndex, h[j].heapIndex = i, j
+}
+func (h *timeHeap) Push(x any) {
+	e := x.(*entry)
+	e.heapIndex = len(*h)
+	*h = append(*h, e)
+}
+func (h *timeHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	e.heapIndex = -1
+	return e
+}
+func (h *timeHeap) remove(e *entry) {
+	if e.heapIndex >= 0 && e.heapIndex < len(*h) && (*h)[e.heapIndex] == e {
+		heap.Remove(h, e.heapIndex)
+	}
+}
+
+// pool is the ready list and workers of one transport.
+type pool struct {
+	name    string
+	ready   []*entry
+	cond    *sync.Cond // on Queue.mu
+	workers int
+	started bool
+}
+
+// scheduleLocked puts an entry where its next attempt time says: due now goes straight to its
+// transport's ready list (no scheduler hop), later goes in the heap.
+func (q *Queue) scheduleLocked(e *entry, at time.Time) {
+	e.data.NextAttempt = at
+	if !at.After(time.Now()) {
+		q.readyLocked(e)
+		return
+	}
+	e.state = stateWaiting
+	heap.Push(&q.waiting, e)
+	if q.waiting[0] == e {
+		select {
+		case q.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (q *Queue) readyLocked(e *entry) {
+	e.state = stateReady
+	p := q.poolLocked(e.data.Envelope.Transport)
+	p.ready = append(p.ready, e)
+	p.cond.Signal()
+}
+
+func (q *Queue) poolLocked(name string) *pool {
+	p, ok := q.pools[name]
+	if !ok {
+		n := q.opts.Workers
+		if w, ok := q.opts.TransportWorkers[name]; ok && w > 0 {
+			n = w
+		}
+		p = &pool{name: name, cond: sync.NewCond(&q.mu), workers: n}
+		q.pools[name] = p
+		if q.run != nil {
+			q.startWorkersLocked(p)
+		}
+	}
+	return p
+}
+
+func (q *Queue) startWorkersLocked(p *pool) {
+	if p.started {
+		return
+	}
+	p.started = true
+	rs := q.run
+	for range p.workers {
+		rs.wg.Add(1)
+		go q.worker(p, rs)
+	}
+}
+
+// Run delivers queued messages until ctx ends, then stops taking new attempts and waits for those in
+// flight (cancelling them after Options.ShutdownGrace). Messages committed before Run wait for it.
+func (q *Queue) Run(ctx context.Context) error {
+	q.mu.Lock()
+	if q.run != nil || q.closed {
+		q.mu.Unlock()
+		return errors.New("queue: Run called twice or after Close")
+	}
+	attemptCtx, cancelAttempts := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelAttempts()
+	stopGrace := context.AfterFunc(ctx, func() { time.AfterFunc(q.opts.ShutdownGrace, cancelAttempts) })
+	defer stopGrace()
+	rs := &runState{ctx: attemptCtx}
+	q.run = rs
+	for _, p := range q.pools {
+		q.startWorkersLocked(p)
+	}
+	q.mu.Unlock()
+
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	gauges := time.NewTicker(time.Second)
+	defer gauges.Stop()
+	for {
+		q.mu.Lock()
+		now := time.Now()
+		for len(q.waiting) > 0 && !q.waiting[0].data.NextAttempt.After(now) {
+			q.readyLocked(heap.Pop(&q.waiting).(*entry))
+		}
+		wait := time.Hour
+		if len(q.waiting) > 0 {
+			wait = q.waiting[0].data.NextAttempt.Sub(now)
+		}
+		q.mu.Unlock()
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+			q.mu.Lock()
+			rs.stopping = true
+			for _, p := range q.pools {
+				p.cond.Broadcast()
+				p.started = false
+			}
+			q.mu.Unlock()
+			rs.wg.Wait()
+			q.mu.Lock()
+			q.run = nil
+			q.mu.Unlock()
+			return nil
+		case <-q.wake:
+		case <-timer.C:
+		case <-gauges.C:
+			q.mu.Lock()
+			q.updateOldestLocked()
+			q.mu.Unlock()
+		}
+	}
+}
+
+func (q *Queue) worker(p *pool, rs *runState) {
+	defer rs.wg.Done()
+	for {
+		q.mu.Lock()
+		for len(p.ready) == 0 && !rs.stopping {
+			p.cond.Wait()
+		}
+		if rs.stopping {
+			q.mu.Unlock()
+			return
+		}
+		e := p.ready[0]
+		p.ready[0] = nil
+		p.ready = p.ready[1:]
+		if e.state != stateReady {
+			q.mu.Unlock()
+			continue
+		}
+		e.state = stateInflight
+		cur := e.data.clone()
+		q.mu.Unlock()
+		q.attempt(rs.ctx, e, cur)
+	}
+}
+
+// deliver makes one Deliver call for the pending recipients and returns a Result aligned with them.
+func (q *Queue) deliver(ctx context.Context, cur *Entry, rcpts []string) relay.Result {
+	name := cur.Envelope.Transport
+	t, ok := q.opts.Transports.Transport(name)
+	if !ok {
+		return relay.Failed(len(rcpts), relay.Errorf(451, relay.CodeTempLocal, "config",
+			"transport %q is not configured", name))
+	}
+	body := q.spool.body(cur.ID)
+	m := &relay.Message{
+		QueueID:    cur.ID,
+		Channel:    cur.Envelope.Channel,
+		MailFrom:   cur.Envelope.MailFrom,
+		Recipients: rcpts,
+		MessageID:  cur.Envelope.MessageID,
+		ForceTLS:   cur.Envelope.ForceTLS,
+		Size:       cur.Size,
+		Open:       func() (io.ReadCloser, error) { return os.Open(body) },
+	}
+	ctx, cancel := context.WithTimeout(ctx, q.opts.AttemptTimeout)
+	defer cancel()
+	res := t.Deliver(ctx, m)
+	if len(res.Errs) != len(rcpts) {
+		// relay.Result.Errs must be aligned with the recipients; anything else is a transport bug,
+		// and guessing would either lose mail or bounce it, so the attempt counts as temporary.
+		q.log.Error("transport returned a result not aligned with the recipients", "queue_id", cur.ID,
+			"transport", name, "results", len(res.Errs), "recipients", len(rcpts))
+		return relay.Failed(len(rcpts), relay.Errorf(451, relay.CodeTempLocal, "transport",
+			"transport %q returned %d results for %d recipients", name, len(res.Errs), len(rcpts)))
+	}
+	return res
+}
+
+// bounceOf turns a recipient's permanent failure into its recorded status.
+func bounceOf(err error) (code int, enhanced relay.EnhancedCode, diag, reason string) {
+	re, _ := relay.AsError(err) // permanent errors are always *relay.Error (relay.IsPermanent)
+	reason = re.Reason
+	if reason == "" {
+		reason = "upstream"
+	}
+	return re.Code, re.Enhanced, re.Msg, reason
+}
+
+// attempt delivers the pending recipients of one entry and applies the outcome: per-recipient status,
+// bounces, the durable update (or removal), metrics, logs and the delivery log.
+func (q *Queue) attempt(runCtx context.Context, e *entry, cur Entry) {
+	var idx []int
+	var rcpts []string
+	for i, r := range cur.Recipients {
+		if r.Status == Pending {
+			idx = append(idx, i)
+			rcpts = append(rcpts, r.Address)
+		}
+	}
+	start := time.Now()
+	res := q.deliver(runCtx, &cur, rcpts)
+	elapsed := time.Since(start)
+	now := time.Now()
+
+	next := cur // cur is already a private copy
+	next.Attempts++
+	var delivered, deferred, bounced []int
+	reasons := map[int]string{}
+	var deferErr error
+	var retryAfter time.Duration
+	for k, i := range idx {
+		err := res.Errs[k]
+		r := &next.Recipients[i]
+		switch {
+		case err == nil:
+			r.Status, r.Diagnostic, r.Time = Delivered, res.Reply, now
+			delivered = append(delivered, i)
+		case relay.IsPermanent(err):
+			r.Status, r.Time = Bounced, now
+			r.Code, r.Enhanced, r.Diagnostic, reasons[i] = bounceOf(err)
+			bounced = append(bounced, i)
+		default:
+			deferred = append(deferred, i)
+			if deferErr == nil {
+				deferErr = err
+			}
+			if re, ok := relay.AsError(err); ok && re.RetryAfter > retryAfter {
+				retryAfter = re.RetryAfter
+			}
+		}
+	}
+	if len(delivered) > 0 {
+		next.LastReply = res.Reply
+	}
+	if deferErr != nil {
+		next.LastError = deferErr.Error()
+		if next.FirstError == "" {
+			next.FirstError = next.LastError
+		}
+		expiry := next.Created.Add(q.opts.MaxLifetime)
+		if !now.Before(expiry) {
+			// RFC 3463 X.4.7: delivery time expired. The diagnostic keeps the last upstream answer.
+			diag := fmt.Sprintf("delivery time expired after %d attempts; last error: %s",
+				next.Attempts, clientText(deferErr))
+			for _, i := range deferred {
+				r := &next.Recipients[i]
+				r.Status, r.Time = Bounced, now
+				r.Code, r.Enhanced, r.Diagnostic = 554, relay.CodeExpired, diag
+				reasons[i] = "expired"
+				bounced = append(bounced, i)
+			}
+			deferred = nil
+		} else {
+			at := now.Add(max(q.opts.Retry.Delay(next.Attempts), retryAfter))
+			if at.After(expiry) {
+				at = expiry // one last attempt when the lifetime ends, then the bounce
+			}
+			next.NextAttempt = at
+		}
+	}
+
+	for _, i := range bounced {
+		q.recordBounce(&next, i, reasons[i], now)
+	}
+
+	q.mu.Lock()
+	dropped := e.dropped
+	q.mu.Unlock()
+	final := len(deferred) == 0
+	var perr error
+	switch {
+	case dropped:
+	case final:
+		perr = q.spool.remove(next.ID)
+	default:
+		perr = q.spool.writeMeta(&next)
+	}
+	if perr != nil {
+		// The in-memory state stays right; after a crash the attempt would be repeated.
+		q.log.Error("spool update failed", "queue_id", next.ID, "error", perr)
+	}
+
+	q.report(&next, res, elapsed, delivered, deferred, bounced, deferErr)
+
+	q.mu.Lock()
+	switch {
+	case dropped || final:
+		e.state = stateGone
+		delete(q.entries, next.ID)
+		q.metrics.QueueDepth.Set(float64(len(q.entries)))
+	default:
+		e.data = next
+		at := next.NextAttempt
+		if e.retryNow {
+			e.retryNow, at = false, now
+		}
+		q.scheduleLocked(e, at)
+	}
+	q.mu.Unlock()
+	if dropped {
+		if err := q.finishDrop(&next); err != nil {
+			q.log.Error("drop failed", "queue_id", next.ID, "error", err)
+		}
+	}
+}
+
+// clientText is an error's client-safe text: the relay.Error message, or a generic phrase for errors
+// that are not relay errors (their text may carry internal detail; it stays in the logs).
+func clientText(err error) string {
+	if re, ok := relay.AsError(err); ok {
+		return fmt.Sprintf("%d %s %s", re.Code, re.Enhanced, re.Msg)
+	}
+	return "temporary failure (network or timeout)"
+}
+
+func (q *Queue) recordBounce(e *Entry, i int, reason string, now time.Time) {
+	r := e.Recipients[i]
+	q.metrics.Bounces.WithLabelValues(reason).Inc()
+	if q.opts.Bounces == nil {
+		return
+	}
+	b := relay.Bounce{
+		Address:    r.Address,
+		Channel:    e.Envelope.Channel,
+		Time:       now.UTC(),
+		Code:       r.Code,
+		Enhanced:   r.Enhanced,
+		Diagnostic: r.Diagnostic,
+		MessageID:  e.Envelope.MessageID,
+		Ticket:     e.Envelope.Ticket,
+		QueueID:    e.ID,
+		Reason:     reason,
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := q.opts.Bounces.RecordBounce(ctx, b); err != nil {
+		q.log.Error("bounce record failed", "queue_id", e.ID, "channel", e.Envelope.Channel, "error", err)
+	}
+}
+
+// report emits the metrics, log lines and delivery-log record of one attempt.
+func (q *Queue) report(e *Entry, res relay.Result, elapsed time.Duration, delivered, deferred, bounced []int, deferErr error) {
+	transport := e.Envelope.Transport
+	m := q.metrics
+	m.DeliveryAttempts.WithLabelValues(transport, "delivered").Add(float64(len(delivered)))
+	m.DeliveryAttempts.WithLabelValues(transport, "deferred").Add(float64(len(deferred)))
+	m.DeliveryAttempts.WithLabelValues(transport, "bounced").Add(float64(len(bounced)))
+	result := "delivered"
+	switch {
+	case len(deferred) > 0:
+		result = "deferred"
+	case len(bounced) > 0:
+		result = "bounced"
+	}
+	m.DeliveryDuration.WithLabelValues(transport, result).Observe(elapsed.Seconds())
+
+	base := []any{"queue_id", e.ID, "channel", e.Envelope.Channel, "transport", transport, "attempt", e.Attempts}
+	if len(delivered) > 0 {
+		q.log.Info("delivered", append(base, "recipients", len(delivered), "reply", res.Reply, "duration", elapsed)...)
+	}
+	if len(deferred) > 0 {
+		q.log.Warn("deferred", append(base, "recipients", len(deferred), "reply", clientText(deferErr),
+			"error", deferErr, "next_attempt", e.NextAttempt.UTC().Format(time.RFC3339))...)
+	}
+	// One bounced line per distinct answer, so a mixed attempt does not hide a reason.
+	type answer struct {
+		code     int
+		enhanced relay.EnhancedCode
+		diag     string
+	}
+	counts := map[answer]int{}
+	var order []answer
+	for _, i := range bounced {
+		r := e.Recipients[i]
+		a := answer{r.Code, r.Enhanced, r.Diagnostic}
+		if counts[a] == 0 {
+			order = append(order, a)
+		}
+		counts[a]++
+	}
+	for _, a := range order {
+		q.log.Warn("bounced", append(base, "recipients", counts[a],
+			"reply", fmt.Sprintf("%d %s %s", a.code, a.enhanced, a.diag))...)
+	}
+
+	status, reply := "deferred", clientText(deferErr)
+	if len(deferred) == 0 {
+		var nd, nb int
+		for _, r := range e.Recipients {
+			switch r.Status {
+			case Delivered:
+				nd++
+			case Bounced:
+				nb++
+			}
+		}
+		switch {
+		case nb == 0:
+			status, reply = "delivered", e.LastReply
+		case nd == 0:
+			status = "bounced"
+		default:
+			status = "partial"
+		}
+		if nb > 0 && len(order) > 0 {
+			reply = fmt.Sprintf("%d %s %s", order[0].code, order[0].enhanced, order[0].diag)
+		} else if nb > 0 {
+			reply = e.LastReply
+		}
+	}
+	q.logDelivery(e, status, reply)
+}
