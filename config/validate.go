@@ -8,6 +8,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/mailgate/mailgate/templates"
 )
 
 // Transport names that are not custom SMTP servers.
@@ -101,20 +103,22 @@ func (c *Config) Validate() error {
 	c.validateListeners(&ps)
 	bus := c.validateBusinessUnits(&ps)
 	servers := c.validateSMTPServers(&ps)
-	templates := map[string]bool{}
+	templateNames := map[string]bool{}
 	for i, t := range c.Templates {
 		p := fmt.Sprintf("templates[%d]", i)
 		if t.Name == "" {
 			ps.add(p+".name", "required")
-		} else if templates[t.Name] {
+		} else if templateNames[t.Name] {
 			ps.add(p+".name", "duplicate template %q", t.Name)
 		}
-		templates[t.Name] = true
+		templateNames[t.Name] = true
 		if strings.TrimSpace(t.HTML) == "" {
 			ps.add(p+".html", "required: the branded HTML with a {{.Content}} placeholder")
+		} else if _, err := templates.Parse(t.Name, t.HTML, t.Text); err != nil {
+			ps.add(p, "%v", err)
 		}
 	}
-	channels := c.validateChannels(&ps, bus, servers, templates)
+	channels := c.validateChannels(&ps, bus, servers, templateNames)
 	roles := c.validateRoles(&ps, channels)
 	logins := map[string]bool{}
 	for i, u := range c.Users {
