@@ -1,0 +1,164 @@
+package compose
+
+import (
+	"fmt"
+	"mime"
+	"strings"
+	"unicode/utf8"
+)
+
+// FormatFrom renders a From field value, `Display Name <address>`, correct for any display name:
+//   - a name of atext words only is written as is (RFC 5322 §3.2.3 atom, §3.2.5 phrase);
+//   - other ASCII names are a quoted-string with `"` and `\` escaped (RFC 5322 §3.2.4), so "@", ",",
+//     "<" and the like are always inside quotes (Exchange Online rejects an unquoted "@");
+//   - names with non-ASCII characters are RFC 2047 encoded-words; Q encoding when every ASCII character
+//     is allowed in a phrase encoded-word (RFC 2047 §5(3): letters, digits, "!*+-/=_"), B encoding
+//     otherwise.
+//
+// Control characters in the name are replaced by spaces (they have no business in a header).
+func FormatFrom(displayName, address string) string {
+	name := strings.Join(strings.Fields(sanitize(displayName)), " ")
+	if name == "" {
+		return "<" + address + ">"
+	}
+	return phrase(name) + " <" + address + ">"
+}
+
+func phrase(name string) string {
+	if isASCII(name) {
+		if isAtomPhrase(name) {
+			return name
+		}
+		r := strings.NewReplacer(`\`, `\\`, `"`, `\"`)
+		return `"` + r.Replace(name) + `"`
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if c < utf8.RuneSelf && c != ' ' && !isPhraseQChar(c) {
+			return mime.BEncoding.Encode("utf-8", name)
+		}
+	}
+	return mime.QEncoding.Encode("utf-8", name)
+}
+
+// isAtomPhrase reports whether s is a sequence of RFC 5322 atoms separated by single spaces.
+func isAtomPhrase(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c == ' ' {
+			continue
+		}
+		if !isAtext(c) {
+			return false
+		}
+	}
+	return true
+}
+
+// isAtext is RFC 5322 §3.2.3 atext.
+func isAtext(c byte) bool {
+	switch {
+	case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		return true
+	}
+	return strings.IndexByte("!#$%&'*+-/=?^_`{|}~", c) >= 0
+}
+
+// isPhraseQChar is RFC 2047 §5(3): the characters a Q encoded-word in a phrase may hold unencoded.
+func isPhraseQChar(c byte) bool {
+	switch {
+	case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		return true
+	}
+	return strings.IndexByte("!*+-/=_", c) >= 0
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
+}
+
+// sanitize replaces control characters (CR and LF included: header injection) and invalid UTF-8 with
+// spaces.
+func sanitize(s string) string {
+	s = strings.ToValidUTF8(s, " ")
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
+}
+
+// EncodeUnstructured renders an unstructured header value (Subject): ASCII as is, otherwise RFC 2047
+// Q encoded-words (§5(1) allows any printable ASCII in them there). An ASCII word too long for a header
+// line is encoded too, in short encoded-words, so FoldHeader can always keep lines under RFC 5322's
+// 998-character limit.
+func EncodeUnstructured(v string) string {
+	v = strings.Join(strings.Fields(sanitize(v)), " ")
+	if !isASCII(v) {
+		return mime.QEncoding.Encode("utf-8", v)
+	}
+	for _, w := range strings.Fields(v) {
+		if len(w) > 76 {
+			return qEncodeASCII(v)
+		}
+	}
+	return v
+}
+
+// qEncodeASCII writes ASCII text as a sequence of Q encoded-words of at most 75 characters (RFC 2047
+// §2, §4.2); mime.QEncoding leaves ASCII alone, so it cannot do this.
+func qEncodeASCII(v string) string {
+	var words []string
+	var b strings.Builder
+	open := func() { b.Reset(); b.WriteString("=?utf-8?q?") }
+	open()
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		enc := string(c)
+		switch {
+		case c == ' ':
+			enc = "_"
+		case c == '=' || c == '?' || c == '_' || c < ' ' || c > '~':
+			enc = fmt.Sprintf("=%02X", c)
+		}
+		if b.Len()+len(enc)+2 > 75 {
+			words = append(words, b.String()+"?=")
+			open()
+		}
+		b.WriteString(enc)
+	}
+	words = append(words, b.String()+"?=")
+	return strings.Join(words, " ")
+}
+
+// FoldHeader renders "Name: value\r\n", folded at white space so no line exceeds 78 characters where
+// the value allows it (RFC 5322 §2.2.3; encoded-words are at most 75 characters, RFC 2047 §2). The
+// value must be ASCII without CR or LF.
+func FoldHeader(name, value string) []byte {
+	const limit = 78
+	var b strings.Builder
+	b.WriteString(name)
+	b.WriteString(":")
+	lineLen := b.Len()
+	words := strings.Split(value, " ")
+	for i, w := range words {
+		if i > 0 && w == "" {
+			continue
+		}
+		if lineLen+1+len(w) > limit && lineLen > len(name)+1 {
+			b.WriteString("\r\n")
+			lineLen = 0
+		}
+		b.WriteString(" ")
+		b.WriteString(w)
+		lineLen += 1 + len(w)
+	}
+	b.WriteString("\r\n")
+	return []byte(b.String())
+}
