@@ -173,6 +173,9 @@ type SES struct {
 	Region      string  `yaml:"region"`
 	Endpoint    string  `yaml:"endpoint"`
 	MaxSendRate float64 `yaml:"max_send_rate"` // messages per second; 0 = unlimited
+	// EventTopics are the SNS topic ARNs whose bounce and complaint notifications the admin listener's
+	// /ses/events endpoint accepts (anyone can sign SNS messages from a topic of their own).
+	EventTopics []string `yaml:"event_topics"`
 }
 
 // Outbox is the development transport: each delivered message becomes a .eml file.
