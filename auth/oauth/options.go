@@ -1,0 +1,164 @@
+package oauth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"golang.org/x/oauth2"
+	"golang.org/x/oauth2/clientcredentials"
+	"golang.org/x/oauth2/microsoft"
+
+	"github.com/mailgate/mailgate/kms"
+	"github.com/mailgate/mailgate/relay/metrics"
+)
+
+// Flow is the OAuth 2.0 grant a credential uses (RFC 6749 §4.1 and §4.4).
+type Flow string
+
+const (
+	// ClientCredentials is the app-only grant (Exchange Online "SMTP.SendAsApp" application permission).
+	ClientCredentials Flow = "client_credentials"
+	// AuthorizationCode is the delegated grant with a refresh token (SMTP.Send on behalf of a mailbox).
+	AuthorizationCode Flow = "authorization_code"
+)
+
+// ProviderMicrosoft is the only provider so far: Microsoft Entra ID (Azure AD) v2.0 endpoints.
+const ProviderMicrosoft = "microsoft"
+
+// Default scopes, per Microsoft's "Authenticate an IMAP, POP or SMTP connection using OAuth".
+var (
+	clientCredentialsScopes = []string{"https://outlook.office365.com/.default"}
+	authorizationCodeScopes = []string{"https://outlook.office.com/SMTP.Send", "offline_access"}
+)
+
+// RefreshMargin is how long before expiry a cached token is replaced: at least 10 minutes, so a
+// connection authenticated just before the refresh still has a valid token for its whole session.
+const RefreshMargin = 10 * time.Minute
+
+// SecretStore keeps sealed secrets by key; relay/store provides it (SQLite or PostgreSQL), shared
+// by every instance.
+type SecretStore interface {
+	PutSecret(ctx context.Context, key, sealed string) error
+	GetSecret(ctx context.Context, key string) (sealed string, ok bool, err error)
+}
+
+// Sealer encrypts values for the store and decrypts them back; *kms.Resolver provides it.
+type Sealer interface {
+	Seal(ctx context.Context, name, plaintext string) (ref string, err error)
+	Open(ctx context.Context, ref string) (kms.Secret, error)
+}
+
+// Options describe one credential: a custom SMTP server with "auth: microsoft-oauth".
+type Options struct {
+	Server   string // the custom SMTP server's name: metrics label, log field, store key
+	Provider string // "microsoft" (the default)
+	Tenant   string // Entra tenant id or domain; "organizations"/"common" allowed for authorization_code
+	ClientID string
+	// ClientSecret is the app's secret (resolved from a secret reference at config load). Required for
+	// client_credentials; optional for authorization_code (public clients send none).
+	ClientSecret kms.Secret
+	Mailbox      string // the sending mailbox (the XOAUTH2 user); also the sign-in hint
+	Flow         Flow
+	// Scopes default per flow (see the package doc); set only for unusual tenants.
+	Scopes []string
+	// RedirectURL is where the provider sends the browser after sign-in (authorization_code):
+	// a loopback URL such as http://localhost:8765/callback, registered on the app as a
+	// "Mobile and desktop applications" redirect URI.
+	RedirectURL string
+	// AuthURL and TokenURL override the provider's endpoints (national clouds, tests). Empty =
+	// microsoft.AzureADEndpoint(Tenant).
+	AuthURL, TokenURL string
+
+	Store  SecretStore // required for authorization_code
+	Sealer Sealer      // required for authorization_code
+
+	Metrics *metrics.Metrics // nil = not counted
+	Logger  *slog.Logger     // nil = slog.Default()
+	// HTTPClient makes the token requests; nil = a client with a 30 s timeout.
+	HTTPClient *http.Client
+	// RetryFailedAfter pauses token requests after a failure (callers get the same error, or the
+	// still-valid cached token, meanwhile). Zero = 10 s.
+	RetryFailedAfter time.Duration
+	// Now is the clock; nil = time.Now. Expiry is computed on it from expires_in.
+	Now func() time.Time
+}
+
+// RefreshTokenKey is the store key (and the sealed name) of a server's refresh token.
+func RefreshTokenKey(server string) string { return "oauth/" + server + "/refresh_token" }
+
+func (o *Options) validate() error {
+	var errs []error
+	if o.Server == "" {
+		errs = append(errs, errors.New("server name is empty"))
+	}
+	if o.Provider != "" && o.Provider != ProviderMicrosoft {
+		errs = append(errs, fmt.Errorf("provider %q is not supported (want %q)", o.Provider, ProviderMicrosoft))
+	}
+	if o.ClientID == "" {
+		errs = append(errs, errors.New("client id is empty"))
+	}
+	if o.Tenant == "" && (o.AuthURL == "" || o.TokenURL == "") {
+		errs = append(errs, errors.New("tenant id is empty (and the endpoints are not overridden)"))
+	}
+	switch o.Flow {
+	case ClientCredentials:
+		if o.ClientSecret.IsZero() {
+			errs = append(errs, errors.New("client_credentials needs a client secret"))
+		}
+	case AuthorizationCode:
+		if o.RedirectURL == "" {
+			errs = append(errs, errors.New("authorization_code needs a redirect URL"))
+		}
+		if o.Store == nil || o.Sealer == nil {
+			errs = append(errs, errors.New("authorization_code needs a store and a sealer for the refresh token"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("flow %q: want %s or %s", o.Flow, ClientCredentials, AuthorizationCode))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("oauth: server %s: %w", o.Server, err)
+	}
+	return nil
+}
+
+func (o *Options) endpoint() oauth2.Endpoint {
+	ep := microsoft.AzureADEndpoint(o.Tenant)
+	if o.AuthURL != "" {
+		ep.AuthURL = o.AuthURL
+	}
+	if o.TokenURL != "" {
+		ep.TokenURL = o.TokenURL
+	}
+	// Client id and secret in the body: with AuthStyleAutoDetect the first request is tried both ways.
+	ep.AuthStyle = oauth2.AuthStyleInParams
+	return ep
+}
+
+func (o *Options) scopes() []string {
+	if len(o.Scopes) > 0 {
+		return o.Scopes
+	}
+	if o.Flow == ClientCredentials {
+		return clientCredentialsScopes
+	}
+	return authorizationCodeScopes
+}
+
+func (o *Options) clientCredentials() *clientcredentials.Config {
+	ep := o.endpoint()
+	return &clientcredentials.Config{
+		ClientID: o.ClientID, ClientSecret: o.ClientSecret.Reveal(),
+		TokenURL: ep.TokenURL, Scopes: o.scopes(), AuthStyle: ep.AuthStyle,
+	}
+}
+
+func (o *Options) authorizationCode() *oauth2.Config {
+	return &oauth2.Config{
+		ClientID: o.ClientID, ClientSecret: o.ClientSecret.Reveal(),
+		Endpoint: o.endpoint(), RedirectURL: o.RedirectURL, Scopes: o.scopes(),
+	}
+}
