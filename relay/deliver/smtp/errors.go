@@ -1,0 +1,203 @@
+package smtp
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+
+	gosmtp "github.com/emersion/go-smtp"
+
+	"github.com/mailgate/mailgate/relay"
+)
+
+// Reasons carried by the *relay.Error values of this package (low-cardinality words for metrics).
+const (
+	ReasonUpstream     = "upstream"           // the upstream's own reply, passed through
+	ReasonNetwork      = "upstream_network"   // connect failure, dropped connection, timeout
+	ReasonTLSRequired  = "tls_required"       // Force TLS could not be satisfied: bounce at once
+	ReasonUpstreamAuth = "upstream_auth"      // the relay's credentials or upstream config: defer, alert
+	ReasonThrottled    = "upstream_throttled" // 432 4.3.2 and friends: retry later
+	ReasonQuota        = "upstream_quota"     // 554 5.2.0 quota exceeded: server paused
+	ReasonRateLimited  = "rate_limited"       // mailgate's own shaping deferred the message
+	ReasonSize         = "size"               // message larger than the configured or advertised limit
+	ReasonLocal        = "local"              // the spooled message could not be read
+)
+
+// stage names the protocol step an error happened in, for logs and classification.
+type stage string
+
+const (
+	stageConnect stage = "connect"
+	stageTLS     stage = "tls"
+	stageAuth    stage = "auth"
+	stageMail    stage = "mail"
+	stageRcpt    stage = "rcpt"
+	stageData    stage = "data"
+)
+
+// replyError maps an upstream reply into a *relay.Error keeping its code, enhanced code and text (the
+// text becomes the bounce diagnostic). Permanence follows the reply code (RFC 5321 §4.2.1): 4xx is
+// temporary, 5xx permanent — except for replies that are about the relay's own account or
+// configuration, which are never the recipient's fault and so are deferred (see authConfigReply).
+func (t *Transport) replyError(se *gosmtp.SMTPError, st stage) *relay.Error {
+	enh := enhancedOf(se)
+	upstream := fmt.Sprintf("%d %s %s", se.Code, enh, oneLine(se.Message))
+	switch {
+	case st == stageAuth || authConfigReply(se, enh):
+		return &relay.Error{Code: 451, Enhanced: relay.CodeTempAuth, Reason: ReasonUpstreamAuth,
+			Msg: fmt.Sprintf("upstream %s refused the relay's authentication or sender (%s); mail deferred", t.o.Name, upstream), Err: se}
+	case quotaReply(se, enh):
+		return &relay.Error{Code: 451, Enhanced: "4.2.0", Reason: ReasonQuota,
+			Msg: fmt.Sprintf("upstream %s sending quota exceeded (%s); mail deferred", t.o.Name, upstream), Err: se}
+	case se.Code == 432 || enh == "4.3.2":
+		return &relay.Error{Code: se.Code, Enhanced: enh, Reason: ReasonThrottled, Msg: oneLine(se.Message),
+			RetryAfter: t.o.ThrottleRetryAfter, Err: se}
+	case se.Code >= 400 && se.Code <= 599:
+		return &relay.Error{Code: se.Code, Enhanced: enh, Reason: ReasonUpstream, Msg: oneLine(se.Message), Err: se}
+	default:
+		// A reply outside 4xx/5xx where a failure was reported (a protocol violation): retry.
+		return &relay.Error{Code: 451, Enhanced: relay.CodeTempLocal, Reason: ReasonUpstream,
+			Msg: fmt.Sprintf("unexpected reply from upstream %s: %s", t.o.Name, upstream), Err: se}
+	}
+}
+
+// authConfigReply recognises replies, outside AUTH itself, that say the relay is not allowed to send:
+// 530 (authentication required, RFC 4954 §6), 535, and Exchange Online's 5.7.57 (client not
+// authenticated), 5.7.60 (no Send As permission for the sender), 5.7.139 (SMTP AUTH disabled) and
+// 5.7.3 on a 535.
+func authConfigReply(se *gosmtp.SMTPError, enh relay.EnhancedCode) bool {
+	switch {
+	case se.Code == 530 || se.Code == 535:
+		return true
+	case enh == "5.7.57" || enh == "5.7.60" || enh == "5.7.139":
+		return true
+	}
+	return false
+}
+
+// quotaReply recognises Exchange Online's "554 5.2.0 STOREDRV.Submission.Exception:
+// SubmissionQuotaExceededException" (and other 5.2.0 quota replies): the mailbox has used its sending
+// quota, so every message to this server will fail until the window frees up.
+func quotaReply(se *gosmtp.SMTPError, enh relay.EnhancedCode) bool {
+	return enh == "5.2.0" && strings.Contains(strings.ToLower(se.Message), "quota")
+}
+
+// enhancedOf returns the reply's enhanced code, or class.0.0 when the server sent none (RFC 3463 §3).
+func enhancedOf(se *gosmtp.SMTPError) relay.EnhancedCode {
+	e := se.EnhancedCode
+	if e != gosmtp.NoEnhancedCode && e[0] > 0 {
+		return relay.EnhancedCode(fmt.Sprintf("%d.%d.%d", e[0], e[1], e[2]))
+	}
+	class := se.Code / 100
+	if class != 4 && class != 5 {
+		class = 4
+	}
+	return relay.EnhancedCode(fmt.Sprintf("%d.0.0", class))
+}
+
+// classify turns any error from one protocol step into a *relay.Error.
+func (t *Transport) classify(err error, st stage) *relay.Error {
+	if re, ok := relay.AsError(err); ok {
+		return re
+	}
+	var se *gosmtp.SMTPError
+	if errors.As(err, &se) {
+		return t.replyError(se, st)
+	}
+	if st == stageConnect {
+		return &relay.Error{Code: 451, Enhanced: relay.CodeTempNetwork, Reason: ReasonNetwork,
+			Msg: fmt.Sprintf("cannot connect to upstream %s", t.o.Name), Err: err}
+	}
+	if isTimeout(err) {
+		return &relay.Error{Code: 451, Enhanced: relay.CodeTempTimeout, Reason: ReasonNetwork,
+			Msg: fmt.Sprintf("timeout talking to upstream %s during %s", t.o.Name, st), Err: err}
+	}
+	return &relay.Error{Code: 451, Enhanced: relay.CodeTempTimeout, Reason: ReasonNetwork,
+		Msg: fmt.Sprintf("connection to upstream %s failed during %s", t.o.Name, st), Err: err}
+}
+
+func isTimeout(err error) bool {
+	if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// isTransientNetwork reports whether a TLS handshake failure is a network hiccup (worth a retry) rather
+// than a refusal or a certificate problem (which Force TLS turns into a bounce).
+func isTransientNetwork(err error) bool {
+	if isTimeout(err) {
+		return true
+	}
+	var ve x509.UnknownAuthorityError
+	var he x509.HostnameError
+	var ci x509.CertificateInvalidError
+	var cv *tls.CertificateVerificationError
+	if errors.As(err, &ve) || errors.As(err, &he) || errors.As(err, &ci) || errors.As(err, &cv) {
+		return false
+	}
+	var oe *net.OpError
+	return errors.As(err, &oe) && !errors.As(err, new(tls.AlertError))
+}
+
+// tlsRequired is the permanent error for a message whose channel requires TLS when the next hop cannot
+// give a verified TLS ≥ 1.2 session: nothing was sent, and the queue bounces the recipients at once.
+func (t *Transport) tlsRequired(what string, cause error) *relay.Error {
+	return &relay.Error{Code: 554, Enhanced: relay.CodeEncryptionRequired, Reason: ReasonTLSRequired,
+		Msg: fmt.Sprintf("TLS required by the channel but upstream %s: %s; message not sent", t.o.Name, what), Err: cause}
+}
+
+// authError is the temporary error for every failure of the relay's own authentication: a customer's
+// address is never bounced because mailgate's credentials or the tenant's settings are wrong.
+func (t *Transport) authError(msg string, cause error) *relay.Error {
+	return &relay.Error{Code: 451, Enhanced: relay.CodeTempAuth, Reason: ReasonUpstreamAuth,
+		Msg: fmt.Sprintf("upstream %s: %s; mail deferred", t.o.Name, msg), Err: cause}
+}
+
+// remedy returns the operator action for a relay error, for the warn log line.
+func (t *Transport) remedy(re *relay.Error) string {
+	var se *gosmtp.SMTPError
+	enh := relay.EnhancedCode("")
+	if errors.As(re, &se) {
+		enh = enhancedOf(se)
+	}
+	switch {
+	case enh == "5.7.139":
+		return "SMTP AUTH is disabled for the mailbox or tenant: enable it with Set-CASMailbox -Identity " +
+			t.mailboxOrUser() + " -SmtpClientAuthenticationDisabled $false (and check Security Defaults)"
+	case enh == "5.7.57":
+		return "the upstream requires authentication: configure auth for server " + t.o.Name
+	case enh == "5.7.60":
+		return "grant " + t.mailboxOrUser() + " Send As permission for the envelope sender, or set the channel's MAIL FROM to that mailbox"
+	case re.Reason == ReasonUpstreamAuth && t.o.Auth == AuthXOAUTH2:
+		return "check the app registration's SMTP.Send permission and admin consent, that the service principal " +
+			"has access to the mailbox (Add-MailboxPermission), and `mailgate oauth status` for token errors"
+	case re.Reason == ReasonUpstreamAuth:
+		return "check the username/password (or the TLS set-up) configured for server " + t.o.Name
+	case re.Reason == ReasonQuota:
+		return "the mailbox's sending quota is used up; mail to this server is held until the window frees"
+	case re.Reason == ReasonThrottled:
+		return "the upstream limits concurrent connections: lower max_connections for server " + t.o.Name
+	case re.Reason == ReasonTLSRequired:
+		return "the upstream must offer STARTTLS with a certificate valid for " + t.o.TLSServerName + " (or the channel must not force TLS)"
+	case re.Reason == ReasonNetwork:
+		return "check that " + t.addr + " is reachable from this host"
+	}
+	return ""
+}
+
+func (t *Transport) mailboxOrUser() string {
+	if t.o.Mailbox != "" {
+		return t.o.Mailbox
+	}
+	return t.o.Username
+}
+
+// oneLine joins a multi-line reply text for a single-line diagnostic.
+func oneLine(s string) string { return strings.ReplaceAll(strings.TrimSpace(s), "\n", " ") }

@@ -1,0 +1,522 @@
+// Package smtp delivers queued messages to a custom upstream SMTP server — Microsoft 365 (Exchange
+// Online) with OAuth 2.0 or any submission server with a password — as a relay.Transport.
+//
+// Design:
+//
+//   - One Transport per configured server. It owns a small pool of set-up sessions (TLS done, AUTH
+//     done) and a semaphore of MaxConnections slots; a session is either in use (holding a slot) or idle
+//     in the pool, and a new one is dialled only when the pool is empty, so active + idle never exceeds
+//     MaxConnections (Exchange Online allows 3 concurrent connections per mailbox). Idle sessions are
+//     closed after IdleTimeout; a session is dropped after any connection-level error or 421.
+//   - A completed transaction leaves the session ready for the next MAIL (RFC 5321 §4.1.1.4: the end
+//     of DATA clears the buffers), so no RSET is spent after success; an aborted transaction (every
+//     RCPT refused, DATA refused) is cleaned with RSET (§4.1.1.5) before the session is pooled. A
+//     pooled session that turns out to be dead at MAIL (network error or 421, nothing sent) is replaced
+//     by a fresh one once.
+//   - go-smtp's client has no context support and no deadline while DATA is written: every step has a
+//     deadline (DialTimeout for connect and TLS handshake, CommandTimeout per reply, DataTimeout per
+//     written block through deadlineConn, FinalReplyTimeout after the dot), and the Deliver context
+//     closes the connection when it ends (context.AfterFunc).
+//   - TLS: implicit (RFC 8314) or STARTTLS (RFC 3207), used whenever offered, TLS ≥ 1.2, handshake
+//     forced at once. The certificate is always verified against RootCAs and TLSServerName; in
+//     opportunistic mode an unverified certificate is accepted (encryption without authentication, as
+//     Postfix's "may"), but credentials are only ever sent over TLS with a verified certificate, and a
+//     Force TLS message is only sent over a verified TLS ≥ 1.2 session — otherwise nothing is sent and
+//     each recipient gets a permanent 554 5.7.10 (Reason tls_required), which the queue bounces at once.
+//   - Errors: every recipient's outcome is a *relay.Error (or nil). Upstream replies keep their code,
+//     enhanced code and text (the bounce diagnostic); 4xx, network failures and timeouts are temporary,
+//     5xx permanent. Failures of the relay's own account — AUTH refused (after one retry with a fresh
+//     token for XOAUTH2), 530, 5.7.57, 5.7.60, 5.7.139, token-source errors, no TLS for credentials —
+//     are temporary 451 4.7.0 (Reason upstream_auth) and logged with the remedy: a customer's address
+//     is never bounced because of mailgate's configuration.
+//   - Shaping: MessagesPerMinute (waits up to MaxShapingWait, else defers with RetryAfter),
+//     RecipientsPerDay (recipients over the budget are deferred with RetryAfter, the rest are sent),
+//     432 4.3.2 deferred with ThrottleRetryAfter, and a 554 5.2.0 quota reply pauses the whole server —
+//     deferred with RetryAfter and no connection attempted — until its daily window frees up.
+//
+// Secrets (password, tokens) live only in Options and the SASL exchange: never logged, never in an
+// error, a metric or a probe report.
+package smtp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	gosmtp "github.com/emersion/go-smtp"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mailgate/mailgate/relay"
+	"github.com/mailgate/mailgate/relay/metrics"
+)
+
+// Transport delivers to one upstream SMTP server. It is safe for concurrent use by the queue's workers.
+type Transport struct {
+	o     Options
+	addr  string
+	m     *metrics.Metrics
+	slots chan struct{}
+
+	mu          sync.Mutex
+	idle        []*session // most recently used last
+	perMinute   *window
+	perDay      *window
+	pausedUntil time.Time
+	closed      bool
+}
+
+var _ relay.Transport = (*Transport)(nil)
+
+// New validates o, applies the defaults (see Options) and returns a Transport. It does not connect:
+// use Probe to check the server.
+func New(o Options) (*Transport, error) {
+	if err := o.setDefaults(); err != nil {
+		return nil, fmt.Errorf("smtp upstream %q: %w", o.Name, err)
+	}
+	m := o.Metrics
+	if m == nil {
+		m = metrics.New(prometheus.NewRegistry())
+	}
+	return &Transport{
+		o:         o,
+		addr:      net.JoinHostPort(o.Host, strconv.Itoa(o.Port)),
+		m:         m,
+		slots:     make(chan struct{}, o.MaxConnections),
+		perMinute: newWindow(o.MessagesPerMinute, time.Minute),
+		perDay:    newWindow(o.RecipientsPerDay, 24*time.Hour),
+	}, nil
+}
+
+// Name is the server's name as configured (for logs and the queue's routing).
+func (t *Transport) Name() string { return t.o.Name }
+
+// Deliver sends m to the upstream in one SMTP transaction. Result.Errs is aligned with m.Recipients:
+// RCPT refusals are per recipient, connection, TLS, AUTH and DATA failures apply to every recipient
+// still pending. Result.Reply is the upstream's final reply on success.
+func (t *Transport) Deliver(ctx context.Context, m *relay.Message) relay.Result {
+	n := len(m.Recipients)
+	res := relay.Result{Errs: make([]error, n)}
+	if n == 0 {
+		return res
+	}
+	all := make([]int, n)
+	for i := range all {
+		all[i] = i
+	}
+	set := func(idx []int, err error) {
+		for _, i := range idx {
+			res.Errs[i] = err
+		}
+	}
+
+	if err := t.precheck(m); err != nil {
+		set(all, err)
+		t.logFailure(m, err)
+		return res
+	}
+
+	// Recipients per day: send what the budget allows now, defer the rest.
+	t.mu.Lock()
+	granted, dayStamp, dayWait := t.perDay.reserve(n, time.Now())
+	t.mu.Unlock()
+	if granted < n {
+		set(all[granted:], &relay.Error{Code: 451, Enhanced: "4.7.0", Reason: ReasonRateLimited, RetryAfter: dayWait,
+			Msg: fmt.Sprintf("recipients-per-day limit (%d) of upstream %s reached; deferred", t.o.RecipientsPerDay, t.o.Name)})
+	}
+	idx := all[:granted]
+	if len(idx) == 0 {
+		return res
+	}
+	minuteStamp, err := t.waitRate(ctx)
+	if err != nil {
+		t.refund(len(idx), dayStamp, false, 0)
+		set(idx, err)
+		return res
+	}
+	refund := func() {
+		failed := 0
+		for _, i := range idx {
+			if res.Errs[i] != nil {
+				failed++
+			}
+		}
+		t.refund(failed, dayStamp, failed == len(idx), minuteStamp)
+	}
+
+	select {
+	case t.slots <- struct{}{}:
+		defer func() { <-t.slots }()
+	case <-ctx.Done():
+		set(idx, t.classify(ctx.Err(), stageConnect))
+		refund()
+		return res
+	}
+
+	if m.Open == nil {
+		set(idx, &relay.Error{Code: 451, Enhanced: relay.CodeTempLocal, Reason: ReasonLocal, Msg: "message body unavailable"})
+		refund()
+		return res
+	}
+	body, err := m.Open()
+	if err != nil {
+		set(idx, &relay.Error{Code: 451, Enhanced: relay.CodeTempLocal, Reason: ReasonLocal, Msg: "cannot read the queued message", Err: err})
+		refund()
+		return res
+	}
+	defer body.Close()
+
+	for attempt := 0; ; attempt++ {
+		s, reused, err := t.session(ctx, m.ForceTLS)
+		if err != nil {
+			set(idx, err)
+			t.logFailure(m, err)
+			break
+		}
+		reply, healthy, stale := t.transact(ctx, s, m, body, idx, &res)
+		if stale && attempt == 0 && reused {
+			t.o.Logger.Debug("pooled upstream connection was dead; reconnecting", "server", t.o.Name, "queue_id", m.QueueID)
+			t.drop(s, false)
+			for _, i := range idx {
+				res.Errs[i] = nil
+			}
+			continue
+		}
+		if healthy && ctx.Err() == nil {
+			t.put(s)
+		} else {
+			t.drop(s, false)
+		}
+		res.Reply = reply
+		for _, i := range idx {
+			if res.Errs[i] != nil {
+				t.noteFailure(m, res.Errs[i])
+			}
+		}
+		break
+	}
+	refund()
+	return res
+}
+
+// precheck refuses what needs no connection: a closed transport, a paused server, a message too big.
+func (t *Transport) precheck(m *relay.Message) error {
+	t.mu.Lock()
+	closed, until := t.closed, t.pausedUntil
+	t.mu.Unlock()
+	if closed {
+		return &relay.Error{Code: 451, Enhanced: relay.CodeTempLocal, Reason: ReasonLocal, Msg: "transport is shutting down"}
+	}
+	if wait := time.Until(until); wait > 0 {
+		return &relay.Error{Code: 451, Enhanced: "4.2.0", Reason: ReasonQuota, RetryAfter: wait,
+			Msg: fmt.Sprintf("upstream %s paused after a quota reply until %s", t.o.Name, until.UTC().Format(time.RFC3339))}
+	}
+	if t.o.MaxMessageBytes > 0 && m.Size > t.o.MaxMessageBytes {
+		return &relay.Error{Code: 552, Enhanced: relay.CodeTooBig, Reason: ReasonSize,
+			Msg: fmt.Sprintf("message size %d exceeds the limit %d of upstream %s", m.Size, t.o.MaxMessageBytes, t.o.Name)}
+	}
+	return nil
+}
+
+// waitRate takes one message from the per-minute budget, waiting up to MaxShapingWait (and never past
+// ctx's deadline); longer waits become a deferral with RetryAfter, so queue workers are not parked.
+func (t *Transport) waitRate(ctx context.Context) (int64, error) {
+	for {
+		t.mu.Lock()
+		g, stamp, wait := t.perMinute.reserve(1, time.Now())
+		t.mu.Unlock()
+		if g == 1 {
+			return stamp, nil
+		}
+		dl, hasDL := ctx.Deadline()
+		if wait > t.o.MaxShapingWait || (hasDL && time.Now().Add(wait).After(dl)) {
+			return 0, &relay.Error{Code: 451, Enhanced: "4.7.0", Reason: ReasonRateLimited, RetryAfter: wait,
+				Msg: fmt.Sprintf("messages-per-minute limit (%d) of upstream %s reached; deferred", t.o.MessagesPerMinute, t.o.Name)}
+		}
+		timer := time.NewTimer(wait)
+		select {
+		case <-timer.C:
+		case <-ctx.Done():
+			timer.Stop()
+			return 0, t.classify(ctx.Err(), stageConnect)
+		}
+	}
+}
+
+func (t *Transport) refund(rcpts int, dayStamp int64, message bool, minuteStamp int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.perDay.release(rcpts, dayStamp)
+	if message && minuteStamp != 0 {
+		t.perMinute.release(1, minuteStamp)
+	}
+}
+
+// session returns a pooled session (most recently used first) or dials a new one.
+func (t *Transport) session(ctx context.Context, forceTLS bool) (*session, bool, error) {
+	for {
+		t.mu.Lock()
+		var s *session
+		if k := len(t.idle); k > 0 {
+			s, t.idle = t.idle[k-1], t.idle[:k-1]
+		}
+		t.mu.Unlock()
+		if s == nil {
+			break
+		}
+		s.timer.Stop()
+		if forceTLS && s.tlsProblem(t.o.TLSServerName) != "" {
+			// This session was set up opportunistically; judge Force TLS on a fresh one.
+			t.drop(s, true)
+			break
+		}
+		t.o.Logger.Debug("upstream connection reused", "server", t.o.Name, "uses", s.uses)
+		return s, true, nil
+	}
+	s, err := t.dial(ctx, forceTLS, true)
+	if errors.Is(err, errHandshake) {
+		t.o.Logger.Warn("upstream STARTTLS handshake failed; falling back to plain text (no Force TLS, no credentials)",
+			"server", t.o.Name, "err", err, "remedy", "fix the upstream's TLS configuration")
+		s, err = t.dial(ctx, forceTLS, false)
+		if s != nil {
+			s.fellBack = true
+		}
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	tlsv := ""
+	if s.tlsVersion != 0 {
+		tlsv = tlsVersionName(s.tlsVersion)
+	}
+	t.o.Logger.Debug("upstream connection opened", "server", t.o.Name, "addr", t.addr, "tls", s.tlsMode,
+		"tls_version", tlsv, "cert_verified", s.tlsMode != tlsNone && s.certErr == nil, "auth", s.authMech)
+	return s, false, nil
+}
+
+// put returns a healthy session to the pool, to be closed if unused for IdleTimeout.
+func (t *Transport) put(s *session) {
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		t.drop(s, true)
+		return
+	}
+	t.idle = append(t.idle, s)
+	s.timer = time.AfterFunc(t.o.IdleTimeout, func() { t.expire(s) })
+	t.mu.Unlock()
+}
+
+// expire closes s if it is still idle in the pool.
+func (t *Transport) expire(s *session) {
+	t.mu.Lock()
+	i := -1
+	for k, x := range t.idle {
+		if x == s {
+			i = k
+		}
+	}
+	if i >= 0 {
+		t.idle = append(t.idle[:i], t.idle[i+1:]...)
+	}
+	t.mu.Unlock()
+	if i >= 0 {
+		t.o.Logger.Debug("upstream connection closed", "server", t.o.Name, "why", "idle")
+		t.drop(s, true)
+	}
+}
+
+// drop ends a session: QUIT (briefly) when it is healthy, a plain close otherwise.
+func (t *Transport) drop(s *session, quit bool) {
+	if s.c == nil {
+		return
+	}
+	if quit {
+		s.c.CommandTimeout = min(s.c.CommandTimeout, 5*time.Second)
+		if s.c.Quit() == nil {
+			return
+		}
+	}
+	s.c.Close()
+}
+
+// transact runs MAIL, RCPT and DATA for the recipients idx on s. healthy says s can be pooled; stale
+// says a reused session failed before anything was accepted (the caller retries on a new one).
+func (t *Transport) transact(ctx context.Context, s *session, m *relay.Message, body io.Reader, idx []int, res *relay.Result) (reply string, healthy, stale bool) {
+	stop := context.AfterFunc(ctx, func() { s.conn.Close() })
+	defer stop()
+	set := func(idx []int, err error) {
+		for _, i := range idx {
+			res.Errs[i] = err
+		}
+	}
+	if s.maxSize > 0 && m.Size > s.maxSize {
+		set(idx, &relay.Error{Code: 552, Enhanced: relay.CodeTooBig, Reason: ReasonSize,
+			Msg: fmt.Sprintf("message size %d exceeds the SIZE %d advertised by upstream %s", m.Size, s.maxSize, t.o.Name)})
+		return "", true, false
+	}
+	utf8 := !isASCII(m.MailFrom)
+	for _, i := range idx {
+		utf8 = utf8 || !isASCII(m.Recipients[i])
+	}
+	if utf8 && !s.smtputf8 {
+		// RFC 6531 §3.2: without SMTPUTF8 a non-ASCII address cannot be sent at all.
+		set(idx, &relay.Error{Code: 553, Enhanced: "5.6.7", Reason: ReasonUpstream,
+			Msg: fmt.Sprintf("upstream %s does not support SMTPUTF8, needed for a non-ASCII address", t.o.Name)})
+		return "", true, false
+	}
+	s.uses++
+
+	if err := s.c.Mail(m.MailFrom, &gosmtp.MailOptions{Size: m.Size, UTF8: utf8}); err != nil {
+		re := t.classify(err, stageMail)
+		set(idx, re)
+		t.checkQuota(re)
+		live := isSMTPReply(err) && !isReply(err, 421)
+		return "", live, !live && s.uses > 1
+	}
+	var accepted []int
+	for k, i := range idx {
+		err := s.c.Rcpt(m.Recipients[i], nil)
+		if err == nil {
+			accepted = append(accepted, i)
+			continue
+		}
+		re := t.classify(err, stageRcpt)
+		if !isSMTPReply(err) || isReply(err, 421) {
+			set(idx[k:], re)
+			set(accepted, re)
+			return "", false, false
+		}
+		res.Errs[i] = re
+		t.checkQuota(re)
+	}
+	if len(accepted) == 0 {
+		return "", s.c.Reset() == nil, false
+	}
+	w, err := s.c.Data()
+	if err != nil {
+		re := t.classify(err, stageData)
+		set(accepted, re)
+		t.checkQuota(re)
+		if isSMTPReply(err) && !isReply(err, 421) {
+			return "", s.c.Reset() == nil, false
+		}
+		return "", false, false
+	}
+	rt := &readTracker{r: body}
+	if _, err := io.Copy(w, rt); err != nil {
+		// Never finish the DATA of a message we could not read whole: closing the connection makes the
+		// server discard the transaction (RFC 5321 §4.1.1.4) instead of delivering a truncated message.
+		s.conn.Close()
+		if rt.err != nil {
+			set(accepted, &relay.Error{Code: 451, Enhanced: relay.CodeTempLocal, Reason: ReasonLocal,
+				Msg: "cannot read the queued message", Err: rt.err})
+		} else {
+			set(accepted, t.classify(err, stageData))
+		}
+		return "", false, false
+	}
+	resp, err := w.CloseWithResponse()
+	if err != nil {
+		re := t.classify(err, stageData)
+		set(accepted, re)
+		t.checkQuota(re)
+		return "", isSMTPReply(err) && !isReply(err, 421), false
+	}
+	return "250 " + oneLine(resp.StatusText), true, false
+}
+
+// checkQuota pauses the server after a quota reply until the daily window frees up (our own record of
+// recipients sent; QuotaPause when we have none), and puts that wait on the error.
+func (t *Transport) checkQuota(re *relay.Error) {
+	if re == nil || re.Reason != ReasonQuota {
+		return
+	}
+	now := time.Now()
+	t.mu.Lock()
+	wait := t.perDay.oldestExpiry(now)
+	if wait <= 0 {
+		wait = t.o.QuotaPause
+	}
+	wait = max(wait, time.Minute)
+	if until := now.Add(wait); until.After(t.pausedUntil) {
+		t.pausedUntil = until
+	}
+	t.mu.Unlock()
+	re.RetryAfter = wait
+}
+
+type readTracker struct {
+	r   io.Reader
+	err error
+}
+
+func (r *readTracker) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if err != nil && err != io.EOF {
+		r.err = err
+	}
+	return n, err
+}
+
+func isSMTPReply(err error) bool {
+	var se *gosmtp.SMTPError
+	return errors.As(err, &se)
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+// noteFailure logs, at warn with the remedy, the failures an operator must act on; ordinary recipient
+// refusals are the queue's to log (as bounced/deferred).
+func (t *Transport) noteFailure(m *relay.Message, err error) {
+	re, ok := relay.AsError(err)
+	if !ok {
+		return
+	}
+	switch re.Reason {
+	case ReasonUpstreamAuth, ReasonTLSRequired, ReasonQuota, ReasonThrottled, ReasonNetwork, ReasonLocal:
+		t.logFailure(m, err)
+	}
+}
+
+func (t *Transport) logFailure(m *relay.Message, err error) {
+	re, ok := relay.AsError(err)
+	if !ok {
+		t.o.Logger.Warn("upstream delivery failed", "server", t.o.Name, "queue_id", m.QueueID, "err", err)
+		return
+	}
+	attrs := []any{"server", t.o.Name, "queue_id", m.QueueID, "code", re.Code, "enhanced", string(re.Enhanced),
+		"reason", re.Reason, "err", re.Error()}
+	if re.RetryAfter > 0 {
+		attrs = append(attrs, "retry_after", re.RetryAfter.Round(time.Second).String())
+	}
+	if r := t.remedy(re); r != "" {
+		attrs = append(attrs, "remedy", r)
+	}
+	t.o.Logger.Warn("upstream delivery failed", attrs...)
+}
+
+// Close ends the pooled sessions (QUIT) and refuses further deliveries. In-flight deliveries finish.
+func (t *Transport) Close() error {
+	t.mu.Lock()
+	t.closed = true
+	idle := t.idle
+	t.idle = nil
+	t.mu.Unlock()
+	for _, s := range idle {
+		s.timer.Stop()
+		t.drop(s, true)
+	}
+	return nil
+}
