@@ -73,11 +73,13 @@ func Assign(defs []Definition) (map[string]*Signature, []error) {
 			continue
 		}
 		for _, u := range d.Users {
-			if prev, taken := owner[u]; taken {
+			// Logins compare case-insensitively, as SMTP AUTH identities are looked up.
+			key := strings.ToLower(u)
+			if prev, taken := owner[key]; taken {
 				errs = append(errs, fmt.Errorf("[%d].users: user %q is in signatures %q and %q (a user can have only one signature)", i, u, prev, d.Name))
 				continue
 			}
-			owner[u] = d.Name
+			owner[key] = d.Name
 			byUser[u] = sig
 		}
 	}

@@ -368,7 +368,13 @@ func (j *job) run(in *bufio.Reader) (Result, error) {
 			top = append(top, hfield{key: k, raw: raw})
 		}
 	}
-	fs = append(top, fs...)
+	// New fields go after the leading trace fields (RFC 5322 §3.6.7, RFC 5321 §4.4: trace blocks stay
+	// on top, as each hop prepends its own).
+	trace := 0
+	for trace < len(fs) && (fs[trace].key == "Received" || fs[trace].key == "Return-Path") {
+		trace++
+	}
+	fs = append(fs[:trace:trace], append(top, fs[trace:]...)...)
 
 	e, err := j.entityOf(&h, true, false)
 	if err != nil {

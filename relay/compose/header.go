@@ -25,20 +25,67 @@ func FormatFrom(displayName, address string) string {
 }
 
 func phrase(name string) string {
+	if isASCII(name) && isAtomPhrase(name) {
+		return name
+	}
 	if isASCII(name) {
-		if isAtomPhrase(name) {
-			return name
-		}
 		r := strings.NewReplacer(`\`, `\\`, `"`, `\"`)
 		return `"` + r.Replace(name) + `"`
 	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if c < utf8.RuneSelf && c != ' ' && !isPhraseQChar(c) {
-			return mime.BEncoding.Encode("utf-8", name)
+	return encodePhrase(name)
+}
+
+// encodePhrase writes a display name as Q encoded-words safe in a phrase (RFC 2047 §5(3)): only
+// letters, digits and "!*+-/" stay literal, a space is "_". Words go into encoded-words of at most 75
+// characters (§2), split after a space when the name needs more than one, so that the space survives
+// §6.2's rule that white space between adjacent encoded-words is ignored.
+func encodePhrase(name string) string {
+	const open, closing, max = "=?utf-8?q?", "?=", 75
+	var words []string
+	var cur strings.Builder
+	flush := func() {
+		if cur.Len() > 0 {
+			words = append(words, open+cur.String()+closing)
+			cur.Reset()
 		}
 	}
-	return mime.QEncoding.Encode("utf-8", name)
+	room := max - len(open) - len(closing)
+	for _, w := range strings.SplitAfter(name, " ") {
+		enc := qPhrase(w)
+		if cur.Len()+len(enc) > room {
+			flush()
+		}
+		if len(enc) <= room {
+			cur.WriteString(enc)
+			continue
+		}
+		// A single word longer than an encoded-word: split at rune boundaries.
+		for _, r := range w {
+			e := qPhrase(string(r))
+			if cur.Len()+len(e) > room {
+				flush()
+			}
+			cur.WriteString(e)
+		}
+	}
+	flush()
+	return strings.Join(words, " ")
+}
+
+func qPhrase(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == ' ':
+			b.WriteByte('_')
+		case c < utf8.RuneSelf && isPhraseQChar(c) && c != '=' && c != '_':
+			b.WriteByte(c)
+		default:
+			fmt.Fprintf(&b, "=%02X", c)
+		}
+	}
+	return b.String()
 }
 
 // isAtomPhrase reports whether s is a sequence of RFC 5322 atoms separated by single spaces.
