@@ -71,15 +71,9 @@ queue:
 business_units:
   - name: BU
     time_zone: Europe/Berlin
-roles:
-  - name: agent
-    channels:
-      Support: [reply, outbound]
-      Secure: [reply, outbound]
-      Quiet: [reply, outbound]
-  - name: limited
-    channels:
-      Support: [reply]
+  - name: BU2
+    time_zone: Asia/Tokyo
+    accepted_extensions: [.png, .pdf]
 users:
   - login: alice
     name: Alice Agent

@@ -49,6 +49,15 @@ channels:
     business_unit: BU
     transport: up
     outbound_flow: true
+roles:
+  - name: agent
+    channels:
+      Support: [reply, outbound]
+      Secure: [reply, outbound]
+      Quiet: [reply, outbound]
+  - name: limited
+    channels:
+      Support: [reply]
 trusted_networks:
   - cidr: 127.0.0.0/8
     principal: load-app

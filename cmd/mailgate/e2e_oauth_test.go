@@ -1,0 +1,158 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mailgate/mailgate/relay/peertest"
+)
+
+// tokenCounter is a reverse proxy in front of oauth2-mock-server's token endpoint that counts token
+// requests and remembers the access tokens it handed out (to prove they never appear in any output).
+type tokenCounter struct {
+	mu       sync.Mutex
+	requests int
+	tokens   []string
+}
+
+func (c *tokenCounter) start(t *testing.T, mockURL string) string {
+	target, _ := url.Parse(mockURL)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	proxy.ModifyResponse = func(r *http.Response) error {
+		b, _ := io.ReadAll(r.Body)
+		r.Body = io.NopCloser(bytes.NewReader(b))
+		var tok struct {
+			AccessToken string `json:"access_token"`
+		}
+		if json.Unmarshal(b, &tok) == nil && tok.AccessToken != "" {
+			c.mu.Lock()
+			c.tokens = append(c.tokens, tok.AccessToken)
+			c.mu.Unlock()
+		}
+		return nil
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c.mu.Lock()
+		if r.URL.Path == "/token" {
+			c.requests++
+		}
+		c.mu.Unlock()
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+func (c *tokenCounter) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.requests
+}
+
+const clientSecret = "mailgate-e2e-client-secret-3f9a"
+
+// TestXOAUTH2ToNodeSMTPServer: 1000 messages relayed to Node's smtp-server, which verifies each
+// XOAUTH2 token against oauth2-mock-server's JWKS, cost exactly one token request; test-send reports
+// the token and the server before sending; no secret or token appears in any output. (Outages and
+// revoked tokens are auth/oauth's and relay/deliver/smtp's tests, against the same peers.)
+func TestXOAUTH2ToNodeSMTPServer(t *testing.T) {
+	mock := peertest.OAuth2Mock(t)
+	var counter tokenCounter
+	tokenURL := counter.start(t, mock.URL) + "/token"
+	node := peertest.NodeSMTPServer(t, peertest.NodeSMTPOptions{JWKSURL: mock.URL + "/jwks", Issuer: mock.Issuer, NoPlain: true})
+	host, port, _ := net.SplitHostPort(node.Addr)
+	in := newInstance(t, fmt.Sprintf(`
+smtp_servers:
+  - name: m365
+    host: %s
+    port: %s
+    provider: microsoft
+    auth: microsoft-oauth
+    ca_file: %s
+    messages_per_minute: 1000000
+    recipients_per_day: 1000000
+    oauth:
+      tenant_id: contoso-tenant
+      client_id: mailgate-e2e
+      client_secret: env:MG_E2E_CLIENT_SECRET
+      mailbox: sender@contoso.example
+      token_url: %s
+channels:
+  - name: Support
+    from: support@example.com
+    display_name: Example Support
+    business_unit: BU
+    transport: m365
+    outbound_flow: true
+    force_tls: true
+roles:
+  - name: agent
+    channels:
+      Support: [reply, outbound]
+  - name: limited
+    channels:
+      Support: [reply]
+trusted_networks:
+  - cidr: 127.0.0.0/8
+    principal: crm-app
+    role: agent
+    business_unit: BU
+`, host, port, node.Cert.CertFile, tokenURL))
+	in.extraEnv = []string{"MG_E2E_CLIENT_SECRET=" + clientSecret}
+	in.start()
+
+	const n = 1000
+	for i := 0; i < n; i++ {
+		out := smtpConversation(t, in.smtp, fmt.Sprintf("From: support@example.com\r\nTo: c%d@example.net\r\nSubject: oauth %d\r\n\r\nbody\r\n.\r\n", i, i))
+		if !strings.Contains(out, "250 2.0.0 queued") {
+			t.Fatalf("message %d refused:\n%s", i, out)
+		}
+	}
+	waitFor(t, 120*time.Second, fmt.Sprintf("%d messages at the XOAUTH2 upstream", n), func() bool { return len(node.Accepted(t)) >= n })
+	for _, rec := range node.Accepted(t)[:3] {
+		if rec["auth"] != "XOAUTH2" || rec["user"] != "sender@contoso.example" || rec["tls"] != true {
+			t.Fatalf("upstream session: %v", rec)
+		}
+	}
+	if got := counter.count(); got != 1 {
+		t.Fatalf("%d messages cost %d token requests, want exactly 1", n, got)
+	}
+
+	// test-send reports what it found before sending.
+	out, code := in.mailgate("test-send", "--config", in.config, "--channel", "Support", "--to", "probe@example.net")
+	if code != 0 || !strings.Contains(out, "XOAUTH2") || !strings.Contains(strings.ToLower(out), "expires") {
+		t.Errorf("test-send: exit %d\n%s", code, out)
+	}
+
+	// Every output of the run: no client secret, no token.
+	all := in.logs() + out
+	for _, rec := range node.Accepted(t) {
+		all += fmt.Sprint(rec)
+	}
+	metrics, _ := http.Get("http://" + in.admin + "/metrics")
+	if metrics != nil {
+		b, _ := io.ReadAll(metrics.Body)
+		metrics.Body.Close()
+		all += string(b)
+	}
+	secrets := append([]string{clientSecret}, counter.tokens...)
+	for _, s := range secrets {
+		if strings.Contains(all, s) {
+			t.Fatalf("a secret or token appears in mailgate's output")
+		}
+		if len(s) > 40 && strings.Contains(all, s[len(s)-40:]) {
+			t.Fatalf("part of a token appears in mailgate's output")
+		}
+	}
+}

@@ -1,0 +1,137 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mailgate/mailgate/auth/oauth"
+	smtpdeliver "github.com/mailgate/mailgate/relay/deliver/smtp"
+	"github.com/mailgate/mailgate/relay/metrics"
+	"github.com/mailgate/mailgate/relay/store"
+)
+
+// preflight prints, before test-send sends, what mailgate finds on the way: for an OAuth server the
+// token (decoded claims, never the token), then the SMTP server's TLS and AUTH offer.
+func preflight(ctx context.Context, env *cliEnv, gen *generation, transport string, forceTLS bool) error {
+	if src, ok := gen.oauth[transport]; ok {
+		tok, err := src.Token(ctx)
+		if err != nil {
+			return fmt.Errorf("token: %v\nremedy: %s", err, oauth.RemedyOf(err))
+		}
+		fmt.Fprintf(env.stdout, "token obtained: %s\n", oauth.DescribeToken(tok))
+	}
+	t, ok := gen.transports[transport].(*smtpdeliver.Transport)
+	if !ok {
+		return nil
+	}
+	r, err := t.Probe(ctx, forceTLS)
+	if r != nil {
+		fmt.Fprintf(env.stdout, "server %s (%s): %s\n", r.Server, r.Addr, r.Banner)
+		fmt.Fprintf(env.stdout, "tls: %s %s; certificate verified for %s: %v %s\n", r.TLS, r.TLSVersion, r.CertName, r.CertVerified, r.CertError)
+		fmt.Fprintf(env.stdout, "auth offered: %s; used: %s -> %s\n", strings.Join(r.AuthOffered, " "), r.AuthMechanism, r.AuthResult)
+		if r.TokenFailure != nil {
+			fmt.Fprintf(env.stdout, "token refused by the server: %+v\n", *r.TokenFailure)
+		}
+	}
+	return err
+}
+
+func cmdOAuth(ctx context.Context, env *cliEnv, args []string) error {
+	if len(args) == 0 || (args[0] != "authorize" && args[0] != "status") {
+		return &exitError{code: 2, msg: "usage: mailgate oauth authorize --server NAME [--paste] | status (with --config FILE)"}
+	}
+	sub := args[0]
+	fs := newFlags(env, "oauth "+sub, "")
+	cfgPath := fs.String("config", "", "configuration file")
+	server := fs.String("server", "", "custom SMTP server name (authorize)")
+	paste := fs.Bool("paste", false, "authorize: paste the redirect URL from the browser instead of receiving it on the redirect URL's loopback listener")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	cfg, err := loadOrDevelopment(*cfgPath, "mailgate-data")
+	if err != nil {
+		return err
+	}
+	d := &daemon{log: slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: slog.LevelWarn})), metrics: metrics.New(prometheus.NewRegistry())}
+	st, err := store.Open(cfg.Store.Path)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	d.store = st
+	resolver, err := newResolver(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	secrets, err := resolveSecrets(ctx, resolver, cfg)
+	if err != nil {
+		return err
+	}
+	sources := map[string]*oauth.Source{}
+	var names []string
+	for i, s := range cfg.SMTPServers {
+		if s.Auth != "microsoft-oauth" {
+			continue
+		}
+		src, err := oauth.New(d.oauthOptions(s, secrets[fmt.Sprintf("smtp_servers[%d].oauth.client_secret", i)], resolver))
+		if err != nil {
+			return fmt.Errorf("smtp_servers[%d] (%s): %w", i, s.Name, err)
+		}
+		sources[s.Name] = src
+		names = append(names, s.Name)
+	}
+	if sub == "status" {
+		w := tabwriter.NewWriter(env.stdout, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "SERVER\tFLOW\tMAILBOX\tHEALTHY\tVALID-UNTIL\tLAST-REFRESH\tLAST-ERROR\tREMEDY")
+		for _, n := range names {
+			s := sources[n].Check(ctx)
+			fmt.Fprintf(w, "%s\t%s\t%s\t%v\t%s\t%s\t%s\t%s\n", s.Server, s.Flow, s.Mailbox, s.Healthy, fmtTime(s.ValidUntil), fmtTime(s.LastRefresh), oneLine(s.LastError), s.Remedy)
+		}
+		return w.Flush()
+	}
+	src, ok := sources[*server]
+	if !ok {
+		return fmt.Errorf("--server %q: no custom SMTP server with auth microsoft-oauth (have: %s)", *server, strings.Join(names, ", "))
+	}
+	a, err := src.BeginAuthorize()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.stdout, "Open this URL in a browser and sign in as the sending mailbox:\n\n  %s\n\n", a.URL)
+	var code string
+	if *paste {
+		fmt.Fprint(env.stdout, "Paste the URL the browser was redirected to: ")
+		line, _ := bufio.NewReader(env.stdin).ReadString('\n')
+		code, err = a.ParsePastedRedirect(strings.TrimSpace(line))
+	} else {
+		fmt.Fprintf(env.stdout, "Waiting for the redirect on %s ...\n", a.RedirectURL)
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+		defer cancel()
+		code, err = src.ReceiveRedirect(wctx, a)
+	}
+	if err != nil {
+		return err
+	}
+	info, err := src.Exchange(ctx, code, a.Verifier)
+	if err != nil {
+		return fmt.Errorf("%v\nremedy: %s", err, oauth.RemedyOf(err))
+	}
+	b, _ := json.Marshal(info)
+	fmt.Fprintf(env.stdout, "authorized %s: %s\nrefresh token stored encrypted in %s\n%s\n", *server, info, cfg.Store.Path, b)
+	return nil
+}
+
+func fmtTime(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format(time.RFC3339)
+}

@@ -1,0 +1,131 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/mailgate/mailgate/auth"
+	"github.com/mailgate/mailgate/config"
+	"github.com/mailgate/mailgate/relay/compose"
+	"github.com/mailgate/mailgate/relay/deliver/ses"
+	"github.com/mailgate/mailgate/relay/submit"
+	"github.com/mailgate/mailgate/signatures"
+	"github.com/mailgate/mailgate/templates"
+)
+
+// composition is everything composition needs from a configuration: the compose channel per channel
+// name and the signature per agent login. It implements submit.Composer.
+type composition struct {
+	composer   *compose.Composer
+	channels   map[string]*compose.Channel
+	signatures map[string]*signatures.Signature // by lower-cased login
+}
+
+// Compose adapts submission's view of a message to the composer's.
+func (c *composition) Compose(ctx context.Context, src io.Reader, dst io.Writer, sub *submit.Submission) (*submit.Composed, error) {
+	ch, ok := c.channels[sub.Channel.Name]
+	if !ok {
+		return nil, fmt.Errorf("composition: no channel %q", sub.Channel.Name)
+	}
+	agent := compose.Agent{Login: sub.Principal.Login, Name: sub.Principal.Name, Signature: c.signatures[strings.ToLower(sub.Principal.Login)]}
+	res, err := c.composer.Compose(ctx, src, dst, compose.Request{Channel: ch, Agent: agent, Now: sub.Received})
+	if err != nil {
+		return nil, err
+	}
+	return &submit.Composed{MessageID: res.MessageID, Ticket: res.Ticket, Reply: res.Reply, Size: res.Size}, nil
+}
+
+// transportLimit is the largest composed message a channel's transport takes, checked at DATA so that
+// an oversize message is refused to the agent instead of bouncing later: SES's 40 MB on the final MIME,
+// a custom server's configured limit. 0 = no limit known in advance.
+func transportLimit(c *config.Config, transport string) int64 {
+	switch transport {
+	case config.TransportSES:
+		return ses.MaxMessageBytes
+	case config.TransportOutbox:
+		return 0
+	}
+	for _, s := range c.SMTPServers {
+		if s.Name == transport {
+			return s.MaxMessageBytes
+		}
+	}
+	return 0
+}
+
+// buildComposition turns templates, signatures, business units and channels into composition.
+func buildComposition(c *config.Config) (*composition, error) {
+	tmpls := map[string]*templates.Template{}
+	for _, t := range c.Templates {
+		pt, err := templates.Parse(t.Name, t.HTML, t.Text)
+		if err != nil {
+			return nil, fmt.Errorf("templates %s: %w", t.Name, err)
+		}
+		tmpls[t.Name] = pt
+	}
+	defs := make([]signatures.Definition, 0, len(c.Signatures))
+	for _, s := range c.Signatures {
+		defs = append(defs, signatures.Definition{Name: s.Name, Text: s.Text, HTML: s.HTML, Users: s.Users})
+	}
+	sigs, errs := signatures.Assign(defs)
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("signatures: %v", errs)
+	}
+	lower := make(map[string]*signatures.Signature, len(sigs))
+	for login, s := range sigs {
+		lower[strings.ToLower(login)] = s
+	}
+	bus := map[string]config.BusinessUnit{}
+	for _, b := range c.BusinessUnits {
+		bus[b.Name] = b
+	}
+	comp := &composition{composer: compose.New(compose.Options{}), channels: map[string]*compose.Channel{}, signatures: lower}
+	for _, ch := range c.Channels {
+		bu := bus[ch.BusinessUnit]
+		loc, err := time.LoadLocation(bu.TimeZone)
+		if err != nil {
+			return nil, fmt.Errorf("business unit %s: %w", bu.Name, err)
+		}
+		cc := &compose.Channel{
+			Name: ch.Name, FromAddress: ch.From, DisplayName: ch.DisplayName,
+			Template:          tmpls[ch.Template],
+			Ticket:            compose.TicketFormat{Position: compose.Position(ch.Ticket.Position), Style: compose.Style(ch.Ticket.Style)},
+			Threading:         compose.Threading(ch.Threading),
+			Location:          loc,
+			AllowedExtensions: bu.AcceptedExtensions,
+			MaxMessageBytes:   transportLimit(c, ch.Transport),
+		}
+		if errs := cc.Validate(); len(errs) > 0 {
+			return nil, fmt.Errorf("channel %s: %v", ch.Name, errs)
+		}
+		comp.channels[ch.Name] = cc
+	}
+	return comp, nil
+}
+
+// buildRules is submission's view of a configuration: who may send, on which channel, composed how.
+func buildRules(c *config.Config) (*submit.Rules, *auth.Directory, error) {
+	dir, err := buildDirectory(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	comp, err := buildComposition(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	chans := make([]submit.Channel, 0, len(c.Channels))
+	for _, ch := range c.Channels {
+		chans = append(chans, submit.Channel{
+			Name: ch.Name, FromAddress: ch.From, OutboundActive: ch.OutboundFlow, Transport: ch.Transport,
+			ForceTLS: ch.ForceTLS, MailFrom: ch.MailFrom, MaxMessageBytes: transportLimit(c, ch.Transport),
+		})
+	}
+	rules, err := submit.NewRules(dir, chans, comp)
+	if err != nil {
+		return nil, nil, err
+	}
+	return rules, dir, nil
+}

@@ -1,0 +1,118 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/mailgate/mailgate/config"
+	"github.com/mailgate/mailgate/relay/store"
+)
+
+// openStore opens the store named by --config (or the development default's).
+func openStore(configPath, dataDir string) (*store.Store, error) {
+	c, err := loadOrDevelopment(configPath, dataDir)
+	if err != nil {
+		return nil, err
+	}
+	return store.Open(c.Store.Path)
+}
+
+// loadOrDevelopment loads a file, or with none the development default under dataDir.
+func loadOrDevelopment(configPath, dataDir string) (*config.Config, error) {
+	if configPath != "" {
+		return config.Load(configPath)
+	}
+	return config.Development(config.DevelopmentOptions{DataDir: dataDir}), nil
+}
+
+func cmdBounces(ctx context.Context, env *cliEnv, args []string) error {
+	if len(args) == 0 || (args[0] != "list" && args[0] != "remove") {
+		return &exitError{code: 2, msg: "usage: mailgate bounces list [--address A] [--channel C] | remove ADDRESS (see --help of each)"}
+	}
+	sub := args[0]
+	fs := newFlags(env, "bounces "+sub, map[string]string{"list": "", "remove": "ADDRESS"}[sub])
+	cfg := fs.String("config", "", "configuration file (default: the development default)")
+	dataDir := fs.String("data-dir", "mailgate-data", "data directory of the development default")
+	address := fs.String("address", "", "only this recipient address (list)")
+	channel := fs.String("channel", "", "only this channel (list)")
+	limit := fs.Int("limit", 100, "at most this many (list)")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	st, err := openStore(*cfg, *dataDir)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if sub == "remove" {
+		if fs.NArg() != 1 {
+			fs.Usage()
+			return &exitError{code: 2}
+		}
+		n, err := st.RemoveBounces(ctx, fs.Arg(0))
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(env.stdout, "removed %d bounce record(s) of %s; it is no longer suppressed\n", n, fs.Arg(0))
+		return nil
+	}
+	bs, err := st.Bounces(ctx, store.BounceFilter{Address: *address, Channel: *channel, Limit: *limit})
+	if err != nil {
+		return err
+	}
+	w := tabwriter.NewWriter(env.stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "TIME\tADDRESS\tCHANNEL\tCODE\tREASON\tMESSAGE-ID\tDIAGNOSTIC")
+	for _, b := range bs {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d %s\t%s\t%s\t%s\n", b.Time.UTC().Format(time.RFC3339), b.Address, b.Channel,
+			b.Code, b.Enhanced, b.Reason, b.MessageID, oneLine(b.Diagnostic))
+	}
+	return w.Flush()
+}
+
+func cmdLog(ctx context.Context, env *cliEnv, args []string) error {
+	if len(args) == 0 || args[0] != "search" {
+		return &exitError{code: 2, msg: "usage: mailgate log search title=TICKET | id=QUEUEID | message-id=ID"}
+	}
+	fs := newFlags(env, "log search", "title=TICKET | id=QUEUEID | message-id=ID")
+	cfg := fs.String("config", "", "configuration file (default: the development default)")
+	dataDir := fs.String("data-dir", "mailgate-data", "data directory of the development default")
+	limit := fs.Int("limit", 100, "at most this many")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	f := store.DeliveryFilter{Limit: *limit}
+	for _, q := range fs.Args() {
+		k, v, ok := strings.Cut(q, "=")
+		switch {
+		case ok && k == "title":
+			f.Ticket = v
+		case ok && k == "id":
+			f.QueueID = v
+		case ok && k == "message-id":
+			f.MessageID = strings.Trim(v, "<>")
+		default:
+			return &exitError{code: 2, msg: fmt.Sprintf("mailgate log search: unknown query %q (title=TICKET, id=QUEUEID, message-id=ID)", q)}
+		}
+	}
+	st, err := openStore(*cfg, *dataDir)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	rs, err := st.Deliveries(ctx, f)
+	if err != nil {
+		return err
+	}
+	w := tabwriter.NewWriter(env.stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "TIME\tQUEUE-ID\tTICKET\tCHANNEL\tPRINCIPAL\tSTATUS\tATTEMPTS\tRECIPIENTS\tLAST-REPLY")
+	for _, r := range rs {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", r.Time.UTC().Format(time.RFC3339), r.QueueID, r.Ticket, r.Channel,
+			r.Principal, r.Status, r.Attempts, strings.Join(r.Recipients, ","), oneLine(r.LastReply))
+	}
+	return w.Flush()
+}
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }

@@ -1,0 +1,240 @@
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync/atomic"
+
+	"github.com/mailgate/mailgate/auth/oauth"
+	"github.com/mailgate/mailgate/config"
+	"github.com/mailgate/mailgate/kms"
+	"github.com/mailgate/mailgate/relay"
+	"github.com/mailgate/mailgate/relay/admin"
+	"github.com/mailgate/mailgate/relay/deliver/outbox"
+	"github.com/mailgate/mailgate/relay/deliver/ses"
+	"github.com/mailgate/mailgate/relay/deliver/ses/events"
+	smtpdeliver "github.com/mailgate/mailgate/relay/deliver/smtp"
+	"github.com/mailgate/mailgate/relay/store"
+	"github.com/mailgate/mailgate/relay/submit"
+)
+
+// transportSet is the queue's view of the transports: swapped whole on reload, so the next attempt of
+// every message goes through the transport its channel names now.
+type transportSet struct {
+	m atomic.Pointer[map[string]relay.Transport]
+}
+
+// Transport returns the transport registered under name.
+func (s *transportSet) Transport(name string) (relay.Transport, bool) {
+	m := s.m.Load()
+	if m == nil {
+		return nil, false
+	}
+	t, ok := (*m)[name]
+	return t, ok
+}
+
+func (s *transportSet) swap(m map[string]relay.Transport) map[string]relay.Transport {
+	old := s.m.Swap(&m)
+	if old == nil {
+		return nil
+	}
+	return *old
+}
+
+func (s *transportSet) close() {
+	if m := s.m.Load(); m != nil {
+		closeTransports(*m)
+	}
+}
+
+func closeTransports(m map[string]relay.Transport) {
+	for _, t := range m {
+		if c, ok := t.(io.Closer); ok {
+			_ = c.Close()
+		}
+	}
+}
+
+// generation is what one configuration builds: submission's rules, the transports, and the
+// readiness checks that go with them.
+type generation struct {
+	rules      *submit.Rules
+	transports map[string]relay.Transport
+	checks     map[string]admin.Check
+	oauth      map[string]*oauth.Source
+	ses        *ses.Transport
+}
+
+// build makes a generation from cfg. Secrets are decrypted here, once; an error leaves nothing running.
+func (d *daemon) build(ctx context.Context, cfg *config.Config) (*generation, error) {
+	rules, _, err := buildRules(cfg)
+	if err != nil {
+		return nil, err
+	}
+	resolver, err := newResolver(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	secrets, err := resolveSecrets(ctx, resolver, cfg)
+	if err != nil {
+		return nil, err
+	}
+	g := &generation{rules: rules, transports: map[string]relay.Transport{}, checks: map[string]admin.Check{}, oauth: map[string]*oauth.Source{}}
+	if cfg.Outbox != nil {
+		g.transports[config.TransportOutbox] = &outbox.Outbox{Dir: cfg.Outbox.Dir}
+	}
+	for i, s := range cfg.SMTPServers {
+		t, src, err := d.smtpTransport(cfg, i, s, secrets, resolver)
+		if err != nil {
+			closeTransports(g.transports)
+			return nil, fmt.Errorf("smtp_servers[%d] (%s): %w", i, s.Name, err)
+		}
+		g.transports[s.Name] = t
+		if src != nil {
+			g.oauth[s.Name] = src
+			g.checks["oauth "+s.Name] = func(context.Context) error {
+				st := src.Status()
+				if !st.Healthy {
+					return fmt.Errorf("%s (%s)", st.LastError, st.Remedy)
+				}
+				return nil
+			}
+		}
+	}
+	if cfg.SES != nil {
+		t, err := d.sesTransport(ctx, cfg)
+		if err != nil {
+			closeTransports(g.transports)
+			return nil, fmt.Errorf("ses: %w", err)
+		}
+		g.transports[config.TransportSES] = t
+		g.ses = t
+		g.checks["ses"] = func(context.Context) error {
+			if ps := t.Problems(); len(ps) > 0 {
+				return fmt.Errorf("%v", ps)
+			}
+			return nil
+		}
+	}
+	return g, nil
+}
+
+func (d *daemon) smtpTransport(cfg *config.Config, i int, s config.SMTPServer, secrets map[string]kms.Secret, resolver *kms.Resolver) (relay.Transport, *oauth.Source, error) {
+	o := smtpdeliver.Options{
+		Name: s.Name, Host: s.Host, Port: s.Port, TLS: smtpdeliver.TLSMode(s.TLS),
+		HeloName: cfg.Hostname, MaxConnections: s.MaxConnections, MessagesPerMinute: s.MessagesPerMinute,
+		RecipientsPerDay: s.RecipientsPerDay, MaxMessageBytes: s.MaxMessageBytes,
+		DialTimeout: s.Timeouts.Connect.D(), CommandTimeout: s.Timeouts.Command.D(), DataTimeout: s.Timeouts.Data.D(),
+		Logger: d.log.With("server", s.Name), Metrics: d.metrics,
+	}
+	if s.Provider == "microsoft" {
+		o.Provider = smtpdeliver.ProviderMicrosoft
+	}
+	if s.CAFile != "" {
+		pem, err := os.ReadFile(s.CAFile)
+		if err != nil {
+			return nil, nil, fmt.Errorf("ca_file: %w", err)
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, nil, errors.New("ca_file: no PEM certificate in " + s.CAFile)
+		}
+		o.RootCAs = pool
+	}
+	var src *oauth.Source
+	switch s.Auth {
+	case "none":
+		o.Auth = smtpdeliver.AuthNone
+	case "login", "plain":
+		o.Auth = smtpdeliver.AuthMode(s.Auth)
+		o.Username = s.Username
+		o.Password = secrets[fmt.Sprintf("smtp_servers[%d].password", i)].Reveal()
+	case "microsoft-oauth":
+		var err error
+		src, err = oauth.New(d.oauthOptions(s, secrets[fmt.Sprintf("smtp_servers[%d].oauth.client_secret", i)], resolver))
+		if err != nil {
+			return nil, nil, err
+		}
+		o.Auth = smtpdeliver.AuthXOAUTH2
+		o.Tokens = src
+		o.Mailbox = s.OAuth.Mailbox
+		o.Username = s.OAuth.Mailbox
+	}
+	t, err := smtpdeliver.New(o)
+	if err != nil {
+		return nil, nil, err
+	}
+	return t, src, nil
+}
+
+func (d *daemon) oauthOptions(s config.SMTPServer, secret kms.Secret, resolver *kms.Resolver) oauth.Options {
+	o := s.OAuth
+	return oauth.Options{
+		Server: s.Name, Provider: oauth.ProviderMicrosoft, Tenant: o.TenantID, ClientID: o.ClientID,
+		ClientSecret: secret, Mailbox: o.Mailbox, Flow: oauth.Flow(o.Flow), Scopes: o.Scopes,
+		RedirectURL: o.RedirectURL, AuthURL: o.AuthorizeURL, TokenURL: o.TokenURL,
+		Store: d.store, Sealer: resolver, Metrics: d.metrics, Logger: d.log.With("server", s.Name),
+	}
+}
+
+func (d *daemon) sesTransport(ctx context.Context, cfg *config.Config) (*ses.Transport, error) {
+	chans := map[string]ses.Channel{}
+	for _, ch := range cfg.Channels {
+		if ch.Transport == config.TransportSES {
+			chans[ch.Name] = ses.Channel{ConfigurationSet: ch.SESConfigurationSet, ForceTLS: ch.ForceTLS}
+		}
+	}
+	t, err := ses.New(ctx, ses.Options{
+		Region: cfg.SES.Region, Endpoint: cfg.SES.Endpoint, Channels: chans,
+		MaxSendRate: cfg.SES.MaxSendRate, Logger: d.log.With("transport", "ses"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// checks are the readiness checks of a generation plus the process-wide ones.
+func (d *daemon) checks(g *generation) map[string]admin.Check {
+	out := map[string]admin.Check{
+		"spool": func(context.Context) error {
+			f, err := os.CreateTemp(d.spoolDir, ".ready-*")
+			if err != nil {
+				return fmt.Errorf("spool not writable: %w", err)
+			}
+			f.Close()
+			return os.Remove(f.Name())
+		},
+		// A real query: the store answers, not just that the file exists.
+		"store": func(ctx context.Context) error {
+			_, _, err := d.store.Suppressed(ctx, "readiness-check@invalid")
+			return err
+		},
+	}
+	for k, v := range g.checks {
+		out[k] = v
+	}
+	return out
+}
+
+// sesEvents is the SNS endpoint for SES bounce and complaint notifications, writing into the store.
+func sesEvents(cfg *config.Config, st *store.Store, d *daemon) (*events.Handler, error) {
+	sets := map[string]string{}
+	for _, ch := range cfg.Channels {
+		if ch.SESConfigurationSet != "" {
+			sets[ch.SESConfigurationSet] = ch.Name
+		}
+	}
+	return events.New(events.Options{
+		Bounces: st, Suppressions: st, Processed: st, TopicARNs: cfg.SES.EventTopics, Channels: sets,
+		Logger: d.log.With("component", "ses-events"), Metrics: d.metrics,
+	})
+}
