@@ -175,9 +175,11 @@ func (s *Source) refreshToken(f *flight) {
 
 // adopt caches a fresh token; s.mu is held.
 func (s *Source) adopt(tok *oauth2.Token, start time.Time) {
+	// expires_in (RFC 6749 §5.1) is in whole seconds. clientcredentials drops the field and keeps
+	// only Expiry (computed on the real clock when the response was parsed): round it back.
 	lifetime := time.Duration(tok.ExpiresIn) * time.Second
 	if lifetime <= 0 && !tok.Expiry.IsZero() {
-		lifetime = time.Until(tok.Expiry)
+		lifetime = time.Until(tok.Expiry).Round(time.Second)
 	}
 	if lifetime <= 0 {
 		lifetime = time.Hour // no expiry given: Microsoft always sends one; assume its usual hour
