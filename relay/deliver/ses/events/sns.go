@@ -41,7 +41,7 @@ type Envelope struct {
 	Signature        string
 	SigningCertURL   string
 	SubscribeURL     *string `json:"SubscribeURL,omitempty"`
-	UnsubscribeURL   string `json:",omitempty"`
+	UnsubscribeURL   string  `json:",omitempty"`
 }
 
 // ParseEnvelope decodes an SNS message and checks that the fields every type carries are present.
