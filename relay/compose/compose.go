@@ -183,6 +183,7 @@ func (c *Composer) Compose(ctx context.Context, src io.Reader, dst io.Writer, re
 	}
 	j.allowed = allowedSet(req.Channel.AllowedExtensions)
 	guard := &lineGuard{r: src, max: c.maxLineBytes}
+	j.guard = guard
 	res, err := j.run(bufio.NewReaderSize(guard, 32<<10))
 	if err == nil {
 		err = bw.Flush()
@@ -225,6 +226,7 @@ type job struct {
 	ch      *Channel
 	out     *countWriter
 	allowed map[string]bool // nil = all extensions allowed
+	guard   *lineGuard
 
 	ticket  string
 	subject string
@@ -282,6 +284,9 @@ func (j *job) writeFields(fs []hfield) error {
 func (j *job) run(in *bufio.Reader) (Result, error) {
 	h, err := textproto.ReadHeader(in)
 	if err != nil {
+		if j.guard.err != nil && !errors.Is(j.guard.err, io.EOF) {
+			return Result{}, err // the spooled input failed, not the message: classify makes it 451
+		}
 		return Result{}, malformed("malformed message header")
 	}
 	ch := j.ch

@@ -2,7 +2,6 @@ package compose
 
 import (
 	"fmt"
-	"mime"
 	"strings"
 	"unicode/utf8"
 )
@@ -36,11 +35,17 @@ func phrase(name string) string {
 }
 
 // encodePhrase writes a display name as Q encoded-words safe in a phrase (RFC 2047 §5(3)): only
-// letters, digits and "!*+-/" stay literal, a space is "_". Words go into encoded-words of at most 75
-// characters (§2), split after a space when the name needs more than one, so that the space survives
-// §6.2's rule that white space between adjacent encoded-words is ignored.
+// letters, digits and "!*+-/" stay literal.
 func encodePhrase(name string) string {
-	const open, closing, max = "=?utf-8?q?", "?=", 75
+	return encodeWords(name, func(c byte) bool { return isPhraseQChar(c) && c != '=' && c != '_' }, 75)
+}
+
+// encodeWords writes s as Q encoded-words (RFC 2047 §4.2: a space is "_", bytes outside literal are
+// =XX) of at most max characters (§2 allows 75). When s needs more than one, it is split after a space,
+// so the space survives §6.2's rule that white space between adjacent encoded-words is ignored, or,
+// inside a long word, at a rune boundary (§5: an encoded-word holds whole characters).
+func encodeWords(s string, literal func(byte) bool, max int) string {
+	const open, closing = "=?utf-8?q?", "?="
 	var words []string
 	var cur strings.Builder
 	flush := func() {
@@ -50,8 +55,23 @@ func encodePhrase(name string) string {
 		}
 	}
 	room := max - len(open) - len(closing)
-	for _, w := range strings.SplitAfter(name, " ") {
-		enc := qPhrase(w)
+	q := func(s string) string {
+		var b strings.Builder
+		for i := 0; i < len(s); i++ {
+			c := s[i]
+			switch {
+			case c == ' ':
+				b.WriteByte('_')
+			case c < utf8.RuneSelf && literal(c):
+				b.WriteByte(c)
+			default:
+				fmt.Fprintf(&b, "=%02X", c)
+			}
+		}
+		return b.String()
+	}
+	for _, w := range strings.SplitAfter(s, " ") {
+		enc := q(w)
 		if cur.Len()+len(enc) > room {
 			flush()
 		}
@@ -59,9 +79,8 @@ func encodePhrase(name string) string {
 			cur.WriteString(enc)
 			continue
 		}
-		// A single word longer than an encoded-word: split at rune boundaries.
 		for _, r := range w {
-			e := qPhrase(string(r))
+			e := q(string(r))
 			if cur.Len()+len(e) > room {
 				flush()
 			}
@@ -70,22 +89,6 @@ func encodePhrase(name string) string {
 	}
 	flush()
 	return strings.Join(words, " ")
-}
-
-func qPhrase(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c == ' ':
-			b.WriteByte('_')
-		case c < utf8.RuneSelf && isPhraseQChar(c) && c != '=' && c != '_':
-			b.WriteByte(c)
-		default:
-			fmt.Fprintf(&b, "=%02X", c)
-		}
-	}
-	return b.String()
 }
 
 // isAtomPhrase reports whether s is a sequence of RFC 5322 atoms separated by single spaces.
@@ -142,46 +145,21 @@ func sanitize(s string) string {
 }
 
 // EncodeUnstructured renders an unstructured header value (Subject): ASCII as is, otherwise RFC 2047
-// Q encoded-words (§5(1) allows any printable ASCII in them there). An ASCII word too long for a header
-// line is encoded too, in short encoded-words, so FoldHeader can always keep lines under RFC 5322's
-// 998-character limit.
+// Q encoded-words (§5(1) allows any printable ASCII but "=", "?", "_" literally there), short enough
+// that a folded "Subject:" line stays within 78 characters. An ASCII word too long for a header line is
+// encoded too, so FoldHeader can always fold.
 func EncodeUnstructured(v string) string {
 	v = strings.Join(strings.Fields(sanitize(v)), " ")
+	literal := func(c byte) bool { return c > ' ' && c <= '~' && c != '=' && c != '?' && c != '_' }
 	if !isASCII(v) {
-		return mime.QEncoding.Encode("utf-8", v)
+		return encodeWords(v, literal, 66)
 	}
 	for _, w := range strings.Fields(v) {
-		if len(w) > 76 {
-			return qEncodeASCII(v)
+		if len(w) > 66 {
+			return encodeWords(v, literal, 66)
 		}
 	}
 	return v
-}
-
-// qEncodeASCII writes ASCII text as a sequence of Q encoded-words of at most 75 characters (RFC 2047
-// §2, §4.2); mime.QEncoding leaves ASCII alone, so it cannot do this.
-func qEncodeASCII(v string) string {
-	var words []string
-	var b strings.Builder
-	open := func() { b.Reset(); b.WriteString("=?utf-8?q?") }
-	open()
-	for i := 0; i < len(v); i++ {
-		c := v[i]
-		enc := string(c)
-		switch {
-		case c == ' ':
-			enc = "_"
-		case c == '=' || c == '?' || c == '_' || c < ' ' || c > '~':
-			enc = fmt.Sprintf("=%02X", c)
-		}
-		if b.Len()+len(enc)+2 > 75 {
-			words = append(words, b.String()+"?=")
-			open()
-		}
-		b.WriteString(enc)
-	}
-	words = append(words, b.String()+"?=")
-	return strings.Join(words, " ")
 }
 
 // FoldHeader renders "Name: value\r\n", folded at white space so no line exceeds 78 characters where

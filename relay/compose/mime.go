@@ -67,11 +67,16 @@ func (j *job) entityOf(h *textproto.Header, isBody, inAlternative bool) (entity,
 			e.name = params["filename"]
 		} else if i := strings.IndexByte(cd, ';'); i >= 0 {
 			e.disposition = strings.ToLower(strings.TrimSpace(cd[:i]))
+		}
+		if err != nil && e.name == "" {
 			e.name = looseParam(cd, "filename")
 		}
 	}
 	if e.name == "" {
 		e.name = e.params["name"]
+	}
+	if e.name == "" && len(e.params) == 0 {
+		e.name = looseParam(h.Get("Content-Type"), "name")
 	}
 	if e.name != "" {
 		// Clients put RFC 2047 encoded-words inside quoted names although RFC 2047 §5 forbids it.
