@@ -50,7 +50,7 @@ const maxDiagnostic = 300
 //	MailFromDomainNotVerified                             → 550 5.7.1 bounce
 //	BadRequest                                            → 554 5.6.0 bounce
 //	HTTP 413 (request too large)                          → 552 5.3.4 bounce
-//	403 / signature / token errors                        → 451 4.7.0 (deferred; alert: credentials)
+//	403 / signature / token errors, no credentials        → 451 4.7.0 (deferred; alert: credentials)
 //	NotFound (e.g. configuration set)                     → 451 4.3.0 (deferred; alert: configuration)
 //	anything else, network errors, timeouts               → 451 (retried)
 //
@@ -59,6 +59,10 @@ const maxDiagnostic = 300
 func classify(err error) *relay.Error {
 	if re, ok := relay.AsError(err); ok {
 		return re
+	}
+	var credErr *credentialsError
+	if errors.As(err, &credErr) {
+		return relay.Wrap(err, 451, relay.CodeTempAuth, ReasonAuth, "no usable AWS credentials for SES")
 	}
 	status := httpStatus(err)
 	var apiErr smithy.APIError

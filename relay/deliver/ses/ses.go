@@ -176,6 +176,9 @@ func newClient(ctx context.Context, opts Options) (*sesv2.Client, error) {
 	if cfg.Region == "" {
 		return nil, errors.New("ses: no AWS region configured (set the SES region or AWS_REGION)")
 	}
+	if cfg.Credentials != nil {
+		cfg.Credentials = markedCredentials{cfg.Credentials}
+	}
 	return sesv2.NewFromConfig(cfg, func(o *sesv2.Options) {
 		if opts.Endpoint != "" {
 			o.BaseEndpoint = aws.String(opts.Endpoint)
@@ -184,6 +187,24 @@ func newClient(ctx context.Context, opts Options) (*sesv2.Client, error) {
 		o.RetryMaxAttempts = 1
 	}), nil
 }
+
+// markedCredentials tags a credential lookup failure, which the SDK reports as an untyped error, so
+// classify can tell "no usable credentials" (an operator problem: alert) from a network failure.
+type markedCredentials struct{ aws.CredentialsProvider }
+
+func (m markedCredentials) Retrieve(ctx context.Context) (aws.Credentials, error) {
+	c, err := m.CredentialsProvider.Retrieve(ctx)
+	if err != nil {
+		return c, &credentialsError{err}
+	}
+	return c, nil
+}
+
+// credentialsError is a failure to obtain AWS credentials.
+type credentialsError struct{ err error }
+
+func (e *credentialsError) Error() string { return "AWS credentials: " + e.err.Error() }
+func (e *credentialsError) Unwrap() error { return e.err }
 
 // ValidateChannel reports a channel configuration SES cannot honour: Force TLS is only expressible as a
 // configuration set with TLS policy REQUIRE, so a Force TLS channel without a configuration set is an
