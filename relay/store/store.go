@@ -1,0 +1,516 @@
+// Package store keeps mailgate's shared state: bounces and the suppression list they feed, the delivery
+// log, sealed OAuth secrets and the idempotency marks of SES notifications. This is the embedded SQLite
+// implementation (modernc.org/sqlite: pure Go, builds with CGO_ENABLED=0).
+//
+// Design:
+//   - The schema is created and migrated at Open, inside one transaction, recorded in schema_version;
+//     a database from a newer mailgate is refused rather than misread.
+//   - Three connection pools on one WAL database, because SQLite has one writer and two kinds of write:
+//     a durable writer (one connection, synchronous=FULL: the WAL is fsynced at every commit) for
+//     bounces, suppression, secrets and notification marks — losing any of these to a power cut would
+//     mail a suppressed address again or lose a rotated refresh token; a log writer (one connection,
+//     synchronous=NORMAL, durable at the next checkpoint) for the delivery log, written twice per
+//     message and worth no fsync; and a reader pool. One connection per writer makes Go's pool, not
+//     SQLite's sleeping busy handler, queue concurrent writers; BEGIN IMMEDIATE (_txlock=immediate)
+//     takes the write lock up front so read-then-write transactions never fail with SQLITE_BUSY.
+//   - Times are stored as Unix milliseconds (modernc would store time.Time as text in its zone).
+//   - Addresses are compared case-insensitively through a lower-cased key column: operators and
+//     upstreams spell the same mailbox differently, and suppression must not be dodged by case.
+//   - The store never sees secrets in the clear: PutSecret takes values the caller already sealed.
+//   - Errors leaving the package are *relay.Error 451 4.3.0 (temporary: the store may come back) with
+//     the cause inside for the logs.
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+
+	"github.com/mailgate/mailgate/relay"
+)
+
+// Store is the SQLite store. Its methods are safe for concurrent use.
+type Store struct {
+	read    *sql.DB // readers
+	logw    *sql.DB // delivery log writer, synchronous=NORMAL
+	durable *sql.DB // everything else that writes, synchronous=FULL
+}
+
+// dsn builds a modernc DSN. The path is escaped because SQLite parses the file: URI (a '?' or '#' in a
+// directory name would otherwise cut it short).
+func dsn(path, synchronous string) string {
+	esc := strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(path)
+	return "file:" + esc + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)" +
+		"&_pragma=synchronous(" + synchronous + ")&_txlock=immediate"
+}
+
+// Open opens (creating if needed) the database at path and brings its schema up to date.
+func Open(path string) (*Store, error) {
+	if path == "" {
+		return nil, errors.New("store: empty database path")
+	}
+	s := &Store{}
+	var err error
+	// The durable writer opens first: it sets WAL mode and runs the migrations before anyone reads.
+	if s.durable, err = sql.Open("sqlite", dsn(path, "FULL")); err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	s.durable.SetMaxOpenConns(1)
+	if err := migrate(context.Background(), s.durable); err != nil {
+		s.durable.Close()
+		return nil, fmt.Errorf("store: %s: %w", path, err)
+	}
+	if s.logw, err = sql.Open("sqlite", dsn(path, "NORMAL")); err != nil {
+		s.durable.Close()
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	s.logw.SetMaxOpenConns(1)
+	if s.read, err = sql.Open("sqlite", dsn(path, "NORMAL")); err != nil {
+		s.durable.Close()
+		s.logw.Close()
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	s.read.SetMaxOpenConns(4)
+	return s, nil
+}
+
+// Close closes every connection.
+func (s *Store) Close() error {
+	return errors.Join(s.read.Close(), s.logw.Close(), s.durable.Close())
+}
+
+// migrations are applied in order; schema_version holds how many have run. Never edit one that has
+// shipped: append a new one.
+func migrations() []string {
+	return []string{
+		`CREATE TABLE bounces (
+		id          INTEGER PRIMARY KEY,
+		address     TEXT    NOT NULL,
+		address_key TEXT    NOT NULL,
+		channel     TEXT    NOT NULL,
+		time_ms     INTEGER NOT NULL,
+		code        INTEGER NOT NULL,
+		enhanced    TEXT    NOT NULL,
+		diagnostic  TEXT    NOT NULL,
+		message_id  TEXT    NOT NULL,
+		ticket      TEXT    NOT NULL,
+		queue_id    TEXT    NOT NULL,
+		reason      TEXT    NOT NULL
+	);
+	CREATE INDEX bounces_address ON bounces(address_key, time_ms);
+	CREATE INDEX bounces_channel ON bounces(channel, time_ms);
+	CREATE INDEX bounces_time ON bounces(time_ms);
+	CREATE TABLE suppression (
+		address_key TEXT PRIMARY KEY,
+		address     TEXT    NOT NULL,
+		reason      TEXT    NOT NULL,
+		source      TEXT    NOT NULL,
+		created_ms  INTEGER NOT NULL,
+		updated_ms  INTEGER NOT NULL
+	);
+	CREATE TABLE deliveries (
+		queue_id   TEXT PRIMARY KEY,
+		message_id TEXT    NOT NULL,
+		ticket     TEXT    NOT NULL,
+		channel    TEXT    NOT NULL,
+		principal  TEXT    NOT NULL,
+		recipients TEXT    NOT NULL,
+		status     TEXT    NOT NULL,
+		attempts   INTEGER NOT NULL,
+		last_reply TEXT    NOT NULL,
+		time_ms    INTEGER NOT NULL,
+		created_ms INTEGER NOT NULL
+	);
+	CREATE INDEX deliveries_ticket ON deliveries(ticket, time_ms);
+	CREATE INDEX deliveries_message_id ON deliveries(message_id);
+	CREATE INDEX deliveries_time ON deliveries(time_ms);
+	CREATE TABLE secrets (
+		key        TEXT PRIMARY KEY,
+		sealed     TEXT    NOT NULL,
+		updated_ms INTEGER NOT NULL
+	);
+	CREATE TABLE processed_notifications (
+		id      TEXT PRIMARY KEY,
+		time_ms INTEGER NOT NULL
+	);`,
+	}
+}
+
+func migrate(ctx context.Context, db *sql.DB) error {
+	tx, err := db.BeginTx(ctx, nil) // BEGIN IMMEDIATE: two instances starting at once migrate in turn
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)`); err != nil {
+		return err
+	}
+	var version int
+	switch err := tx.QueryRowContext(ctx, `SELECT version FROM schema_version`).Scan(&version); {
+	case errors.Is(err, sql.ErrNoRows):
+		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_version(version) VALUES (0)`); err != nil {
+			return err
+		}
+	case err != nil:
+		return err
+	}
+	steps := migrations()
+	if version > len(steps) {
+		return fmt.Errorf("database schema version %d is newer than this mailgate (%d)", version, len(steps))
+	}
+	for i := version; i < len(steps); i++ {
+		if _, err := tx.ExecContext(ctx, steps[i]); err != nil {
+			return fmt.Errorf("migration %d: %w", i+1, err)
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE schema_version SET version = $1`, len(steps)); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+func storeErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	return relay.Wrap(err, 451, relay.CodeTempLocal, "store", "local store unavailable")
+}
+
+func badInput(format string, args ...any) error {
+	return relay.Errorf(501, relay.CodeBadSyntax, "store", format, args...)
+}
+
+// addressKey is the case-insensitive form under which an address is suppressed.
+func addressKey(addr string) string {
+	return strings.ToLower(strings.Trim(strings.TrimSpace(addr), "<>"))
+}
+
+func ms(t time.Time) int64 {
+	if t.IsZero() {
+		t = time.Now()
+	}
+	return t.UnixMilli()
+}
+
+func fromMS(v int64) time.Time { return time.UnixMilli(v).UTC() }
+
+func limit(n int) int {
+	switch {
+	case n <= 0:
+		return 100
+	case n > 10000:
+		return 10000
+	}
+	return n
+}
+
+// suppressionReason is what submission shows at RCPT for a bounced address.
+func suppressionReason(b relay.Bounce) string {
+	r := fmt.Sprintf("bounced %s: %d %s %s", b.Time.UTC().Format("2006-01-02"), b.Code, b.Enhanced, b.Diagnostic)
+	if len(r) > 300 {
+		r = r[:300]
+	}
+	return strings.TrimSpace(r)
+}
+
+// RecordBounce stores a bounce and puts its address on the suppression list (or refreshes the reason),
+// in one transaction.
+func (s *Store) RecordBounce(ctx context.Context, b relay.Bounce) error {
+	key := addressKey(b.Address)
+	if key == "" {
+		return badInput("bounce without an address")
+	}
+	if b.Time.IsZero() {
+		b.Time = time.Now()
+	}
+	tx, err := s.durable.BeginTx(ctx, nil)
+	if err != nil {
+		return storeErr(err)
+	}
+	defer tx.Rollback()
+	t := ms(b.Time)
+	if _, err := tx.ExecContext(ctx, `INSERT INTO bounces
+		(address, address_key, channel, time_ms, code, enhanced, diagnostic, message_id, ticket, queue_id, reason)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
+		strings.TrimSpace(b.Address), key, b.Channel, t, b.Code, string(b.Enhanced), b.Diagnostic,
+		b.MessageID, b.Ticket, b.QueueID, b.Reason); err != nil {
+		return storeErr(err)
+	}
+	if err := upsertSuppression(ctx, tx, b.Address, key, suppressionReason(b), "bounce", t); err != nil {
+		return storeErr(err)
+	}
+	return storeErr(tx.Commit())
+}
+
+func upsertSuppression(ctx context.Context, tx *sql.Tx, addr, key, reason, source string, t int64) error {
+	_, err := tx.ExecContext(ctx, `INSERT INTO suppression (address_key, address, reason, source, created_ms, updated_ms)
+		VALUES ($1, $2, $3, $4, $5, $5)
+		ON CONFLICT (address_key) DO UPDATE SET
+			address = excluded.address, reason = excluded.reason, source = excluded.source, updated_ms = excluded.updated_ms`,
+		key, strings.TrimSpace(addr), reason, source, t)
+	return err
+}
+
+// Suppress puts an address on the suppression list without a bounce record: SES complaints, or an
+// operator's decision. source says who ("ses_complaint", "operator").
+func (s *Store) Suppress(ctx context.Context, addr, reason, source string) error {
+	key := addressKey(addr)
+	if key == "" {
+		return badInput("empty address")
+	}
+	tx, err := s.durable.BeginTx(ctx, nil)
+	if err != nil {
+		return storeErr(err)
+	}
+	defer tx.Rollback()
+	if err := upsertSuppression(ctx, tx, addr, key, reason, source, ms(time.Time{})); err != nil {
+		return storeErr(err)
+	}
+	return storeErr(tx.Commit())
+}
+
+// Suppressed reports whether addr (any case) is on the suppression list, and why.
+func (s *Store) Suppressed(ctx context.Context, addr string) (reason string, ok bool, err error) {
+	err = s.read.QueryRowContext(ctx, `SELECT reason FROM suppression WHERE address_key = $1`, addressKey(addr)).Scan(&reason)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return "", false, nil
+	case err != nil:
+		return "", false, storeErr(err)
+	}
+	return reason, true, nil
+}
+
+// Suppression is one entry of the suppression list.
+type Suppression struct {
+	Address string
+	Reason  string
+	Source  string // "bounce", "ses_complaint", "operator", ...
+	Created time.Time
+	Updated time.Time
+}
+
+// Suppressions lists the suppression list, most recently updated first (at most limit; 0 = 100).
+func (s *Store) Suppressions(ctx context.Context, n int) ([]Suppression, error) {
+	rows, err := s.read.QueryContext(ctx, `SELECT address, reason, source, created_ms, updated_ms
+		FROM suppression ORDER BY updated_ms DESC, address_key LIMIT $1`, limit(n))
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	defer rows.Close()
+	var out []Suppression
+	for rows.Next() {
+		var x Suppression
+		var c, u int64
+		if err := rows.Scan(&x.Address, &x.Reason, &x.Source, &c, &u); err != nil {
+			return nil, storeErr(err)
+		}
+		x.Created, x.Updated = fromMS(c), fromMS(u)
+		out = append(out, x)
+	}
+	return out, storeErr(rows.Err())
+}
+
+// BounceFilter selects bounces; empty fields match everything. Limit 0 means 100.
+type BounceFilter struct {
+	Address string // case-insensitive exact address
+	Channel string
+	Limit   int
+}
+
+// Bounces lists bounces, newest first.
+func (s *Store) Bounces(ctx context.Context, f BounceFilter) ([]relay.Bounce, error) {
+	q := `SELECT address, channel, time_ms, code, enhanced, diagnostic, message_id, ticket, queue_id, reason
+		FROM bounces WHERE 1=1`
+	var args []any
+	if f.Address != "" {
+		args = append(args, addressKey(f.Address))
+		q += fmt.Sprintf(" AND address_key = $%d", len(args))
+	}
+	if f.Channel != "" {
+		args = append(args, f.Channel)
+		q += fmt.Sprintf(" AND channel = $%d", len(args))
+	}
+	args = append(args, limit(f.Limit))
+	q += fmt.Sprintf(" ORDER BY time_ms DESC, id DESC LIMIT $%d", len(args))
+	rows, err := s.read.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	defer rows.Close()
+	var out []relay.Bounce
+	for rows.Next() {
+		var b relay.Bounce
+		var t int64
+		var enh string
+		if err := rows.Scan(&b.Address, &b.Channel, &t, &b.Code, &enh, &b.Diagnostic, &b.MessageID,
+			&b.Ticket, &b.QueueID, &b.Reason); err != nil {
+			return nil, storeErr(err)
+		}
+		b.Time, b.Enhanced = fromMS(t), relay.EnhancedCode(enh)
+		out = append(out, b)
+	}
+	return out, storeErr(rows.Err())
+}
+
+// RemoveBounces deletes every bounce of addr (any case) and lifts its suppression (mailgate bounces
+// remove). It returns the number of bounce records removed plus one if a suppression entry was lifted,
+// so 0 means the address was unknown.
+func (s *Store) RemoveBounces(ctx context.Context, addr string) (int, error) {
+	key := addressKey(addr)
+	if key == "" {
+		return 0, badInput("empty address")
+	}
+	tx, err := s.durable.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, storeErr(err)
+	}
+	defer tx.Rollback()
+	n := 0
+	for _, q := range []string{`DELETE FROM bounces WHERE address_key = $1`, `DELETE FROM suppression WHERE address_key = $1`} {
+		res, err := tx.ExecContext(ctx, q, key)
+		if err != nil {
+			return 0, storeErr(err)
+		}
+		c, err := res.RowsAffected()
+		if err != nil {
+			return 0, storeErr(err)
+		}
+		n += int(c)
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, storeErr(err)
+	}
+	return n, nil
+}
+
+// LogDelivery records the latest state of a queued message, replacing the previous one of the same
+// queue id (the log holds one line per message, its current state).
+func (s *Store) LogDelivery(ctx context.Context, r relay.DeliveryRecord) error {
+	if r.QueueID == "" {
+		return badInput("delivery record without a queue id")
+	}
+	rcpts, err := json.Marshal(r.Recipients)
+	if err != nil {
+		return storeErr(err)
+	}
+	t := ms(r.Time)
+	_, err = s.logw.ExecContext(ctx, `INSERT INTO deliveries
+		(queue_id, message_id, ticket, channel, principal, recipients, status, attempts, last_reply, time_ms, created_ms)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)
+		ON CONFLICT (queue_id) DO UPDATE SET
+			message_id = excluded.message_id, ticket = excluded.ticket, channel = excluded.channel,
+			principal = excluded.principal, recipients = excluded.recipients, status = excluded.status,
+			attempts = excluded.attempts, last_reply = excluded.last_reply, time_ms = excluded.time_ms`,
+		r.QueueID, r.MessageID, r.Ticket, r.Channel, r.Principal, string(rcpts), r.Status, r.Attempts, r.LastReply, t)
+	return storeErr(err)
+}
+
+// DeliveryFilter selects delivery log lines; empty fields match everything. Limit 0 means 100.
+type DeliveryFilter struct {
+	Ticket    string // the seed's "title=" search
+	QueueID   string
+	MessageID string // without angle brackets
+	Limit     int
+}
+
+// Deliveries searches the delivery log, most recently updated first.
+func (s *Store) Deliveries(ctx context.Context, f DeliveryFilter) ([]relay.DeliveryRecord, error) {
+	q := `SELECT queue_id, message_id, ticket, channel, principal, recipients, status, attempts, last_reply, time_ms
+		FROM deliveries WHERE 1=1`
+	var args []any
+	for _, c := range []struct{ col, v string }{{"ticket", f.Ticket}, {"queue_id", f.QueueID}, {"message_id", strings.Trim(f.MessageID, "<>")}} {
+		if c.v != "" {
+			args = append(args, c.v)
+			q += fmt.Sprintf(" AND %s = $%d", c.col, len(args))
+		}
+	}
+	args = append(args, limit(f.Limit))
+	q += fmt.Sprintf(" ORDER BY time_ms DESC, queue_id DESC LIMIT $%d", len(args))
+	rows, err := s.read.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	defer rows.Close()
+	var out []relay.DeliveryRecord
+	for rows.Next() {
+		var r relay.DeliveryRecord
+		var rcpts string
+		var t int64
+		if err := rows.Scan(&r.QueueID, &r.MessageID, &r.Ticket, &r.Channel, &r.Principal, &rcpts, &r.Status,
+			&r.Attempts, &r.LastReply, &t); err != nil {
+			return nil, storeErr(err)
+		}
+		if err := json.Unmarshal([]byte(rcpts), &r.Recipients); err != nil {
+			return nil, storeErr(fmt.Errorf("delivery %s: recipients: %w", r.QueueID, err))
+		}
+		r.Time = fromMS(t)
+		out = append(out, r)
+	}
+	return out, storeErr(rows.Err())
+}
+
+// PutSecret stores a sealed (already encrypted) secret under key, replacing any previous value: a
+// rotated OAuth refresh token is persisted here before it is used.
+func (s *Store) PutSecret(ctx context.Context, key, sealed string) error {
+	if key == "" {
+		return badInput("empty secret key")
+	}
+	_, err := s.durable.ExecContext(ctx, `INSERT INTO secrets (key, sealed, updated_ms) VALUES ($1, $2, $3)
+		ON CONFLICT (key) DO UPDATE SET sealed = excluded.sealed, updated_ms = excluded.updated_ms`,
+		key, sealed, ms(time.Time{}))
+	return storeErr(err)
+}
+
+// GetSecret returns the sealed secret stored under key.
+func (s *Store) GetSecret(ctx context.Context, key string) (sealed string, ok bool, err error) {
+	err = s.read.QueryRowContext(ctx, `SELECT sealed FROM secrets WHERE key = $1`, key).Scan(&sealed)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return "", false, nil
+	case err != nil:
+		return "", false, storeErr(err)
+	}
+	return sealed, true, nil
+}
+
+// DeleteSecret removes the secret under key (a revoked authorization); deleting nothing is no error.
+func (s *Store) DeleteSecret(ctx context.Context, key string) error {
+	_, err := s.durable.ExecContext(ctx, `DELETE FROM secrets WHERE key = $1`, key)
+	return storeErr(err)
+}
+
+// MarkProcessed records an SNS notification id and reports whether this is its first delivery: SNS
+// delivers at least once, so the SES event handler acts only when first is true.
+func (s *Store) MarkProcessed(ctx context.Context, notificationID string) (first bool, err error) {
+	if notificationID == "" {
+		return false, badInput("empty notification id")
+	}
+	res, err := s.durable.ExecContext(ctx, `INSERT INTO processed_notifications (id, time_ms) VALUES ($1, $2)
+		ON CONFLICT (id) DO NOTHING`, notificationID, ms(time.Time{}))
+	if err != nil {
+		return false, storeErr(err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, storeErr(err)
+	}
+	return n == 1, nil
+}
+
+// PruneProcessed forgets notification ids older than before (SNS retries end within hours), returning
+// how many were removed.
+func (s *Store) PruneProcessed(ctx context.Context, before time.Time) (int, error) {
+	res, err := s.durable.ExecContext(ctx, `DELETE FROM processed_notifications WHERE time_ms < $1`, before.UnixMilli())
+	if err != nil {
+		return 0, storeErr(err)
+	}
+	n, err := res.RowsAffected()
+	return int(n), storeErr(err)
+}
