@@ -127,10 +127,10 @@ func (s *Source) classify(err error) *relay.Error {
 		case code == "invalid_scope":
 			te.Reason = "oauth_invalid_scope"
 			te.Remedy = "the scopes were refused: check server " + s.o.Server + "'s scopes and the app's API permissions"
-		case status == http.StatusTooManyRequests:
+		case status == http.StatusTooManyRequests || code == "slow_down":
 			te.Reason = "oauth_throttled"
 			te.Remedy = "the token endpoint is throttling mailgate: mail is deferred and retried; nothing to do unless it persists"
-		case status >= 500:
+		case status >= 500 || code == "temporarily_unavailable" || code == "server_error": // RFC 6749 §4.1.2.1
 			te.Reason = "oauth_endpoint_unavailable"
 			te.Remedy = "the token endpoint is failing (HTTP " + strconv.Itoa(status) + "): mail is deferred and retried; " +
 				"check the provider's service status if it persists"

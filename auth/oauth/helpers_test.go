@@ -268,3 +268,8 @@ func restartMock(t *testing.T, m *peertest.OAuthMock) {
 	bin := filepath.Join(peertest.Home(), "node", "node_modules", "oauth2-mock-server", "dist", "oauth2-mock-server.mjs")
 	peertest.Start(t, "oauth2-mock-again", u.Host, nil, "node", bin, "-a", "127.0.0.1", "-p", u.Port())
 }
+
+func newMetrics() (*prometheus.Registry, *metrics.Metrics) {
+	reg := prometheus.NewRegistry()
+	return reg, metrics.New(reg)
+}

@@ -3,6 +3,7 @@ package oauth
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -332,3 +333,11 @@ func (s *Source) Check(ctx context.Context) Status {
 	_, _ = s.Token(ctx)
 	return s.Status()
 }
+
+// String names the credential; a Source never prints its tokens or secrets.
+func (s *Source) String() string {
+	return "oauth.Source{server: " + s.o.Server + ", flow: " + string(s.o.Flow) + "}"
+}
+
+// Format keeps tokens out of every fmt verb (%+v would otherwise walk the struct).
+func (s *Source) Format(f fmt.State, _ rune) { _, _ = f.Write([]byte(s.String())) }
