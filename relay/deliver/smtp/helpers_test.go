@@ -200,6 +200,7 @@ type fakeUpstream struct {
 	stallFinal   bool // after the dot, never reply
 	closeAfterTx bool // drop the connection after each final reply
 	finalDelay   time.Duration
+	authMechs    string // AUTH line; default "LOGIN PLAIN XOAUTH2"
 
 	mu       sync.Mutex
 	counts   map[string]int
@@ -308,7 +309,11 @@ func (f *fakeUpstream) serve(c net.Conn, done chan struct{}) {
 			if !secure {
 				ext = append(ext, "250-STARTTLS")
 			}
-			ext = append(ext, "250 AUTH LOGIN PLAIN XOAUTH2")
+			mechs := f.authMechs
+			if mechs == "" {
+				mechs = "LOGIN PLAIN XOAUTH2"
+			}
+			ext = append(ext, "250 AUTH "+mechs)
 			w(strings.Join(ext, "\r\n"))
 		case "STARTTLS":
 			w("220 2.0.0 go ahead")
@@ -318,6 +323,9 @@ func (f *fakeUpstream) serve(c net.Conn, done chan struct{}) {
 			}
 			c, r, secure = tc, bufio.NewReader(tc), true
 		case "AUTH":
+			f.mu.Lock()
+			f.counts["AUTH "+strings.ToUpper(strings.Fields(line + " x")[1])]++
+			f.mu.Unlock()
 			if strings.HasPrefix(strings.ToUpper(line), "AUTH LOGIN") {
 				w("334 UGFzc3dvcmQ6")
 				if _, err := r.ReadString('\n'); err != nil {

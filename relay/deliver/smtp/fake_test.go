@@ -1,0 +1,267 @@
+package smtp_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mailgate/mailgate/relay"
+	"github.com/mailgate/mailgate/relay/deliver/smtp"
+)
+
+// fakeTransport points a Transport at a scripted server, trusting its certificate.
+func fakeTransport(t *testing.T, f *fakeUpstream, o smtp.Options) *harness {
+	t.Helper()
+	o.Host, o.Port = hostPort(t, f.addr())
+	o.RootCAs = f.cert.Pool
+	return newTransport(t, o)
+}
+
+func TestPlainWhenLoginAbsent(t *testing.T) {
+	f := startFake(t, &fakeUpstream{authMechs: "PLAIN"})
+	h := fakeTransport(t, f, smtp.Options{Auth: smtp.AuthLogin, Username: "u", Password: "p"})
+	mustDeliver(t, h.tr, message("a@example.net"))
+	if f.stat("AUTH PLAIN") != 1 || f.stat("AUTH LOGIN") != 0 {
+		t.Fatalf("AUTH PLAIN %d, LOGIN %d", f.stat("AUTH PLAIN"), f.stat("AUTH LOGIN"))
+	}
+	f2 := startFake(t, &fakeUpstream{authMechs: "CRAM-MD5"})
+	h2 := fakeTransport(t, f2, smtp.Options{Auth: smtp.AuthLogin, Username: "u", Password: "p"})
+	res := h2.tr.Deliver(ctxTimeout(t, 10*time.Second), message("a@example.net"))
+	if re := relayErr(t, res.Errs[0], 451, smtp.ReasonUpstreamAuth); !strings.Contains(re.Msg, "neither AUTH LOGIN nor PLAIN") {
+		t.Fatal(re)
+	}
+}
+
+// Exchange Online with SMTP AUTH disabled for the tenant: deferred, remedy logged, no token churn.
+func TestSMTPAuthDisabled5_7_139(t *testing.T) {
+	const reply = "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant."
+	t.Run("password", func(t *testing.T) {
+		f := startFake(t, &fakeUpstream{replies: map[string]string{"AUTH": reply}})
+		h := fakeTransport(t, f, smtp.Options{Auth: smtp.AuthLogin, Username: "box@contoso.example", Password: "Pa55-w0rd-x", Provider: smtp.ProviderMicrosoft})
+		res := h.tr.Deliver(ctxTimeout(t, 10*time.Second), message("a@example.net", "b@example.net"))
+		for _, err := range res.Errs {
+			re := relayErr(t, err, 451, smtp.ReasonUpstreamAuth)
+			if relay.IsPermanent(re) || !strings.Contains(re.Msg, "5.7.139") {
+				t.Fatal(re)
+			}
+		}
+		logs := h.logs.String()
+		if !strings.Contains(logs, "SmtpClientAuthenticationDisabled $false") || !strings.Contains(logs, `"level":"WARN"`) {
+			t.Fatalf("remedy not logged:\n%s", logs)
+		}
+		assertNoSecret(t, h, "Pa55-w0rd-x")
+		if f.stat("MAIL") != 0 {
+			t.Fatal("MAIL sent after failed AUTH")
+		}
+	})
+	t.Run("xoauth2", func(t *testing.T) {
+		f := startFake(t, &fakeUpstream{replies: map[string]string{"AUTH": reply}})
+		toks := &staticTokens{tokens: []string{"tok-a", "tok-b"}}
+		h := fakeTransport(t, f, smtp.Options{Auth: smtp.AuthXOAUTH2, Tokens: toks, Mailbox: "box@contoso.example"})
+		res := h.tr.Deliver(ctxTimeout(t, 10*time.Second), message("a@example.net"))
+		relayErr(t, res.Errs[0], 451, smtp.ReasonUpstreamAuth)
+		if toks.fetched != 1 || len(toks.invalidated) != 0 {
+			t.Fatalf("5.7.139 is not a token problem: fetched %d invalidated %v", toks.fetched, toks.invalidated)
+		}
+	})
+	t.Run("xoauth2 json challenge then 535 5.7.3, retried once", func(t *testing.T) {
+		challenge := "334 eyJzdGF0dXMiOiI0MDEiLCJzY2hlbWVzIjoiYmVhcmVyIn0=" // {"status":"401","schemes":"bearer"}
+		f := startFake(t, &fakeUpstream{replies: map[string]string{"AUTH": challenge + "|235 2.7.0 Authentication successful"}})
+		toks := &staticTokens{tokens: []string{"tok-old", "tok-new"}}
+		h := fakeTransport(t, f, smtp.Options{Auth: smtp.AuthXOAUTH2, Tokens: toks, Mailbox: "box@contoso.example"})
+		mustDeliver(t, h.tr, message("a@example.net"))
+		if toks.fetched != 2 || len(toks.invalidated) != 1 || toks.invalidated[0] != "tok-old" {
+			t.Fatalf("fetched %d invalidated %v", toks.fetched, toks.invalidated)
+		}
+	})
+}
+
+func TestConfigRepliesAtMailAreTheRelays(t *testing.T) {
+	for _, reply := range []string{
+		"530 5.7.57 Client not authenticated to send mail.",
+		"550 5.7.60 SMTP; Client does not have permissions to send as this sender",
+	} {
+		f := startFake(t, &fakeUpstream{replies: map[string]string{"MAIL": reply}})
+		h := fakeTransport(t, f, smtp.Options{})
+		res := h.tr.Deliver(ctxTimeout(t, 10*time.Second), message("a@example.net"))
+		re := relayErr(t, res.Errs[0], 451, smtp.ReasonUpstreamAuth)
+		if relay.IsPermanent(re) || !strings.Contains(re.Msg, reply[:10]) {
+			t.Fatal(re)
+		}
+	}
+}
+
+// 554 5.2.0 quota exceeded: deferred with RetryAfter and the server paused — no further connection.
+func TestQuotaExceededPausesServer(t *testing.T) {
+	f := startFake(t, &fakeUpstream{replies: map[string]string{
+		".": "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message due to a permanent exception",
+	}})
+	h := fakeTransport(t, f, smtp.Options{Provider: smtp.ProviderMicrosoft, QuotaPause: 2 * time.Hour})
+	res := h.tr.Deliver(ctxTimeout(t, 10*time.Second), message("a@example.net", "b@example.net"))
+	for _, err := range res.Errs {
+		re := relayErr(t, err, 451, smtp.ReasonQuota)
+		if relay.IsPermanent(re) || re.RetryAfter < time.Minute || re.RetryAfter > 24*time.Hour {
+			t.Fatal(re, re.RetryAfter)
+		}
+	}
+	conns, _ := f.connections()
+	res = h.tr.Deliver(ctxTimeout(t, 10*time.Second), message("c@example.net"))
+	re := relayErr(t, res.Errs[0], 451, smtp.ReasonQuota)
+	if re.RetryAfter <= 0 || !strings.Contains(re.Msg, "paused") {
+		t.Fatal(re)
+	}
+	if after, _ := f.connections(); after != conns || f.stat("MAIL") != 1 {
+		t.Fatalf("paused server was contacted: connections %d→%d, MAIL %d", conns, after, f.stat("MAIL"))
+	}
+	// A 5.2.0 without quota is an ordinary permanent reply.
+	f2 := startFake(t, &fakeUpstream{replies: map[string]string{".": "554 5.2.0 STOREDRV.Deliver.Exception:ObjectNotFound"}})
+	h2 := fakeTransport(t, f2, smtp.Options{})
+	res = h2.tr.Deliver(ctxTimeout(t, 10*time.Second), message("a@example.net"))
+	if re := relayErr(t, res.Errs[0], 554, smtp.ReasonUpstream); re.Enhanced != "5.2.0" || !relay.IsPermanent(re) {
+		t.Fatal(re)
+	}
+}
+
+func TestThrottled432(t *testing.T) {
+	f := startFake(t, &fakeUpstream{replies: map[string]string{"MAIL": "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded|250 2.1.0 OK"}})
+	h := fakeTransport(t, f, smtp.Options{Provider: smtp.ProviderMicrosoft, ThrottleRetryAfter: 90 * time.Second})
+	res := h.tr.Deliver(ctxTimeout(t, 10*time.Second), message("a@example.net"))
+	re := relayErr(t, res.Errs[0], 432, smtp.ReasonThrottled)
+	if re.Enhanced != "4.3.2" || re.RetryAfter != 90*time.Second || relay.IsPermanent(re) {
+		t.Fatal(re, re.RetryAfter)
+	}
+	mustDeliver(t, h.tr, message("b@example.net")) // not paused: the next attempt goes
+}
+
+// bigMessage is a generated body of size bytes (never all in memory at once on our side).
+func bigMessage(size int, rcpts ...string) *relay.Message {
+	line := strings.Repeat("x", 76) + "\r\n"
+	m := bodyMessage("", rcpts...)
+	m.Size = int64(size)
+	m.Open = func() (io.ReadCloser, error) {
+		hdr := "Subject: big\r\n\r\n"
+		r := io.MultiReader(strings.NewReader(hdr), io.LimitReader(repeatReader(line), int64(size-len(hdr))))
+		return io.NopCloser(r), nil
+	}
+	return m
+}
+
+type repeatReader string
+
+func (r repeatReader) Read(p []byte) (int, error) {
+	n := 0
+	for n < len(p) {
+		n += copy(p[n:], r)
+	}
+	return n, nil
+}
+
+// A server that stops reading in the middle of DATA: the per-block write deadline fires (go-smtp has
+// none of its own) and the failure is temporary.
+func TestStallMidDataHitsWriteDeadline(t *testing.T) {
+	f := startFake(t, &fakeUpstream{stallData: true})
+	h := fakeTransport(t, f, smtp.Options{DataTimeout: 300 * time.Millisecond})
+	start := time.Now()
+	res := h.tr.Deliver(ctxTimeout(t, 60*time.Second), bigMessage(64<<20, "a@example.net"))
+	took := time.Since(start)
+	re := relayErr(t, res.Errs[0], 451, smtp.ReasonNetwork)
+	if relay.IsPermanent(re) || !strings.Contains(re.Msg, "timeout") || took > 20*time.Second {
+		t.Fatalf("%v after %v", re, took)
+	}
+}
+
+func TestStallAfterDotHitsFinalReplyTimeout(t *testing.T) {
+	f := startFake(t, &fakeUpstream{stallFinal: true})
+	h := fakeTransport(t, f, smtp.Options{FinalReplyTimeout: 300 * time.Millisecond})
+	res := h.tr.Deliver(ctxTimeout(t, 30*time.Second), message("a@example.net"))
+	relayErr(t, res.Errs[0], 451, smtp.ReasonNetwork)
+}
+
+func TestContextEndsAStalledDelivery(t *testing.T) {
+	f := startFake(t, &fakeUpstream{stallFinal: true})
+	h := fakeTransport(t, f, smtp.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	res := h.tr.Deliver(ctx, message("a@example.net"))
+	if err := res.Errs[0]; err == nil || relay.IsPermanent(err) || time.Since(start) > 5*time.Second {
+		t.Fatalf("%v after %v", err, time.Since(start))
+	}
+}
+
+// Concurrency: never more than MaxConnections connections open, however many workers deliver.
+func TestConcurrencyLimit(t *testing.T) {
+	f := startFake(t, &fakeUpstream{finalDelay: 30 * time.Millisecond})
+	h := fakeTransport(t, f, smtp.Options{Provider: smtp.ProviderMicrosoft, MessagesPerMinute: -1})
+	var wg sync.WaitGroup
+	errs := make(chan error, 24)
+	for i := range 24 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res := h.tr.Deliver(ctxTimeout(t, 30*time.Second), message(fmt.Sprintf("r%d@example.net", i)))
+			errs <- res.Errs[0]
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	total, maxOpen := f.connections()
+	if maxOpen > 3 || total > 3 || maxOpen < 2 {
+		t.Fatalf("connections: total %d, max open at once %d; want ≤ 3 (Microsoft default) and some parallelism", total, maxOpen)
+	}
+}
+
+// A pooled connection the server has dropped is replaced transparently.
+func TestDeadPooledConnectionIsReplaced(t *testing.T) {
+	f := startFake(t, &fakeUpstream{closeAfterTx: true})
+	h := fakeTransport(t, f, smtp.Options{})
+	mustDeliver(t, h.tr, message("a@example.net"))
+	time.Sleep(50 * time.Millisecond)
+	mustDeliver(t, h.tr, message("b@example.net"))
+	if total, _ := f.connections(); total != 2 {
+		t.Fatalf("connections %d, want 2", total)
+	}
+}
+
+func TestUnreadableBodyIsNeverTruncated(t *testing.T) {
+	f := startFake(t, &fakeUpstream{})
+	h := fakeTransport(t, f, smtp.Options{})
+	m := message("a@example.net")
+	m.Open = func() (io.ReadCloser, error) {
+		return io.NopCloser(io.MultiReader(strings.NewReader("Subject: x\r\n\r\npart"), errReader{})), nil
+	}
+	res := h.tr.Deliver(ctxTimeout(t, 10*time.Second), m)
+	relayErr(t, res.Errs[0], 451, smtp.ReasonLocal)
+	time.Sleep(50 * time.Millisecond)
+	if f.stat(".") != 0 {
+		t.Fatal("a truncated message was completed with the final dot")
+	}
+}
+
+type errReader struct{}
+
+func (errReader) Read([]byte) (int, error) { return 0, fmt.Errorf("disk read error") }
+
+func TestNewRejectsBadOptions(t *testing.T) {
+	for _, o := range []smtp.Options{
+		{},
+		{Host: "h", TLS: "ssl"},
+		{Host: "h", Auth: "cram"},
+		{Host: "h", Auth: smtp.AuthLogin},
+		{Host: "h", Auth: smtp.AuthXOAUTH2, Mailbox: "m"},
+		{Host: "h", Provider: "google"},
+	} {
+		if _, err := smtp.New(o); err == nil {
+			t.Errorf("New(%+v) accepted", o)
+		}
+	}
+}
