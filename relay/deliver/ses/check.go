@@ -23,6 +23,7 @@ type Problem struct {
 	Since   time.Time
 }
 
+// String renders the problem for /readyz and the log, naming the channel when there is one.
 func (p Problem) String() string {
 	if p.Channel == "" {
 		return "ses: " + p.Msg
