@@ -1,0 +1,144 @@
+package submit
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+)
+
+// cleanLineEndings is the reference: every CR is immediately followed by LF and every LF immediately
+// preceded by CR.
+func cleanLineEndings(b []byte) bool {
+	for i, c := range b {
+		switch c {
+		case '\r':
+			if i+1 >= len(b) || b[i+1] != '\n' {
+				return false
+			}
+		case '\n':
+			if i == 0 || b[i-1] != '\r' {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func TestLineGuard(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want bool
+	}{
+		{"", true},
+		{"no line end", true},
+		{"a\r\nb\r\n", true},
+		{"\r\n\r\n", true},
+		{"a\nb", false},
+		{"a\rb", false},
+		{"a\r", false},
+		{"\n", false},
+		{"a\r\r\n", false},
+		{"a\r\n\n", false},
+		{"first\n.\r\n", false},
+		{"first\r\n.\n", false},
+		{"first\r.\r\n", false},
+	} {
+		// Every split point: the state must carry across pieces.
+		for cut := 0; cut <= len(tc.in); cut++ {
+			var g lineGuard
+			g.check([]byte(tc.in[:cut]))
+			g.check([]byte(tc.in[cut:]))
+			if g.ok() != tc.want {
+				t.Errorf("%q split at %d: ok=%v, want %v", tc.in, cut, g.ok(), tc.want)
+			}
+		}
+	}
+}
+
+func FuzzLineGuard(f *testing.F) {
+	f.Add([]byte("a\r\nb\r\n"), uint8(3))
+	f.Add([]byte("first\n.\r\nsmuggled\r\n"), uint8(6))
+	f.Add([]byte("x\r"), uint8(1))
+	f.Add([]byte("\r\n.\r"), uint8(0))
+	f.Fuzz(func(t *testing.T, data []byte, step uint8) {
+		var g lineGuard
+		n := int(step%17) + 1
+		for i := 0; i < len(data); i += n {
+			g.check(data[i:min(i+n, len(data))])
+		}
+		if got, want := g.ok(), cleanLineEndings(data); got != want {
+			t.Fatalf("guard says %v, reference %v for %q", got, want, data)
+		}
+	})
+}
+
+func BenchmarkLineGuard(b *testing.B) {
+	data := bytes.Repeat([]byte(strings.Repeat("x", 76)+"\r\n"), 1<<14) // ~1.3 MB of 78-char lines
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		var g lineGuard
+		g.check(data)
+		if !g.ok() {
+			b.Fatal("clean data refused")
+		}
+	}
+}
+
+func TestValidAddress(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want bool
+	}{
+		{"customer@example.net", true},
+		{"first.last+tag@sub.example.co.uk", true},
+		{`"quoted local"@example.net`, true},
+		{`"a\"b"@example.net`, true},
+		{"o'brien@example.ie", true},
+		{"x@localhost", false},
+		{"@example.net", false},
+		{"a@", false},
+		{"a@@example.net", false},
+		{"a..b@example.net", false},
+		{".a@example.net", false},
+		{"a.@example.net", false},
+		{"a b@example.net", false},
+		{"a@exa mple.net", false},
+		{"a@-example.net", false},
+		{"a@example-.net", false},
+		{"a@example..net", false},
+		{"a@[192.0.2.1]", false},
+		{"a@example.net\r\nRCPT TO:<b@example.net>", false},
+		{strings.Repeat("a", 65) + "@example.net", false},
+		{strings.Repeat("a", 64) + "@example.net", true},
+		{"a@" + strings.Repeat("b", 64) + ".net", false},
+		{"a@" + strings.Repeat(strings.Repeat("b", 60)+".", 5) + "net", false}, // > 254 in all
+		{"ünicode@example.net", false},
+	} {
+		if got := validAddress(tc.in); got != tc.want {
+			t.Errorf("validAddress(%q) = %v, want %v", tc.in, got, tc.want)
+		}
+	}
+}
+
+func FuzzValidAddress(f *testing.F) {
+	for _, s := range []string{"customer@example.net", `"q"@example.net`, "a@b", "a@[1.2.3.4]", "x\x00@example.net"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if !validAddress(s) {
+			return
+		}
+		at := strings.LastIndexByte(s, '@')
+		if len(s) > 254 || at < 1 || at > 64 || !strings.Contains(s[at+1:], ".") {
+			t.Fatalf("accepted %q", s)
+		}
+		for _, c := range []byte(s) {
+			if c < 32 || c > 126 {
+				t.Fatalf("accepted control or non-ASCII byte in %q", s)
+			}
+		}
+		if strings.ContainsAny(s[at+1:], " <>[]\"\\") || (s[0] != '"' && strings.ContainsAny(s[:at], " <>\"\\")) {
+			t.Fatalf("accepted %q", s)
+		}
+	})
+}

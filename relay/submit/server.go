@@ -1,0 +1,378 @@
+package submit
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/mailgate/mailgate/auth"
+)
+
+// Server is the submission server: its listeners, the connection limit, the failed-AUTH limiter and
+// the current Rules.
+type Server struct {
+	o       Options
+	rules   atomic.Pointer[Rules]
+	limiter *auth.Limiter
+	slots   chan struct{} // one token per open connection
+	log     *slog.Logger
+
+	listeners []*listener
+
+	mu    sync.Mutex
+	conns map[*trackedConn]struct{} // open connections, closed by Close after a graceful wait
+
+	// ctx is cancelled by Close: it bounds the processing of messages in flight.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	closeOnce sync.Once
+}
+
+type listener struct {
+	cfg  Listener
+	ln   net.Listener // what go-smtp accepts from (TLS-wrapped for implicit mode)
+	addr net.Addr
+	smtp *smtp.Server
+}
+
+// New validates the options, binds every listener (so "address in use" is reported here and Addr is
+// known before Serve) and returns a server that is not yet accepting connections.
+func New(o Options, rules *Rules) (*Server, error) {
+	if err := o.defaults(); err != nil {
+		return nil, err
+	}
+	if rules == nil {
+		return nil, errors.New("submit: no rules")
+	}
+	s := &Server{
+		o:     o,
+		conns: make(map[*trackedConn]struct{}),
+		slots: make(chan struct{}, o.MaxConnections),
+		log:   o.Logger,
+		limiter: auth.NewLimiter(auth.LimiterOptions{
+			MaxFailures: o.AuthFailures, Window: o.AuthWindow, MaxClients: o.AuthClients,
+		}),
+	}
+	s.rules.Store(rules)
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+
+	for _, lc := range o.Listeners {
+		tcp, err := net.Listen("tcp", lc.Address)
+		if err != nil {
+			s.Close()
+			return nil, fmt.Errorf("submit: listener %s: %w", lc.Name, err)
+		}
+		l := &listener{cfg: lc, addr: tcp.Addr()}
+		var ln net.Listener = &limitListener{Listener: tcp, srv: s, name: lc.Name, implicitTLS: lc.Mode == ModeImplicit}
+		if lc.Mode == ModeImplicit {
+			ln = tls.NewListener(ln, o.TLSConfig)
+		}
+		l.ln = ln
+
+		ss := smtp.NewServer(&backend{srv: s, listener: lc.Name})
+		ss.Domain = o.Hostname
+		ss.TLSConfig = o.TLSConfig
+		ss.MaxMessageBytes = o.MaxMessageBytes
+		// The recipient limit is the session's (it does not count a repeated recipient twice, go-smtp
+		// would).
+		ss.AllowInsecureAuth = lc.AllowInsecureAuth
+		// Deadlines are refreshed per read and write by trackedConn; go-smtp's own ReadTimeout is set
+		// once per command and would expire in the middle of a long DATA.
+		ss.ReadTimeout, ss.WriteTimeout = 0, 0
+		ss.ErrorLog = errorLog{log: s.log, listener: lc.Name}
+		l.smtp = ss
+		s.listeners = append(s.listeners, l)
+	}
+	return s, nil
+}
+
+func (o *Options) defaults() error {
+	var errs []error
+	if o.Hostname == "" {
+		h, err := os.Hostname()
+		if err != nil || h == "" {
+			h = "localhost"
+		}
+		o.Hostname = h
+	}
+	if o.MaxConnections <= 0 {
+		o.MaxConnections = 200
+	}
+	if o.MaxMessageBytes <= 0 {
+		o.MaxMessageBytes = 50 << 20
+	}
+	if o.MaxRecipients <= 0 {
+		o.MaxRecipients = 100
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = 5 * time.Minute
+	}
+	if o.ProcessTimeout <= 0 {
+		o.ProcessTimeout = 2 * time.Minute
+	}
+	if o.LookupTimeout <= 0 {
+		o.LookupTimeout = 10 * time.Second
+	}
+	if o.ShutdownTimeout <= 0 {
+		o.ShutdownTimeout = 10 * time.Second
+	}
+	if o.TempDir == "" {
+		o.TempDir = os.TempDir()
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Spool == nil {
+		errs = append(errs, errors.New("submit: no spool"))
+	}
+	if o.Suppressions == nil {
+		errs = append(errs, errors.New("submit: no suppression list"))
+	}
+	if o.Metrics == nil {
+		errs = append(errs, errors.New("submit: no metrics"))
+	}
+	if len(o.Listeners) == 0 {
+		errs = append(errs, errors.New("submit: no listeners"))
+	}
+	if o.TLSConfig != nil {
+		c := o.TLSConfig.Clone()
+		if c.MinVersion < tls.VersionTLS12 {
+			c.MinVersion = tls.VersionTLS12 // RFC 8996 deprecates TLS 1.0 and 1.1
+		}
+		o.TLSConfig = c
+	}
+	names := map[string]bool{}
+	for i, l := range o.Listeners {
+		switch {
+		case l.Name == "":
+			errs = append(errs, fmt.Errorf("submit: listeners[%d]: name is empty", i))
+		case names[l.Name]:
+			errs = append(errs, fmt.Errorf("submit: listeners[%d]: duplicate name %q", i, l.Name))
+		}
+		names[l.Name] = true
+		switch l.Mode {
+		case ModeImplicit:
+			if o.TLSConfig == nil {
+				errs = append(errs, fmt.Errorf("submit: listener %s: implicit TLS needs a TLS config", l.Name))
+			}
+		case ModeStartTLS:
+			if o.TLSConfig == nil && !l.AllowInsecureAuth {
+				errs = append(errs, fmt.Errorf("submit: listener %s: without a TLS config no client could authenticate", l.Name))
+			}
+		default:
+			errs = append(errs, fmt.Errorf("submit: listener %s: mode %q is not starttls or implicit", l.Name, l.Mode))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// SetRules replaces the policy for every transaction that starts from now on (configuration reload).
+func (s *Server) SetRules(r *Rules) {
+	if r != nil {
+		s.rules.Store(r)
+	}
+}
+
+// Addr returns the bound address of the named listener (useful with port 0), or nil.
+func (s *Server) Addr(name string) net.Addr {
+	for _, l := range s.listeners {
+		if l.cfg.Name == name {
+			return l.addr
+		}
+	}
+	return nil
+}
+
+// Serve accepts connections on every listener until ctx ends or a listener fails. When ctx ends it stops
+// accepting, lets open sessions finish for up to ShutdownTimeout, then closes the rest. It returns nil
+// after a shutdown asked for by ctx, or the first listener error.
+func (s *Server) Serve(ctx context.Context) error {
+	errc := make(chan error, len(s.listeners))
+	for _, l := range s.listeners {
+		s.log.Info("listening", "listener", l.cfg.Name, "addr", l.addr.String(), "mode", string(l.cfg.Mode),
+			"insecure_auth", l.cfg.AllowInsecureAuth)
+		go func() { errc <- l.smtp.Serve(l.ln) }()
+	}
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+		if errors.Is(err, net.ErrClosed) || err == nil {
+			err = nil // Close was called
+		}
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), s.o.ShutdownTimeout)
+	defer cancel()
+	s.shutdown(sctx)
+	return err
+}
+
+func (s *Server) shutdown(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, l := range s.listeners {
+		wg.Go(func() {
+			if err := l.smtp.Shutdown(ctx); err != nil && !errors.Is(err, smtp.ErrServerClosed) {
+				l.smtp.Close()
+			}
+		})
+	}
+	wg.Wait()
+	s.Close()
+}
+
+// Close closes every listener and connection at once and cancels messages being processed.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		s.cancel()
+		for _, l := range s.listeners {
+			_ = l.smtp.Close()
+			_ = l.ln.Close() // when Serve never ran, go-smtp does not know the listener
+		}
+		// After a Shutdown go-smtp's Close no longer closes connections; close what is left here.
+		s.mu.Lock()
+		open := make([]*trackedConn, 0, len(s.conns))
+		for c := range s.conns {
+			open = append(open, c)
+		}
+		s.mu.Unlock()
+		for _, c := range open {
+			_ = c.Close()
+		}
+	})
+	return nil
+}
+
+// limitListener enforces MaxConnections over all listeners. A connection over the limit is told so and
+// closed at once rather than left waiting in the backlog, so clients back off and retry (421 4.3.2,
+// RFC 5321 §3.8; RFC 3463 4.3.2 "system not accepting network messages").
+type limitListener struct {
+	net.Listener
+	srv         *Server
+	name        string
+	implicitTLS bool
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case l.srv.slots <- struct{}{}:
+			return l.srv.track(c, l.name), nil
+		default:
+		}
+		l.srv.o.Metrics.MessagesRejected.WithLabelValues("connect", "connection_limit").Inc()
+		l.srv.log.Warn("rejected", "listener", l.name, "stage", "connect", "reason", "connection_limit",
+			"remote", c.RemoteAddr().String(), "code", 421)
+		// A fresh socket's send buffer takes a short line without blocking; the deadline is a backstop.
+		_ = c.SetDeadline(time.Now().Add(time.Second))
+		if !l.implicitTLS { // on an implicit-TLS port a plain-text line would be noise to the client
+			fmt.Fprintf(c, "421 4.3.2 %s Too many connections, try again later\r\n", l.srv.o.Hostname)
+		}
+		_ = c.Close()
+	}
+}
+
+func (s *Server) track(c net.Conn, listener string) *trackedConn {
+	var id [6]byte
+	_, _ = rand.Read(id[:])
+	t := &trackedConn{Conn: c, id: hex.EncodeToString(id[:]), listener: listener, idle: s.o.IdleTimeout}
+	t.release = func() {
+		s.mu.Lock()
+		delete(s.conns, t)
+		s.mu.Unlock()
+		<-s.slots
+		s.o.Metrics.SessionsActive.Dec()
+	}
+	s.mu.Lock()
+	s.conns[t] = struct{}{}
+	s.mu.Unlock()
+	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+		t.remote = ap.Addr().Unmap()
+	}
+	s.o.Metrics.Sessions.WithLabelValues(listener).Inc()
+	s.o.Metrics.SessionsActive.Inc()
+	return t
+}
+
+// trackedConn is one client connection: it holds the session id (kept across STARTTLS, which makes
+// go-smtp start a new Session), refreshes deadlines on every read and write, and frees its connection
+// slot when closed.
+type trackedConn struct {
+	net.Conn
+	id       string
+	listener string
+	remote   netip.Addr
+	idle     time.Duration
+	release  func()
+	once     sync.Once
+}
+
+func (c *trackedConn) Read(p []byte) (int, error) {
+	if err := c.Conn.SetReadDeadline(time.Now().Add(c.idle)); err != nil {
+		return 0, err
+	}
+	return c.Conn.Read(p)
+}
+
+func (c *trackedConn) Write(p []byte) (int, error) {
+	if err := c.Conn.SetWriteDeadline(time.Now().Add(c.idle)); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(p)
+}
+
+func (c *trackedConn) Close() error {
+	c.once.Do(c.release)
+	return c.Conn.Close()
+}
+
+// connOf finds the trackedConn under go-smtp's connection (a *tls.Conn after STARTTLS or on an
+// implicit-TLS listener).
+func connOf(c net.Conn) *trackedConn {
+	for c != nil {
+		switch x := c.(type) {
+		case *trackedConn:
+			return x
+		case interface{ NetConn() net.Conn }:
+			c = x.NetConn()
+		default:
+			return nil
+		}
+	}
+	return nil
+}
+
+// errorLog adapts go-smtp's internal error log (TLS handshake failures, connection errors) to slog.
+// go-smtp never passes AUTH data to it.
+type errorLog struct {
+	log      *slog.Logger
+	listener string
+}
+
+func (e errorLog) Printf(format string, v ...any) {
+	e.log.Info("smtp connection error", "listener", e.listener, "error", strings.TrimSpace(fmt.Sprintf(format, v...)))
+}
+
+func (e errorLog) Println(v ...any) {
+	e.log.Info("smtp connection error", "listener", e.listener, "error", strings.TrimSpace(fmt.Sprintln(v...)))
+}

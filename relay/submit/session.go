@@ -1,0 +1,380 @@
+package submit
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"mime"
+	"net/netip"
+	"net/mail"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-message/textproto"
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"github.com/mailgate/mailgate/auth"
+	"github.com/mailgate/mailgate/relay"
+)
+
+// backend makes one session per connection (and a fresh one after STARTTLS).
+type backend struct {
+	srv      *Server
+	listener string
+}
+
+func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	s := &session{srv: b.srv, listener: b.listener}
+	if tc := connOf(c.Conn()); tc != nil {
+		s.id, s.remote = tc.id, tc.remote
+	}
+	_, s.tls = c.TLSConnectionState()
+	return s, nil
+}
+
+// session is one SMTP session. go-smtp calls it from the connection's goroutine, except Data during BDAT,
+// which runs in a goroutine of its own while RSET may arrive: mu guards the transaction state.
+type session struct {
+	srv      *Server
+	id       string
+	listener string
+	remote   netip.Addr
+	tls      bool
+
+	mu         sync.Mutex
+	authLogin  string // set by a successful AUTH
+	recipients []string
+}
+
+var _ smtp.AuthSession = (*session)(nil)
+
+// AuthMechanisms lists PLAIN and LOGIN; go-smtp advertises them only over TLS or on an
+// AllowInsecureAuth listener, and refuses AUTH otherwise (523 5.7.10).
+func (s *session) AuthMechanisms() []string { return auth.Mechanisms() }
+
+// Auth starts a SASL exchange, unless the client address has used up its failed attempts.
+func (s *session) Auth(mech string) (sasl.Server, error) {
+	m := s.srv.o.Metrics.AuthAttempts
+	ip := s.remote
+	if !s.srv.limiter.Allow(ip) {
+		m.WithLabelValues(mech, "rate_limited").Inc()
+		s.srv.log.Warn("auth", "session", s.id, "listener", s.listener, "mechanism", mech, "result", "rate_limited",
+			"remote", s.remote.String())
+		// RFC 4954 §6: 454 4.7.0 temporary authentication failure.
+		return nil, &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+			Message: "Too many failed authentication attempts, try again later"}
+	}
+	fail := func(result string) {
+		s.srv.limiter.Fail(ip)
+		m.WithLabelValues(mech, "failure").Inc()
+		// The attempted login is not logged: users type passwords into the login field.
+		s.srv.log.Info("auth", "session", s.id, "listener", s.listener, "mechanism", mech, "result", result,
+			"remote", s.remote.String())
+	}
+	server, ok := auth.NewServer(mech, func(login, password string) error {
+		p, err := s.srv.rules.Load().directory.Authenticate(login, password)
+		if err != nil {
+			fail("failure")
+			return smtp.ErrAuthFailed // 535 5.7.8, RFC 4954 §6
+		}
+		s.mu.Lock()
+		s.authLogin = p.Login
+		s.mu.Unlock()
+		m.WithLabelValues(mech, "success").Inc()
+		s.srv.log.Info("auth", "session", s.id, "listener", s.listener, "mechanism", mech, "result", "success",
+			"principal", p.Login, "remote", s.remote.String())
+		return nil
+	})
+	if !ok {
+		return nil, smtp.ErrAuthUnknownMechanism
+	}
+	return saslGuard{Server: server, fail: fail}, nil
+}
+
+// saslGuard turns the SASL layer's own errors (malformed PLAIN, foreign authorization identity, LOGIN
+// talking past its end) into SMTP replies: go-smtp would send their text as 454. They count as failures,
+// so probing the parser costs attempts too.
+type saslGuard struct {
+	sasl.Server
+	fail func(result string)
+}
+
+func (g saslGuard) Next(response []byte) ([]byte, bool, error) {
+	ch, done, err := g.Server.Next(response)
+	if err == nil {
+		return ch, done, nil
+	}
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		return ch, done, se
+	}
+	if errors.Is(err, auth.ErrAuthzid) {
+		g.fail("authzid")
+		return nil, true, smtp.ErrAuthFailed
+	}
+	g.fail("malformed")
+	return nil, true, &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 5, 2},
+		Message: "Malformed authentication exchange"}
+}
+
+// principal resolves who the session acts as under the current rules: the authenticated user as the
+// current directory knows them, else a trusted network's service principal, else nobody.
+func (s *session) principal(r *Rules) *auth.Principal {
+	s.mu.Lock()
+	login := s.authLogin
+	s.mu.Unlock()
+	if login != "" {
+		p, _ := r.directory.Principal(login)
+		return p // nil when a reload removed the user: they must not go on sending
+	}
+	if p, ok := r.directory.Trusted(s.remote); ok {
+		return p
+	}
+	return nil
+}
+
+var errAuthRequired = &relay.Error{Code: 530, Enhanced: relay.CodeAuthRequired,
+	Msg: "Authentication required", Reason: "auth_required"} // RFC 4954 §6
+
+// Mail starts a transaction. The reverse-path the client gives is ignored: the envelope sender is the
+// channel's, decided at DATA.
+func (s *session) Mail(from string, _ *smtp.MailOptions) error {
+	if s.principal(s.srv.rules.Load()) == nil {
+		return s.reply(stageMail, errAuthRequired, "remote", s.remote.String())
+	}
+	s.mu.Lock()
+	s.recipients = s.recipients[:0]
+	s.mu.Unlock()
+	return nil
+}
+
+// Rcpt checks one recipient: syntax, the recipient limit and the suppression list.
+func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	if !validAddress(to) {
+		// RFC 3463 X.1.3: bad destination mailbox address syntax.
+		return s.reply(stageRcpt, relay.Errorf(501, "5.1.3", "bad_address", "Bad recipient address syntax"))
+	}
+	s.mu.Lock()
+	n := len(s.recipients)
+	dup := false
+	for _, r := range s.recipients {
+		dup = dup || strings.EqualFold(r, to)
+	}
+	s.mu.Unlock()
+	if dup {
+		return nil // a repeated recipient gets the message once
+	}
+	if n >= s.srv.o.MaxRecipients {
+		// RFC 5321 §4.5.3.1.10: 452 too many recipients; the client sends the rest in another transaction.
+		return s.reply(stageRcpt, relay.Errorf(452, "4.5.3", "too_many_recipients", "Too many recipients"))
+	}
+	ctx, cancel := context.WithTimeout(s.srv.ctx, s.srv.o.LookupTimeout)
+	defer cancel()
+	reason, suppressed, err := s.srv.o.Suppressions.Suppressed(ctx, to)
+	if err != nil {
+		return s.reply(stageRcpt, err)
+	}
+	if suppressed {
+		return s.reply(stageRcpt, relay.Errorf(550, relay.CodeBadMailbox, "suppressed",
+			"Recipient is on the suppression list: %s", reason))
+	}
+	s.mu.Lock()
+	s.recipients = append(s.recipients, to)
+	s.mu.Unlock()
+	return nil
+}
+
+// Reset ends the transaction (RSET, a new EHLO, or the end of DATA).
+func (s *session) Reset() {
+	s.mu.Lock()
+	s.recipients = nil
+	s.mu.Unlock()
+}
+
+// Logout is called when the connection closes or STARTTLS begins; the connection slot is freed by the
+// connection itself.
+func (s *session) Logout() error { return nil }
+
+// Data receives the message (DATA or BDAT) and answers with the one reply of the transaction.
+func (s *session) Data(r io.Reader) error {
+	s.mu.Lock()
+	rcpts := append([]string(nil), s.recipients...)
+	s.mu.Unlock()
+	received := s.srv.o.Now()
+
+	f, err := os.CreateTemp(s.srv.o.TempDir, "submit-*.eml") // mode 0600
+	if err != nil {
+		drain(r)
+		return s.reply(stageData, err)
+	}
+	defer func() {
+		_ = f.Close()
+		_ = os.Remove(f.Name())
+	}()
+	size, err := receive(r, f)
+	if err != nil {
+		return s.reply(stageData, err)
+	}
+	return s.deliver(f, size, rcpts, received)
+}
+
+var (
+	errBareLineEnding = relay.Errorf(554, relay.CodeMalformed, "bare_line_ending",
+		"Message refused: bare CR or LF found; lines must end with CRLF (RFC 5321 section 2.3.8)")
+	errTooBig = relay.Errorf(552, relay.CodeTooBig, "size", "Message too big")
+)
+
+// receive streams the message into f, checking line endings. It always reads r to its end (or to a
+// read error), so that the reply is sent at the right place in the stream however bad the content.
+func receive(r io.Reader, f *os.File) (int64, error) {
+	w := bufio.NewWriterSize(f, 64<<10)
+	buf := make([]byte, 32<<10)
+	var (
+		guard lineGuard
+		size  int64
+		werr  error
+	)
+	for {
+		n, rerr := r.Read(buf)
+		if n > 0 {
+			guard.check(buf[:n])
+			if !guard.bad && werr == nil {
+				_, werr = w.Write(buf[:n])
+			}
+			size += int64(n)
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			if errors.Is(rerr, smtp.ErrDataTooLarge) {
+				return size, errTooBig // go-smtp discards the rest of the data itself
+			}
+			// The client went away, timed out, or sent RSET during BDAT: nobody to answer, but the
+			// reason is logged.
+			return size, relay.Wrap(rerr, 451, relay.CodeTempTimeout, "transfer_failed", "Message transfer failed")
+		}
+	}
+	if !guard.ok() {
+		return size, errBareLineEnding
+	}
+	if werr == nil {
+		werr = w.Flush()
+	}
+	if werr != nil {
+		return size, werr // disk full or similar: internal
+	}
+	return size, nil
+}
+
+func drain(r io.Reader) { _, _ = io.Copy(io.Discard, r) }
+
+// deliver checks the received message against the channel policy, composes it into a spool draft and
+// commits it.
+func (s *session) deliver(f *os.File, size int64, rcpts []string, received time.Time) error {
+	rules := s.srv.rules.Load()
+	p := s.principal(rules)
+	if p == nil {
+		return s.reply(stageData, errAuthRequired)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return s.reply(stageData, err)
+	}
+	header, err := textproto.ReadHeader(bufio.NewReader(f))
+	if err != nil {
+		return s.reply(stageData, relay.Wrap(err, 554, relay.CodeMalformed, "malformed", "Message header is malformed"),
+			"principal", p.Login)
+	}
+	from, err := fromAddress(header)
+	if err != nil {
+		return s.reply(stageData, err, "principal", p.Login)
+	}
+	ch, known := rules.Channel(from)
+	if !known || !p.May(ch.Name).Reply {
+		// The same answer whether the channel exists or not: no probing for channel addresses.
+		return s.reply(stageData, relay.Errorf(550, relay.CodePolicy, "from_not_permitted",
+			"You may not send as %s", from), "principal", p.Login)
+	}
+
+	sub := &Submission{SessionID: s.id, Principal: p, Channel: ch, MailFrom: ch.MailFrom, Recipients: rcpts,
+		Received: received, Header: header, RawSize: size}
+	ctx, cancel := context.WithTimeout(s.srv.ctx, s.srv.o.ProcessTimeout)
+	defer cancel()
+
+	draft, err := s.srv.o.Spool.Create()
+	if err != nil {
+		return s.reply(stageData, err, "principal", p.Login, "channel", ch.Name)
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			_ = draft.Abort()
+		}
+	}()
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return s.reply(stageData, err)
+	}
+	composed, err := rules.composer.Compose(ctx, bufio.NewReaderSize(f, 64<<10), draft, sub)
+	if err == nil && composed == nil {
+		err = errors.New("composer returned no result")
+	}
+	if err != nil {
+		return s.reply(stageData, err, "principal", p.Login, "channel", ch.Name)
+	}
+	if !composed.Reply {
+		// DESIGN §2: a message that is not a reply is new outbound email.
+		if !ch.OutboundActive {
+			return s.reply(stageData, relay.Errorf(550, relay.CodePolicy, "outbound_inactive",
+				"New outbound email is not enabled on this channel; only replies are accepted"),
+				"principal", p.Login, "channel", ch.Name)
+		}
+		if !p.May(ch.Name).Outbound {
+			return s.reply(stageData, relay.Errorf(550, relay.CodePolicy, "outbound_not_permitted",
+				"You may not send new outbound email from %s, only replies", ch.FromAddress),
+				"principal", p.Login, "channel", ch.Name)
+		}
+	}
+	if ch.MaxMessageBytes > 0 && composed.Size > ch.MaxMessageBytes {
+		return s.reply(stageData, relay.Errorf(552, relay.CodeTooBig, "size",
+			"Message too big for this channel's transport (%d bytes composed, limit %d)", composed.Size, ch.MaxMessageBytes),
+			"principal", p.Login, "channel", ch.Name)
+	}
+	queueID, err := draft.Commit(ctx, relay.Envelope{
+		Channel: ch.Name, Transport: ch.Transport, MailFrom: ch.MailFrom, Recipients: rcpts,
+		MessageID: composed.MessageID, Ticket: composed.Ticket, Principal: p.Login, ForceTLS: ch.ForceTLS,
+		Received: received,
+	})
+	if err != nil {
+		return s.reply(stageData, err, "principal", p.Login, "channel", ch.Name)
+	}
+	committed = true
+	s.srv.o.Metrics.MessagesAccepted.WithLabelValues(ch.Name).Inc()
+	s.srv.log.Info("accepted", "session", s.id, "listener", s.listener, "queue_id", queueID, "channel", ch.Name,
+		"principal", p.Login, "message_id", composed.MessageID, "ticket", composed.Ticket, "reply", composed.Reply,
+		"recipients", len(rcpts), "raw_size", size, "size", composed.Size)
+	// go-smtp sends an *SMTPError returned by Data as the reply, whatever its code: this is how the
+	// queue id reaches the client.
+	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "queued as " + sanitize(queueID)}
+}
+
+// fromAddress returns the single address of the single From field (RFC 5322 §3.6: exactly one From
+// field; several mailboxes would need a Sender, and mailgate sends as exactly one channel).
+func fromAddress(h textproto.Header) (string, error) {
+	values := h.Values("From")
+	if len(values) != 1 {
+		return "", relay.Errorf(554, relay.CodeMalformed, "malformed", "Message must have exactly one From header field")
+	}
+	// Display names in unknown charsets are not decoded: only the address matters here.
+	parser := mail.AddressParser{WordDecoder: &mime.WordDecoder{
+		CharsetReader: func(_ string, input io.Reader) (io.Reader, error) { return input, nil },
+	}}
+	list, err := parser.ParseList(values[0])
+	if err != nil || len(list) != 1 {
+		return "", relay.Errorf(554, relay.CodeMalformed, "malformed", "From header must hold exactly one address")
+	}
+	return strings.ToLower(list[0].Address), nil
+}
