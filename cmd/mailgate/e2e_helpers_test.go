@@ -141,7 +141,7 @@ func (in *instance) logs() string {
 func (in *instance) mailgate(args ...string) (string, int) {
 	in.t.Helper()
 	cmd := exec.Command(binary, args...)
-	cmd.Env = append(os.Environ(), "AWS_EC2_METADATA_DISABLED=true")
+	cmd.Env = append(append(os.Environ(), "AWS_EC2_METADATA_DISABLED=true"), in.extraEnv...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()

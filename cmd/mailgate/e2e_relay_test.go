@@ -112,7 +112,8 @@ func TestOpenRelayRefusals(t *testing.T) {
 		want string
 	}{
 		{"wrong password", []string{"--tls", "--tls-verify", "--tls-ca-path", in.cert.CertFile, "--auth", "LOGIN", "--auth-user", "alice", "--auth-password", "wrong"}, "535 5.7.8"},
-		{"auth before TLS", []string{"--auth", "PLAIN", "--auth-user", "alice", "--auth-password", alicePassword}, "AUTH"},
+		// AUTH is not even offered before STARTTLS (RFC 4954 §4: no plaintext credentials).
+		{"auth before TLS", []string{"--auth", "PLAIN", "--auth-user", "alice", "--auth-password", alicePassword}, "did not advertise authentication"},
 	}
 	for _, c := range cases {
 		out, code := peertest.Swaks(t, append(plain, c.args...)...)
@@ -123,6 +124,12 @@ func TestOpenRelayRefusals(t *testing.T) {
 			t.Errorf("AUTH succeeded without TLS:\n%s", out)
 		}
 	}
+	// A client that sends AUTH anyway before STARTTLS is refused, and its credentials are not checked.
+	raw := rawCommands(t, in.smtp, "EHLO probe.example", "AUTH PLAIN AGFsaWNlAHNlY3JldC1wdw==")
+	if !strings.Contains(raw, "\n5") || strings.Contains(raw, "235") {
+		t.Errorf("AUTH before STARTTLS was not refused:\n%s", raw)
+	}
+	t.Logf("AUTH before STARTTLS: %s", raw[strings.LastIndex(strings.TrimSpace(raw), "\n")+1:])
 	// From a channel alice's role has no permission on.
 	out, code := in.swaks("--to", "customer@example.net", "--h-From", "other@example.com")
 	if code == 0 || !strings.Contains(out, "550 5.7.1") {
@@ -194,6 +201,34 @@ func smtpConversation(t *testing.T, addr string, data string) string {
 	read()
 	send("QUIT\r\n")
 	read()
+	return got.String()
+}
+
+// rawCommands sends each command and returns every reply line.
+func rawCommands(t *testing.T, addr string, cmds ...string) string {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	r := bufio.NewReader(c)
+	var got strings.Builder
+	read := func() {
+		for {
+			line, err := r.ReadString('\n')
+			got.WriteString(line)
+			if err != nil || len(line) < 4 || line[3] != '-' {
+				return
+			}
+		}
+	}
+	read()
+	for _, cmd := range cmds {
+		_, _ = io.WriteString(c, cmd+"\r\n")
+		read()
+	}
 	return got.String()
 }
 
