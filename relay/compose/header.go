@@ -37,7 +37,7 @@ func phrase(name string) string {
 // encodePhrase writes a display name as Q encoded-words safe in a phrase (RFC 2047 §5(3)): only
 // letters, digits and "!*+-/" stay literal.
 func encodePhrase(name string) string {
-	return encodeWords(name, func(c byte) bool { return isPhraseQChar(c) && c != '=' && c != '_' }, 75)
+	return encodeWords(name, func(c byte) bool { return isPhraseQChar(c) && c != '=' && c != '_' }, 70)
 }
 
 // encodeWords writes s as Q encoded-words (RFC 2047 §4.2: a space is "_", bytes outside literal are
@@ -151,7 +151,8 @@ func sanitize(s string) string {
 func EncodeUnstructured(v string) string {
 	v = strings.Join(strings.Fields(sanitize(v)), " ")
 	literal := func(c byte) bool { return c > ' ' && c <= '~' && c != '=' && c != '?' && c != '_' }
-	if !isASCII(v) {
+	// ASCII that looks like an encoded-word must be encoded too, or decoders would decode it.
+	if !isASCII(v) || strings.Contains(v, "=?") {
 		return encodeWords(v, literal, 66)
 	}
 	for _, w := range strings.Fields(v) {
