@@ -46,7 +46,11 @@ const (
 // configuration, which are never the recipient's fault and so are deferred (see authConfigReply).
 func (t *Transport) replyError(se *gosmtp.SMTPError, st stage) *relay.Error {
 	enh := enhancedOf(se)
-	upstream := fmt.Sprintf("%d %s %s", se.Code, enh, oneLine(se.Message))
+	text := oneLine(se.Message)
+	if text == "" {
+		text = "(no text in the upstream's reply)"
+	}
+	upstream := fmt.Sprintf("%d %s %s", se.Code, enh, text)
 	switch {
 	case st == stageAuth || authConfigReply(se, enh):
 		return &relay.Error{Code: 451, Enhanced: relay.CodeTempAuth, Reason: ReasonUpstreamAuth,
@@ -55,10 +59,10 @@ func (t *Transport) replyError(se *gosmtp.SMTPError, st stage) *relay.Error {
 		return &relay.Error{Code: 451, Enhanced: "4.2.0", Reason: ReasonQuota,
 			Msg: fmt.Sprintf("upstream %s sending quota exceeded (%s); mail deferred", t.o.Name, upstream), Err: se}
 	case se.Code == 432 || enh == "4.3.2":
-		return &relay.Error{Code: se.Code, Enhanced: enh, Reason: ReasonThrottled, Msg: oneLine(se.Message),
+		return &relay.Error{Code: se.Code, Enhanced: enh, Reason: ReasonThrottled, Msg: text,
 			RetryAfter: t.o.ThrottleRetryAfter, Err: se}
 	case se.Code >= 400 && se.Code <= 599:
-		return &relay.Error{Code: se.Code, Enhanced: enh, Reason: ReasonUpstream, Msg: oneLine(se.Message), Err: se}
+		return &relay.Error{Code: se.Code, Enhanced: enh, Reason: ReasonUpstream, Msg: text, Err: se}
 	default:
 		// A reply outside 4xx/5xx where a failure was reported (a protocol violation): retry.
 		return &relay.Error{Code: 451, Enhanced: relay.CodeTempLocal, Reason: ReasonUpstream,
