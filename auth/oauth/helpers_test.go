@@ -273,3 +273,5 @@ func newMetrics() (*prometheus.Registry, *metrics.Metrics) {
 	reg := prometheus.NewRegistry()
 	return reg, metrics.New(reg)
 }
+
+func startMockForBench(b *testing.B) string { return peertest.OAuth2Mock(b).URL }
