@@ -35,11 +35,10 @@ func (b Backoff) withDefaults() Backoff {
 	if b.Factor < 1 {
 		b.Factor = 2
 	}
+	// A negative Jitter is kept as it is (no jitter), so defaulting twice never turns it back on.
 	switch {
 	case b.Jitter == 0:
 		b.Jitter = 0.2
-	case b.Jitter < 0:
-		b.Jitter = 0
 	case b.Jitter >= 1:
 		b.Jitter = 0.99
 	}

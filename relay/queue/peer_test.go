@@ -9,12 +9,14 @@ import (
 	"net/smtp"
 	"net/textproto"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/mailgate/mailgate/relay"
 	"github.com/mailgate/mailgate/relay/peertest"
+	"github.com/mailgate/mailgate/relay/store"
 )
 
 // sinkTransport is a minimal SMTP transport written for these tests (the real one is relay/deliver/smtp):
@@ -112,17 +114,36 @@ func TestDeliveryToSMTPSink(t *testing.T) {
 	}
 }
 
+// The queue's consumer interfaces are what relay/store provides.
+var (
+	_ Bounces     = (*store.Store)(nil)
+	_ DeliveryLog = (*store.Store)(nil)
+)
+
+// TestSMTPSinkRcptRefusalBounces: smtp-sink refuses RCPT with 5xx; the bounce lands in the real SQLite
+// store, which then suppresses the address, and the delivery log says bounced.
 func TestSMTPSinkRcptRefusalBounces(t *testing.T) {
 	sink := peertest.SMTPSink(t, "-a", "-f", "RCPT")
-	h := open(t, t.TempDir(), TransportMap{"upstream": sinkTransport{addr: sink.Addr}}, nil)
+	st, err := store.Open(filepath.Join(t.TempDir(), "mailgate.db"))
+	must(t, err)
+	defer st.Close()
+	h := open(t, t.TempDir(), TransportMap{"upstream": sinkTransport{addr: sink.Addr}}, func(o *Options) {
+		o.Bounces, o.DeliveryLog = st, st
+	})
 	h.run(t)
-	id := enqueue(t, h.q, "Subject: x\r\n\r\nx\r\n", "nobody@example.net")
-	waitFor(t, "bounce", 10*time.Second, func() bool { return len(h.rec.Bounces()) == 1 })
-	b := h.rec.Bounces()[0]
-	if b.Address != "nobody@example.net" || b.Code < 500 || b.QueueID != id {
-		t.Errorf("bounce %+v", b)
+	id := enqueue(t, h.q, "Subject: x\r\n\r\nx\r\n", "Nobody@example.net")
+	waitFor(t, "removal", 10*time.Second, func() bool { _, ok := h.q.Get(id); return !ok })
+	ctx := context.Background()
+	bs, err := st.Bounces(ctx, store.BounceFilter{Address: "nobody@example.net"})
+	if err != nil || len(bs) != 1 || bs[0].Code < 500 || bs[0].QueueID != id || bs[0].Ticket != "123456" {
+		t.Fatalf("bounces %+v %v", bs, err)
 	}
-	waitFor(t, "removal", 5*time.Second, func() bool { _, ok := h.q.Get(id); return !ok })
+	if reason, ok, err := st.Suppressed(ctx, "NOBODY@example.net"); !ok || err != nil || !strings.Contains(reason, "5") {
+		t.Errorf("not suppressed after bounce: %q %v %v", reason, ok, err)
+	}
+	if d, _ := st.Deliveries(ctx, store.DeliveryFilter{QueueID: id}); len(d) != 1 || d[0].Status != "bounced" || d[0].Attempts != 1 {
+		t.Errorf("delivery log %+v", d)
+	}
 }
 
 func TestSMTPSinkTemporaryFailureRetries(t *testing.T) {
