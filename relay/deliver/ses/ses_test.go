@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -415,5 +416,44 @@ func TestDiagnostic(t *testing.T) {
 	}
 	if d := diagnostic("X", strings.Repeat("é", 400)); len(d) > maxDiagnostic+3 {
 		t.Errorf("not bounded: %d", len(d))
+	}
+}
+
+// TestConcurrentWorkers: queue workers share one Transport (bucket, alerts, policies); run under -race.
+func TestConcurrentWorkers(t *testing.T) {
+	f := newFakeSES(t)
+	f.answer = func(n int, _ sendRequest) sesAnswer {
+		if n%7 == 0 {
+			return sesAnswer{Status: 400, ErrorType: "SendingPausedException", Message: "paused"}
+		}
+		return sesAnswer{}
+	}
+	tr := newTestTransport(t, f.URL, Options{MaxSendRate: 1e6})
+	const workers, each = 8, 25
+	errs := make(chan error, workers*each)
+	done := make(chan struct{})
+	for w := range workers {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for i := range each {
+				m := testMessage(composed("s", "b"), "a@example.org")
+				m.QueueID = fmt.Sprintf("q%d-%d", w, i)
+				errs <- tr.Deliver(context.Background(), m).Errs[0]
+				_ = tr.Problems()
+			}
+		}()
+	}
+	for range workers {
+		<-done
+	}
+	close(errs)
+	failed := 0
+	for err := range errs {
+		if err != nil {
+			failed++
+		}
+	}
+	if len(f.requests()) != workers*each || failed != workers*each/7 {
+		t.Fatalf("%d requests, %d failed", len(f.requests()), failed)
 	}
 }
