@@ -157,8 +157,8 @@ type Fetcher interface {
 
 // HTTPFetcher is the production Fetcher: a GET with a bounded body, answered 200.
 type HTTPFetcher struct {
-	Client   *http.Client // nil: a client with a 10 s timeout
-	MaxBytes int64        // nil: 64 KiB (a certificate, or a confirmation answer)
+	Client   *http.Client // nil: a client with a 10 s timeout that follows no redirects
+	MaxBytes int64        // 0: 64 KiB (a certificate, or a confirmation answer)
 }
 
 // Fetch GETs u. It does not follow redirects: an SNS URL that redirects elsewhere is not trusted.
