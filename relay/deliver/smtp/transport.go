@@ -189,6 +189,7 @@ func (t *Transport) Deliver(ctx context.Context, m *relay.Message) relay.Result 
 		if healthy && ctx.Err() == nil {
 			t.put(s)
 		} else {
+			t.o.Logger.Debug("upstream connection closed", "server", t.o.Name, "why", "error", "queue_id", m.QueueID)
 			t.drop(s, false)
 		}
 		res.Reply = reply
