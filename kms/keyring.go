@@ -191,6 +191,7 @@ func (k *Keyring) open(env localEnvelope) ([]byte, error) {
 // one, which then seals every new secret while the older keys keep opening older references. The file
 // is replaced atomically (temporary file, fsync, rename, directory fsync) with mode 0600. It returns
 // the new key's id.
+// It is meant for the CLI (one operator at a time): concurrent Keygen runs on one file may lose a key.
 func Keygen(path string) (keyID string, err error) {
 	kf := keyringFile{Version: keyringVersion}
 	if _, statErr := os.Stat(path); statErr == nil {

@@ -85,8 +85,11 @@ func redirectParams(raw string) (url.Values, error) {
 	}
 	var q url.Values
 	if !strings.Contains(raw, "://") {
-		// A bare query string, with or without its "?".
-		v, err := url.ParseQuery(strings.TrimPrefix(raw, "?"))
+		// A bare query string, with or without its "?", or a URL copied without its scheme.
+		if _, after, ok := strings.Cut(raw, "?"); ok {
+			raw = after
+		}
+		v, err := url.ParseQuery(raw)
 		if err != nil {
 			return nil, errors.New("oauth: the pasted text is neither a URL nor a query string")
 		}

@@ -45,6 +45,7 @@ func FuzzParsePastedRedirect(f *testing.F) {
 	f.Add("http://localhost/cb?error=access_denied&error_description=AADSTS65004%3A+User+declined&state=STATE")
 	f.Add("http://[::1%zz]/?code=secretcode")
 	f.Add("%zz")
+	f.Add("localhost:8765/callback?code=abc&state=STATE")
 	f.Fuzz(func(t *testing.T, raw string) {
 		a := &Authorization{State: "STATE"}
 		code, err := a.ParsePastedRedirect(raw)

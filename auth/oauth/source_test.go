@@ -176,6 +176,10 @@ func TestAuthorizationCodeWithPastedRedirectAndRotation(t *testing.T) {
 	if _, err := (&Authorization{State: "another"}).ParsePastedRedirect(location); err == nil {
 		t.Fatal("a redirect with another state was accepted")
 	}
+	schemeless := strings.TrimPrefix(location, "http://")
+	if c, err := a.ParsePastedRedirect(schemeless); err != nil || c == "" {
+		t.Fatalf("redirect pasted without its scheme: %v", err)
+	}
 	code, err := a.ParsePastedRedirect("  " + location + "\n")
 	if err != nil {
 		t.Fatal(err)
