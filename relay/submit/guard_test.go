@@ -1,9 +1,14 @@
 package submit
 
 import (
+	"bufio"
 	"bytes"
 	"strings"
 	"testing"
+
+	"github.com/emersion/go-message/textproto"
+
+	"github.com/mailgate/mailgate/relay"
 )
 
 // cleanLineEndings is the reference: every CR is immediately followed by LF and every LF immediately
@@ -139,6 +144,35 @@ func FuzzValidAddress(f *testing.F) {
 		}
 		if strings.ContainsAny(s[at+1:], " <>[]\"\\") || (s[0] != '"' && strings.ContainsAny(s[:at], " <>\"\\")) {
 			t.Fatalf("accepted %q", s)
+		}
+	})
+}
+
+func FuzzFromAddress(f *testing.F) {
+	for _, s := range []string{
+		"From: Example Support <support@example.com>\r\n\r\n",
+		"From: =?iso-8859-15?q?S=E9rvice?= <support@example.com>\r\n\r\n",
+		"From: a@example.com, b@example.com\r\n\r\n",
+		"From: a@example.com\r\nFrom: b@example.com\r\n\r\n",
+		"From: \"quoted, name\" <Support@Example.COM>\r\n\r\n",
+		"From:\r\n folded@example.com\r\n\r\n",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		h, err := textproto.ReadHeader(bufio.NewReader(strings.NewReader(raw)))
+		if err != nil {
+			return
+		}
+		addr, err := fromAddress(h)
+		if err != nil {
+			if _, ok := relay.AsError(err); !ok {
+				t.Fatalf("untyped error %v", err)
+			}
+			return
+		}
+		if addr != strings.ToLower(addr) || !strings.Contains(addr, "@") {
+			t.Fatalf("address %q", addr)
 		}
 	})
 }

@@ -6,8 +6,8 @@ import (
 	"errors"
 	"io"
 	"mime"
-	"net/netip"
 	"net/mail"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -73,7 +73,7 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 		m.WithLabelValues(mech, "failure").Inc()
 		// The attempted login is not logged: users type passwords into the login field.
 		s.srv.log.Info("auth", "session", s.id, "listener", s.listener, "mechanism", mech, "result", result,
-			"remote", s.remote.String())
+			"remote", s.remote.String(), "tls", s.tls)
 	}
 	server, ok := auth.NewServer(mech, func(login, password string) error {
 		p, err := s.srv.rules.Load().directory.Authenticate(login, password)
@@ -86,7 +86,7 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 		s.mu.Unlock()
 		m.WithLabelValues(mech, "success").Inc()
 		s.srv.log.Info("auth", "session", s.id, "listener", s.listener, "mechanism", mech, "result", "success",
-			"principal", p.Login, "remote", s.remote.String())
+			"principal", p.Login, "remote", s.remote.String(), "tls", s.tls)
 		return nil
 	})
 	if !ok {
@@ -228,11 +228,16 @@ var (
 	errTooBig = relay.Errorf(552, relay.CodeTooBig, "size", "Message too big")
 )
 
+// bufPool recycles the copy buffers of receive: one per message in flight instead of one per message.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
 // receive streams the message into f, checking line endings. It always reads r to its end (or to a
 // read error), so that the reply is sent at the right place in the stream however bad the content.
+// go-smtp's DATA reader fills the whole buffer before returning, so writes to f are already large.
 func receive(r io.Reader, f *os.File) (int64, error) {
-	w := bufio.NewWriterSize(f, 64<<10)
-	buf := make([]byte, 32<<10)
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
 	var (
 		guard lineGuard
 		size  int64
@@ -243,7 +248,7 @@ func receive(r io.Reader, f *os.File) (int64, error) {
 		if n > 0 {
 			guard.check(buf[:n])
 			if !guard.bad && werr == nil {
-				_, werr = w.Write(buf[:n])
+				_, werr = f.Write(buf[:n])
 			}
 			size += int64(n)
 		}
@@ -261,9 +266,6 @@ func receive(r io.Reader, f *os.File) (int64, error) {
 	}
 	if !guard.ok() {
 		return size, errBareLineEnding
-	}
-	if werr == nil {
-		werr = w.Flush()
 	}
 	if werr != nil {
 		return size, werr // disk full or similar: internal
@@ -318,7 +320,7 @@ func (s *session) deliver(f *os.File, size int64, rcpts []string, received time.
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return s.reply(stageData, err)
 	}
-	composed, err := rules.composer.Compose(ctx, bufio.NewReaderSize(f, 64<<10), draft, sub)
+	composed, err := rules.composer.Compose(ctx, bufio.NewReaderSize(f, 32<<10), draft, sub)
 	if err == nil && composed == nil {
 		err = errors.New("composer returned no result")
 	}
