@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -13,14 +14,15 @@ import (
 
 	"github.com/mailgate/mailgate/relay"
 	"github.com/mailgate/mailgate/relay/metrics"
+	"github.com/mailgate/mailgate/relay/store"
 )
 
 var body10k = bytes.Repeat([]byte("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.,;:-_+*\r\n"), 150)[:10240]
 
-func benchQueue(b *testing.B, tr Transports) *Queue {
+func benchQueue(b *testing.B, tr Transports, log DeliveryLog) *Queue {
 	q, err := New(Options{
 		Dir: b.TempDir(), Transports: tr, Metrics: metrics.New(prometheus.NewRegistry()),
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Workers: 16,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Workers: 16, DeliveryLog: log,
 	})
 	if err != nil {
 		b.Fatal(err)
@@ -52,7 +54,7 @@ func benchCommit(b *testing.B, q *Queue) string {
 // BenchmarkCommit measures a durable Create+Write(10 KiB)+Commit from 20 concurrent sessions, as the
 // submission server does (no delivery: the queue is not running).
 func BenchmarkCommit(b *testing.B) {
-	q := benchQueue(b, TransportMap{})
+	q := benchQueue(b, TransportMap{}, nil)
 	b.SetParallelism(10) // 2 cores × 10 = 20 sessions
 	b.SetBytes(int64(len(body10k)))
 	b.ResetTimer()
@@ -64,8 +66,21 @@ func BenchmarkCommit(b *testing.B) {
 }
 
 // BenchmarkCommitDeliver measures commit → delivered → removed from the spool with a transport that
-// reads the body and accepts it at once: the queue's own cost per message end to end.
+// reads the body and accepts it at once: the queue's own cost per message end to end. The store variant
+// adds the real SQLite delivery log (two upserts per message), as mailgate serve runs it.
 func BenchmarkCommitDeliver(b *testing.B) {
+	b.Run("nolog", func(b *testing.B) { benchCommitDeliver(b, nil) })
+	b.Run("store", func(b *testing.B) {
+		st, err := store.Open(filepath.Join(b.TempDir(), "mailgate.db"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer st.Close()
+		benchCommitDeliver(b, st)
+	})
+}
+
+func benchCommitDeliver(b *testing.B, log DeliveryLog) {
 	var delivered atomic.Int64
 	tr := TransportMap{"upstream": transportFunc(func(ctx context.Context, m *relay.Message) relay.Result {
 		rc, err := m.Open()
@@ -77,7 +92,7 @@ func BenchmarkCommitDeliver(b *testing.B) {
 		delivered.Add(1)
 		return relay.Result{Reply: "250 ok", Errs: make([]error, len(m.Recipients))}
 	})}
-	q := benchQueue(b, tr)
+	q := benchQueue(b, tr, log)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- q.Run(ctx) }()

@@ -59,6 +59,21 @@
 // (RFC 3463: delivery time expired). An unknown transport name defers (a configuration mistake must
 // never bounce a customer's address).
 //
+// relay.Result.Errs must hold exactly one entry per recipient of the attempt (nil = delivered); a
+// result of any other length is treated as a temporary failure of every recipient and logged as a
+// transport bug, because guessing would either lose mail or bounce it.
+//
+// # Reports
+//
+// Each attempt counts per-recipient outcomes in metrics.DeliveryAttempts{transport,result}, times the
+// Deliver call in metrics.DeliveryDuration, counts bounces by relay.Error.Reason ("upstream" when empty,
+// "expired" for the lifetime) in metrics.Bounces, records each bounce through Bounces, logs one slog line
+// per outcome (queued, delivered, deferred, bounced, dropped) with queue_id, channel and the recipient
+// count, and upserts the delivery log through DeliveryLog with the message's status: queued, deferred,
+// delivered, bounced, partial (some delivered, some bounced) or dropped. Drop removes a message without
+// bouncing its recipients: dropping is an operator's decision about one message, not evidence that an
+// address is bad, so nothing is suppressed.
+//
 // Delivery is at-least-once: an attempt that succeeded upstream but was not recorded (crash, shutdown
 // cut short) is attempted again.
 package queue

@@ -427,7 +427,11 @@ func (q *Queue) report(e *Entry, res relay.Result, elapsed time.Duration, delive
 			"reply", fmt.Sprintf("%d %s %s", a.code, a.enhanced, a.diag))...)
 	}
 
-	status, reply := "deferred", clientText(deferErr)
+	// The delivery log is for operators: a deferral keeps its full cause (network errors included).
+	status, reply := "deferred", ""
+	if deferErr != nil {
+		reply = deferErr.Error()
+	}
 	if len(deferred) == 0 {
 		var nd, nb int
 		for _, r := range e.Recipients {
