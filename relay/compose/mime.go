@@ -276,14 +276,53 @@ func (j *job) writeRewritten(fs []hfield, e entity, content string, top bool) er
 }
 
 func (j *job) writeQP(s string) error {
+	_, err := j.out.Write(encodeQP(s))
+	return err
+}
+
+// encodeQP is quoted-printable (RFC 2045 §6.7) with "\n" as the line break, plus two rules of
+// §6.7's "may be encoded" latitude: a "-" or "." that starts a physical line is encoded, so no line of
+// a rewritten body can look like a MIME boundary delimiter ("--boundary", whatever the agent's text
+// holds) or an SMTP end-of-data line. Lines stay within 76 characters with soft line breaks.
+func encodeQP(s string) []byte {
 	if !strings.HasSuffix(s, "\n") {
 		s += "\n"
 	}
-	qw := quotedprintable.NewWriter(j.out)
-	if _, err := io.WriteString(qw, s); err != nil {
-		return err
+	const hexDigits = "0123456789ABCDEF"
+	b := make([]byte, 0, len(s)+len(s)/8)
+	lines := strings.Split(s[:len(s)-1], "\n")
+	for _, line := range lines {
+		col := 0
+		for i := 0; i < len(line); i++ {
+			c := line[i]
+			last := i == len(line)-1
+			for {
+				literal := (c >= 33 && c <= 126 && c != '=') || ((c == ' ' || c == '\t') && !last)
+				if col == 0 && (c == '-' || c == '.') {
+					literal = false
+				}
+				n := 1
+				if !literal {
+					n = 3
+				}
+				// Keep room for a soft break "=" unless this is the line's last character.
+				if col+n > 75 || (col+n == 76 && !last) {
+					b = append(b, '=', '\r', '\n')
+					col = 0
+					continue // re-decide at the start of the new physical line
+				}
+				if literal {
+					b = append(b, c)
+				} else {
+					b = append(b, '=', hexDigits[c>>4], hexDigits[c&15])
+				}
+				col += n
+				break
+			}
+		}
+		b = append(b, '\r', '\n')
 	}
-	return qw.Close()
+	return b
 }
 
 // decodeBody decodes a body part composition rewrites: transfer encoding, then charset to UTF-8, with
