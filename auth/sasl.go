@@ -33,8 +33,8 @@ func NewServer(mech string, check CheckFunc) (sasl.Server, bool) {
 	case MechPlain:
 		return sasl.NewPlainServer(func(identity, login, password string) error {
 			if identity != "" && identity != login {
-				// Spend the check anyway so the refusal is not a faster answer than a bad password.
-				_ = check(login, password)
+				// Refused before check runs: check may have side effects (a session records its
+				// principal on success), and the refusal reveals nothing about the credentials.
 				return ErrAuthzid
 			}
 			return check(login, password)

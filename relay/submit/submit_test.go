@@ -220,6 +220,15 @@ func TestNoAuthBeforeTLS(t *testing.T) {
 	rc.expect("AUTH PLAIN "+base64Std("\x00demo\x00demo"), "523 5.7.10")
 	rc.expect("MAIL FROM:<support@example.com>", "530 5.7.0")
 
+	// A PLAIN authorization identity other than the login is refused even with the right password, and
+	// leaves the session unauthenticated.
+	dev0 := dialRaw(t, addrOf(t, h, "dev"))
+	dev0.expect("EHLO raw.test", "250 ")
+	dev0.expect("AUTH PLAIN "+base64Std("replier\x00demo\x00demo"), "535 5.7.8")
+	dev0.expect("MAIL FROM:<support@example.com>", "530 5.7.0")
+	// Malformed PLAIN data is a clean 501, not library text.
+	dev0.expect("AUTH PLAIN "+base64Std("no-nuls-here"), "501 5.5.2")
+
 	// The development listener offers AUTH in plain text.
 	dev := dialRaw(t, addrOf(t, h, "dev"))
 	if ehlo := dev.expect("EHLO raw.test", "250 "); !strings.Contains(ehlo, "AUTH PLAIN LOGIN") {
