@@ -122,7 +122,7 @@ func (s *Signature) InsertHTML(h string) string {
 // customers' clients use.
 var (
 	originalMessage = regexp.MustCompile(`^\s*-{3,}\s*(Original Message|Ursprüngliche Nachricht|Message d'origine|Mensaje original)\s*-{3,}\s*$`)
-	attribution     = regexp.MustCompile(`^\s*(On|Am|Le|El|Il|Op|Den|På)\s.*(wrote|schrieb|a écrit|escribió|ha scritto|schreef|skrev)\s*:\s*$`)
+	attribution     = regexp.MustCompile(`^\s*(On|Am|Le|El|Il|Op|Den|På)\s.*\b(wrote|schrieb|a écrit|escribió|ha scritto|schreef|skrev)[^:]*:\s*$`)
 	attributionHead = regexp.MustCompile(`^\s*(On|Am|Le|El|Il|Op|Den|På)\s`)
 )
 
@@ -176,16 +176,14 @@ func SplitHTML(h string) (body, rest string) {
 // backOverAttribution returns the start of the element holding an attribution line that ends right
 // before the quote at position at, or at itself when there is none.
 func backOverAttribution(h string, at int) int {
+	// The attribution may span elements ("<div>On …<br>wrote:</div>"): try the last few block starts,
+	// nearest first; the text from one of them up to the quote must be exactly an attribution.
 	starts := blockStart.FindAllStringIndex(h[:at], -1)
 	for i := len(starts) - 1; i >= 0 && i >= len(starts)-4; i-- {
-		text := strings.TrimSpace(HTMLToText(h[starts[i][0]:at]))
-		if text == "" {
-			continue
-		}
-		if attribution.MatchString(strings.Join(strings.Fields(text), " ")) {
+		text := strings.Join(strings.Fields(HTMLToText(h[starts[i][0]:at])), " ")
+		if attribution.MatchString(text) {
 			return starts[i][0]
 		}
-		return at
 	}
 	return at
 }
