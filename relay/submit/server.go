@@ -76,6 +76,12 @@ func New(o Options, rules *Rules) (*Server, error) {
 			s.Close()
 			return nil, fmt.Errorf("submit: listener %s: %w", lc.Name, err)
 		}
+		if ta, ok := tcp.Addr().(*net.TCPAddr); lc.AllowInsecureAuth && (!ok || !ta.IP.IsLoopback()) {
+			// Passwords in clear text are tolerable only where they never leave the machine.
+			_ = tcp.Close()
+			s.Close()
+			return nil, fmt.Errorf("submit: listener %s: insecure AUTH is only allowed on a loopback address, not %s", lc.Name, tcp.Addr())
+		}
 		l := &listener{cfg: lc, addr: tcp.Addr()}
 		var ln net.Listener = &limitListener{Listener: tcp, srv: s, name: lc.Name, implicitTLS: lc.Mode == ModeImplicit}
 		if lc.Mode == ModeImplicit {

@@ -226,6 +226,9 @@ var (
 	errBareLineEnding = relay.Errorf(554, relay.CodeMalformed, "bare_line_ending",
 		"Message refused: bare CR or LF found; lines must end with CRLF (RFC 5321 section 2.3.8)")
 	errTooBig = relay.Errorf(552, relay.CodeTooBig, "size", "Message too big")
+	// RFC 5322 §2.1.1 limits lines to 998 characters; go-smtp allows twice the RFC 5321 §4.5.3.1.6 limit.
+	errLineTooLong = relay.Errorf(554, relay.CodeMalformed, "line_too_long",
+		"Message has a line longer than 2000 characters (RFC 5322 section 2.1.1 allows 998)")
 )
 
 // bufPool recycles the copy buffers of receive: one per message in flight instead of one per message.
@@ -259,6 +262,11 @@ func receive(r io.Reader, f *os.File) (int64, error) {
 			if errors.Is(rerr, smtp.ErrDataTooLarge) {
 				return size, errTooBig // go-smtp discards the rest of the data itself
 			}
+			if errors.Is(rerr, smtp.ErrTooLongLine) {
+				// go-smtp cannot find the end of the data any more and closes the connection after
+				// this reply; the client at least learns why.
+				return size, errLineTooLong
+			}
 			// The client went away, timed out, or sent RSET during BDAT: nobody to answer, but the
 			// reason is logged.
 			return size, relay.Wrap(rerr, 451, relay.CodeTempTimeout, "transfer_failed", "Message transfer failed")
@@ -271,6 +279,31 @@ func receive(r io.Reader, f *os.File) (int64, error) {
 		return size, werr // disk full or similar: internal
 	}
 	return size, nil
+}
+
+// maxHeaderBytes bounds the header parsed in memory (the body never is). Far above any real header —
+// Postfix's header_size_limit is 100 KiB — so only abuse hits it.
+const maxHeaderBytes = 1 << 20
+
+var errHeaderTooBig = errors.New("submit: header exceeds limit")
+
+// headerLimit fails, rather than ending early, at the limit: a truncated header would parse "fine" and
+// hide a second From field beyond the cut.
+type headerLimit struct {
+	r io.Reader
+	n int64
+}
+
+func (h *headerLimit) Read(p []byte) (int, error) {
+	if h.n <= 0 {
+		return 0, errHeaderTooBig
+	}
+	if int64(len(p)) > h.n {
+		p = p[:h.n]
+	}
+	n, err := h.r.Read(p)
+	h.n -= int64(n)
+	return n, err
 }
 
 func drain(r io.Reader) { _, _ = io.Copy(io.Discard, r) }
@@ -286,7 +319,11 @@ func (s *session) deliver(f *os.File, size int64, rcpts []string, received time.
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return s.reply(stageData, err)
 	}
-	header, err := textproto.ReadHeader(bufio.NewReader(f))
+	header, err := textproto.ReadHeader(bufio.NewReader(&headerLimit{r: f, n: maxHeaderBytes}))
+	if errors.Is(err, errHeaderTooBig) {
+		return s.reply(stageData, relay.Errorf(552, relay.CodeTooBig, "header_size", "Message header too large"),
+			"principal", p.Login)
+	}
 	if err != nil {
 		return s.reply(stageData, relay.Wrap(err, 554, relay.CodeMalformed, "malformed", "Message header is malformed"),
 			"principal", p.Login)

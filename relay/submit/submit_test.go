@@ -14,10 +14,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/mailgate/mailgate/auth"
 	"github.com/mailgate/mailgate/relay"
+	"github.com/mailgate/mailgate/relay/metrics"
 )
 
 func base64Std(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
@@ -592,6 +594,42 @@ func TestRecipientLimitAndDuplicates(t *testing.T) {
 	}
 }
 
+// A header larger than the parsing limit is refused as a whole, never parsed truncated.
+func TestHeaderLimit(t *testing.T) {
+	h := startServer(t, func(o *Options) { o.MaxMessageBytes = 4 << 20 }, nil)
+	rc := dialRaw(t, addrOf(t, h, "dev"))
+	rc.authPlain("demo", "demo")
+	rc.expect("MAIL FROM:<x@example.org>", "250 ")
+	rc.expect("RCPT TO:<customer@example.net>", "250 ")
+	rc.expect("DATA", "354 ")
+	rc.send("From: support@example.com\r\nIn-Reply-To: <t@example.net>\r\n" +
+		strings.Repeat("X-Padding: "+strings.Repeat("p", 80)+"\r\n", 12000) + // ~1.1 MB
+		"From: billing@example.com\r\n\r\nbody\r\n.\r\n")
+	if got := rc.reply(); !strings.HasPrefix(got, "552 5.3.4 Message header too large") {
+		t.Fatalf("reply %q", got)
+	}
+	rc.expect("NOOP", "250 ")
+	if len(h.spool.Messages()) != 0 {
+		t.Fatal("message accepted")
+	}
+}
+
+func TestLineTooLong(t *testing.T) {
+	h := startServer(t, nil, nil)
+	rc := dialRaw(t, addrOf(t, h, "dev"))
+	rc.authPlain("demo", "demo")
+	rc.expect("MAIL FROM:<x@example.org>", "250 ")
+	rc.expect("RCPT TO:<customer@example.net>", "250 ")
+	rc.expect("DATA", "354 ")
+	rc.send("From: support@example.com\r\nIn-Reply-To: <t@example.net>\r\n\r\n" + strings.Repeat("y", 3000) + "\r\n.\r\n")
+	if got := rc.reply(); !strings.HasPrefix(got, "554 5.6.0 Message has a line longer than 2000") {
+		t.Fatalf("reply %q", got)
+	}
+	if len(h.spool.Messages()) != 0 {
+		t.Fatal("message accepted")
+	}
+}
+
 func TestMalformedFrom(t *testing.T) {
 	h := startServer(t, nil, nil)
 	for _, hdr := range []string{
@@ -630,6 +668,12 @@ func TestNewValidates(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("missing %q in %v", want, err)
 		}
+	}
+	// Insecure AUTH off loopback is refused even when everything else is right.
+	_, err = New(Options{Listeners: []Listener{{Name: "dev", Address: "0.0.0.0:0", Mode: ModeStartTLS, AllowInsecureAuth: true}},
+		Spool: &fakeSpool{}, Suppressions: fakeSuppressions{}, Metrics: metrics.New(prometheus.NewRegistry())}, rules)
+	if err == nil || !strings.Contains(err.Error(), "insecure AUTH is only allowed on a loopback address") {
+		t.Errorf("insecure AUTH on all interfaces: %v", err)
 	}
 	_, err = NewRules(nil, []Channel{
 		{Name: "A", FromAddress: "a@example.com"},
