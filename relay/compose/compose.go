@@ -125,7 +125,8 @@ type Result struct {
 // Options configures a Composer.
 type Options struct {
 	// Rand makes Message-IDs and MIME boundaries unique; nil means crypto/rand. Tests inject a fixed
-	// stream to get reproducible output.
+	// stream to get reproducible output; a Rand shared by concurrent Compose calls must be safe for
+	// concurrent use (crypto/rand is).
 	Rand io.Reader
 	// MaxBodyBytes bounds one decoded text or HTML body part that composition rewrites (held in
 	// memory); larger ones are refused with 552 5.3.4. 0 means 10 MiB.
@@ -167,8 +168,10 @@ func New(o Options) *Composer {
 // like every X-Mailgate-* header.
 const TicketHeader = "X-Mailgate-Ticket"
 
-// Compose reads the submitted message from src and writes the customer-facing message to dst (CRLF
-// line endings). On error dst holds a partial message that the caller must discard.
+// Compose reads the submitted message from src and writes the customer-facing message to dst. The
+// input is expected with CRLF line endings (submission refuses bare LF); what mailgate writes uses
+// CRLF, and passed-through parts keep their bytes. On error dst holds a partial message that the caller
+// must discard (Draft.Abort).
 func (c *Composer) Compose(ctx context.Context, src io.Reader, dst io.Writer, req Request) (Result, error) {
 	if req.Channel == nil {
 		return Result{}, errors.New("compose: request without a channel")

@@ -62,6 +62,7 @@ type FieldError struct {
 	Msg   string
 }
 
+// Error renders "field: message".
 func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
 
 // Validate checks the format's values and its combination with the threading mode: with
