@@ -417,3 +417,21 @@ func decodeWords(t testing.TB, v string) string {
 	}
 	return d
 }
+
+func TestNonUTF8Subject(t *testing.T) {
+	ch := channel(TicketFormat{Style: StyleBraces}, nil)(t)
+	out, res, err := compose(t, ch, noSignature(t), baseHeader+"Subject: =?iso-8859-1?q?Re=3A_Gr=FC=DFe?= =?windows-1252?q?=80_price?=\r\nX-Mailgate-Ticket: 7\r\n\r\nhi\r\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Subject != "Re: Grüße€ price {#7}" {
+		t.Errorf("subject %q", res.Subject)
+	}
+	h, err := textproto.ReadHeader(bufioReader(out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := decodeWords(t, h.Get("Subject")); got != res.Subject {
+		t.Errorf("encoded subject decodes to %q", got)
+	}
+}
