@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -688,3 +689,55 @@ func TestNewValidates(t *testing.T) {
 		}
 	}
 }
+
+// Serve stops accepting when its context ends, waits ShutdownTimeout for open sessions, then closes them
+// (go-smtp's Close does nothing after its Shutdown: the server closes the connections itself).
+func TestServeShutdown(t *testing.T) {
+	rules, err := NewRules(testDirectory(t), testChannels, passThrough{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := metrics.New(prometheus.NewRegistry())
+	srv, err := New(Options{
+		Listeners:       []Listener{{Name: "dev", Address: "127.0.0.1:0", Mode: ModeStartTLS, AllowInsecureAuth: true}},
+		ShutdownTimeout: 300 * time.Millisecond, Spool: &fakeSpool{dir: t.TempDir()}, Suppressions: fakeSuppressions{},
+		Metrics: m, Logger: slogDiscard(),
+	}, rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	addr := srv.Addr("dev").String()
+	rc := dialRaw(t, addr)
+	rc.expect("EHLO raw.test", "250 ")
+	if v := testutil.ToFloat64(m.SessionsActive); v != 1 {
+		t.Fatalf("active sessions %v", v)
+	}
+	start := time.Now()
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve did not return")
+	}
+	if d := time.Since(start); d < 250*time.Millisecond {
+		t.Errorf("returned after %v, before the grace period", d)
+	}
+	if _, err := rc.r.ReadString('\n'); err == nil {
+		t.Error("open session not closed")
+	}
+	if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		c.Close()
+		t.Error("still accepting")
+	}
+	if v := testutil.ToFloat64(m.SessionsActive); v != 0 {
+		t.Errorf("active sessions %v after shutdown", v)
+	}
+}
+
+func slogDiscard() *slog.Logger { return slog.New(slog.DiscardHandler) }
