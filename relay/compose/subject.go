@@ -152,6 +152,10 @@ var replyPrefix = regexp.MustCompile(`^(?i)(re|aw|sv|vs|antw|fwd|fw|wg|tr)(\[[0-
 // collapsed to its first prefix, written once, and the tag is put back once, at the start (after the
 // prefix) or the end. Runs of white space collapse to one space. An empty ticket only normalises.
 func FormatSubject(subject, ticket string, f TicketFormat) string {
+	if ticket != "" {
+		// Decorated tags are unambiguous: removed wherever they are, even glued to a word.
+		subject = strings.NewReplacer("[#"+ticket+"]", " ", "{#"+ticket+"}", " ").Replace(subject)
+	}
 	words := strings.Fields(subject)
 	prefix := ""
 	// Leading prefixes and tags, in any order: "Re: [#1] RE: AW: text".
@@ -185,15 +189,7 @@ func FormatSubject(subject, ticket string, f TicketFormat) string {
 		}
 	}
 	if ticket != "" {
-		// Tags anywhere, and a plain number at the end.
-		kept := words[:0]
-		for _, w := range words {
-			if w == "[#"+ticket+"]" || w == "{#"+ticket+"}" {
-				continue
-			}
-			kept = append(kept, w)
-		}
-		words = kept
+		// A plain number at the end.
 		for len(words) > 0 && isTicketWord(words[len(words)-1], ticket) {
 			words = words[:len(words)-1]
 		}
