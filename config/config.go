@@ -153,6 +153,9 @@ type SMTPTimeouts struct {
 	Connect Duration `yaml:"connect"`
 	Command Duration `yaml:"command"`
 	Data    Duration `yaml:"data"`
+	// Idle closes a pooled upstream connection unused for this long (Postfix's
+	// smtp_connection_cache_time_limit is 2s; mailgate's default is the transport's, 30s).
+	Idle Duration `yaml:"idle"`
 }
 
 // OAuth is a Microsoft OAuth 2.0 credential for XOAUTH2.

@@ -129,7 +129,7 @@ func (d *daemon) smtpTransport(cfg *config.Config, i int, s config.SMTPServer, s
 		Name: s.Name, Host: s.Host, Port: s.Port, TLS: smtpdeliver.TLSMode(s.TLS),
 		HeloName: cfg.Hostname, MaxConnections: s.MaxConnections, MessagesPerMinute: s.MessagesPerMinute,
 		RecipientsPerDay: s.RecipientsPerDay, MaxMessageBytes: s.MaxMessageBytes,
-		DialTimeout: s.Timeouts.Connect.D(), CommandTimeout: s.Timeouts.Command.D(), DataTimeout: s.Timeouts.Data.D(),
+		DialTimeout: s.Timeouts.Connect.D(), CommandTimeout: s.Timeouts.Command.D(), DataTimeout: s.Timeouts.Data.D(), IdleTimeout: s.Timeouts.Idle.D(),
 		Logger: d.log.With("server", s.Name), Metrics: d.metrics,
 	}
 	if s.Provider == "microsoft" {
