@@ -199,6 +199,11 @@ func (d *daemon) sesTransport(ctx context.Context, cfg *config.Config) (*ses.Tra
 	if err != nil {
 		return nil, err
 	}
+	// Read the account quota and confirm each Force TLS channel's TLS policy now, at start and reload,
+	// rather than at the first message (each call is bounded inside Check).
+	for _, p := range t.Check(ctx) {
+		d.log.Error("ses check failed", "problem", p.String())
+	}
 	return t, nil
 }
 
