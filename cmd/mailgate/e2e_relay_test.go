@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -358,21 +357,10 @@ func TestTemporaryThenDelivered(t *testing.T) {
 	}
 }
 
+// startSinkAt starts smtp-sink (AUTH hidden) at addr with extra options.
 func startSinkAt(t *testing.T, addr string, opts ...string) *peertest.Sink {
 	t.Helper()
-	dump, err := os.MkdirTemp("", "mailgate-sink-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dump) })
-	_ = os.Chmod(dump, 0o777)
-	argv := []string{"/usr/sbin/smtp-sink", "-c", "-a", "-d", dump + "/%Y%m%d%H%M%S."}
-	if os.Geteuid() == 0 {
-		argv = append(argv, "-u", "nobody")
-	}
-	argv = append(argv, opts...)
-	argv = append(argv, addr, "1024")
-	return &peertest.Sink{Process: peertest.Start(t, "smtp-sink", addr, nil, argv...), DumpDir: dump}
+	return peertest.SMTPSinkAt(t, addr, append([]string{"-a"}, opts...)...)
 }
 
 // TestCrashSafety: N messages accepted while the upstream is down survive kill -9 and all arrive once

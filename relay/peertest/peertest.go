@@ -143,6 +143,13 @@ type Sink struct {
 // its (broken) AUTH advertisement.
 func SMTPSink(t testing.TB, opts ...string) *Sink {
 	t.Helper()
+	return SMTPSinkAt(t, "127.0.0.1:"+strconv.Itoa(FreePort(t)), opts...)
+}
+
+// SMTPSinkAt is SMTPSink on a given address: tests that stop an upstream and start another with other
+// behaviour at the same address (a failing one, then a healthy one) use it.
+func SMTPSinkAt(t testing.TB, addr string, opts ...string) *Sink {
+	t.Helper()
 	bin := need(t, "/usr/sbin/smtp-sink")
 	// smtp-sink drops privileges to nobody when run as root, so its dump directory cannot live under
 	// t.TempDir (whose parents are 0700): make one directly under the system temp dir.
@@ -152,7 +159,6 @@ func SMTPSink(t testing.TB, opts ...string) *Sink {
 	}
 	t.Cleanup(func() { os.RemoveAll(dump) })
 	_ = os.Chmod(dump, 0o777)
-	addr := "127.0.0.1:" + strconv.Itoa(FreePort(t))
 	argv := []string{bin, "-c", "-d", dump + "/%Y%m%d%H%M%S."}
 	if os.Geteuid() == 0 {
 		argv = append(argv, "-u", "nobody")
