@@ -58,6 +58,15 @@ func cmdQueue(ctx context.Context, env *cliEnv, args []string) error {
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
+	// The usage puts the ID first ("drop ID --admin ADDR"), and the flag package stops parsing at the
+	// first non-flag argument: parse the flags that follow each one too.
+	var ids []string
+	for fs.NArg() > 0 {
+		ids = append(ids, fs.Arg(0))
+		if err := fs.Parse(fs.Args()[1:]); err != nil {
+			return err
+		}
+	}
 	client := &http.Client{Timeout: 10 * time.Second}
 	base := "http://" + *adminAddr
 	if sub == "list" {
@@ -79,19 +88,20 @@ func cmdQueue(ctx context.Context, env *cliEnv, args []string) error {
 		}
 		return w.Flush()
 	}
-	if fs.NArg() != 1 {
+	if len(ids) != 1 {
 		fs.Usage()
 		return &exitError{code: 2}
 	}
-	resp, err := client.Post(base+"/queue/"+url.PathEscape(fs.Arg(0))+"/"+sub, "text/plain", nil)
+	id := ids[0]
+	resp, err := client.Post(base+"/queue/"+url.PathEscape(id)+"/"+sub, "text/plain", nil)
 	if err != nil {
 		return fmt.Errorf("is mailgate serve running? %w", err)
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s %s: %s", sub, fs.Arg(0), strings.TrimSpace(string(body)))
+		return fmt.Errorf("%s %s: %s", sub, id, strings.TrimSpace(string(body)))
 	}
-	fmt.Fprintf(env.stdout, "%s %s: ok\n", sub, fs.Arg(0))
+	fmt.Fprintf(env.stdout, "%s %s: ok\n", sub, id)
 	return nil
 }
