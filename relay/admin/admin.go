@@ -1,6 +1,7 @@
 // Package admin is mailgate's operator HTTP listener: /metrics (Prometheus), /healthz (the process
 // is alive), /readyz (every readiness check passes: spool writable, store reachable, upstream
-// credentials healthy, SES policy confirmed), and any extra handlers the daemon mounts (SES events).
+// credentials healthy, SES policy confirmed), /debug/pprof, and any extra handlers the daemon mounts
+// (SES events, the queue API).
 //
 // Readiness checks are functions passed in by cmd, so this package knows nothing of the things it
 // reports on. A failing check's text is shown to the operator: checks must return remedies, never
@@ -14,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sort"
 	"strings"
 	"sync"
@@ -44,6 +46,11 @@ func New(gatherer prometheus.Gatherer, log *slog.Logger) *Server {
 		fmt.Fprintln(w, "ok")
 	})
 	s.mux.HandleFunc("GET /readyz", s.readyz)
+	// Profiles for operators chasing a slow relay; the admin listener is loopback unless configured
+	// otherwise, like /metrics.
+	s.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	s.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	s.mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	return s
 }
 

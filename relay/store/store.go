@@ -40,6 +40,7 @@ type Store struct {
 	read    *sql.DB // readers
 	logw    *sql.DB // delivery log writer, synchronous=NORMAL
 	durable *sql.DB // everything else that writes, synchronous=FULL
+	log     *deliveryLogWriter
 }
 
 // dsn builds a modernc DSN. The path is escaped because SQLite parses the file: URI (a '?' or '#' in a
@@ -77,12 +78,20 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("store: %w", err)
 	}
 	s.read.SetMaxOpenConns(4)
+	if s.log, err = newDeliveryLogWriter(s.logw); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("store: %w", err)
+	}
 	return s, nil
 }
 
 // Close closes every connection.
 func (s *Store) Close() error {
-	return errors.Join(s.read.Close(), s.logw.Close(), s.durable.Close())
+	var err error
+	if s.log != nil {
+		err = s.log.close()
+	}
+	return errors.Join(err, s.read.Close(), s.logw.Close(), s.durable.Close())
 }
 
 // migrations are applied in order; schema_version holds how many have run. Never edit one that has
@@ -388,28 +397,6 @@ func (s *Store) RemoveBounces(ctx context.Context, addr string) (int, error) {
 		return 0, storeErr(err)
 	}
 	return n, nil
-}
-
-// LogDelivery records the latest state of a queued message, replacing the previous one of the same
-// queue id (the log holds one line per message, its current state).
-func (s *Store) LogDelivery(ctx context.Context, r relay.DeliveryRecord) error {
-	if r.QueueID == "" {
-		return badInput("delivery record without a queue id")
-	}
-	rcpts, err := json.Marshal(r.Recipients)
-	if err != nil {
-		return storeErr(err)
-	}
-	t := ms(r.Time)
-	_, err = s.logw.ExecContext(ctx, `INSERT INTO deliveries
-		(queue_id, message_id, ticket, channel, principal, recipients, status, attempts, last_reply, time_ms, created_ms)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)
-		ON CONFLICT (queue_id) DO UPDATE SET
-			message_id = excluded.message_id, ticket = excluded.ticket, channel = excluded.channel,
-			principal = excluded.principal, recipients = excluded.recipients, status = excluded.status,
-			attempts = excluded.attempts, last_reply = excluded.last_reply, time_ms = excluded.time_ms`,
-		r.QueueID, r.MessageID, r.Ticket, r.Channel, r.Principal, string(rcpts), r.Status, r.Attempts, r.LastReply, t)
-	return storeErr(err)
 }
 
 // DeliveryFilter selects delivery log lines; empty fields match everything. Limit 0 means 100.

@@ -1,0 +1,147 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"sync"
+
+	"github.com/mailgate/mailgate/relay"
+)
+
+// upsertDelivery keeps one row per queued message: its latest state.
+const upsertDelivery = `INSERT INTO deliveries
+	(queue_id, message_id, ticket, channel, principal, recipients, status, attempts, last_reply, time_ms, created_ms)
+	VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)
+	ON CONFLICT (queue_id) DO UPDATE SET
+		message_id = excluded.message_id, ticket = excluded.ticket, channel = excluded.channel,
+		principal = excluded.principal, recipients = excluded.recipients, status = excluded.status,
+		attempts = excluded.attempts, last_reply = excluded.last_reply, time_ms = excluded.time_ms`
+
+// maxLogBatch bounds one transaction of the delivery log writer.
+const maxLogBatch = 256
+
+// deliveryLogWriter group-commits the delivery log. Every submission and every delivery attempt writes
+// a row, from many goroutines at once; one transaction per row made the log the relay's largest CPU
+// cost (statement parsing and WAL frames per row). One goroutine owns the writer connection: it takes
+// whatever requests are waiting (up to maxLogBatch), writes them in one transaction with a prepared
+// statement, and answers each caller with the transaction's result. An idle relay writes a single row
+// at once, so batching adds no latency; a busy one shares the cost. Rows of one message keep their
+// order (queued before delivered) because requests are applied in arrival order.
+type deliveryLogWriter struct {
+	db   *sql.DB
+	reqs chan logRequest
+	done chan struct{}
+	// mu guards closed: senders hold it shared while they enqueue, close takes it exclusively, so no
+	// request is ever sent on the closed channel.
+	mu     sync.RWMutex
+	closed bool
+}
+
+type logRequest struct {
+	r      relay.DeliveryRecord
+	result chan error
+}
+
+func newDeliveryLogWriter(db *sql.DB) (*deliveryLogWriter, error) {
+	w := &deliveryLogWriter{db: db, reqs: make(chan logRequest, maxLogBatch), done: make(chan struct{})}
+	go w.run()
+	return w, nil
+}
+
+func (w *deliveryLogWriter) run() {
+	defer close(w.done)
+	for first := range w.reqs {
+		batch := []logRequest{first}
+	drain:
+		for len(batch) < maxLogBatch {
+			select {
+			case r, ok := <-w.reqs:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, r)
+			default:
+				break drain
+			}
+		}
+		err := w.write(batch)
+		for _, r := range batch {
+			r.result <- err
+		}
+	}
+}
+
+func (w *deliveryLogWriter) write(batch []logRequest) error {
+	ctx := context.Background()
+	tx, err := w.db.BeginTx(ctx, nil)
+	if err != nil {
+		return storeErr(err)
+	}
+	stmt, err := tx.PrepareContext(ctx, upsertDelivery)
+	if err != nil {
+		_ = tx.Rollback()
+		return storeErr(err)
+	}
+	for _, req := range batch {
+		r := req.r
+		rcpts, err := json.Marshal(r.Recipients)
+		if err != nil {
+			_ = tx.Rollback()
+			return storeErr(err)
+		}
+		t := ms(r.Time)
+		if _, err := stmt.ExecContext(ctx, r.QueueID, r.MessageID, r.Ticket, r.Channel, r.Principal, string(rcpts),
+			r.Status, r.Attempts, r.LastReply, t); err != nil {
+			_ = tx.Rollback()
+			return storeErr(err)
+		}
+	}
+	return storeErr(tx.Commit())
+}
+
+// close stops the writer after it has written every request already made.
+func (w *deliveryLogWriter) close() error {
+	w.mu.Lock()
+	if !w.closed {
+		w.closed = true
+		close(w.reqs)
+	}
+	w.mu.Unlock()
+	<-w.done
+	return nil
+}
+
+// enqueue hands a request to the writer, unless the store is closed.
+func (w *deliveryLogWriter) enqueue(ctx context.Context, req logRequest) error {
+	w.mu.RLock()
+	defer w.mu.RUnlock()
+	if w.closed {
+		return storeErr(errors.New("store closed"))
+	}
+	select {
+	case w.reqs <- req:
+		return nil
+	case <-ctx.Done():
+		return storeErr(ctx.Err())
+	}
+}
+
+// LogDelivery records the latest state of a queued message (an upsert by queue id). It returns once
+// the row is committed; concurrent callers share one transaction.
+func (s *Store) LogDelivery(ctx context.Context, r relay.DeliveryRecord) error {
+	if r.QueueID == "" {
+		return badInput("delivery record without a queue id")
+	}
+	req := logRequest{r: r, result: make(chan error, 1)}
+	if err := s.log.enqueue(ctx, req); err != nil {
+		return err
+	}
+	select {
+	case err := <-req.result:
+		return err
+	case <-ctx.Done():
+		return storeErr(ctx.Err())
+	}
+}
