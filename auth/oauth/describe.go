@@ -32,7 +32,11 @@ func (i TokenInfo) String() string {
 	if i.Account != "" {
 		fmt.Fprintf(&b, "account %s, ", i.Account)
 	}
-	fmt.Fprintf(&b, "audience %s", strings.Join(i.Audience, " "))
+	if len(i.Audience) > 0 {
+		fmt.Fprintf(&b, "audience %s", strings.Join(i.Audience, " "))
+	} else {
+		b.WriteString("no audience")
+	}
 	if len(i.Scopes) > 0 {
 		fmt.Fprintf(&b, ", scopes %s", strings.Join(i.Scopes, " "))
 	}

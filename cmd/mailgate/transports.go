@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"sync/atomic"
 
 	"github.com/mailgate/mailgate/auth/oauth"
@@ -100,7 +101,10 @@ func (d *daemon) build(ctx context.Context, cfg *config.Config) (*generation, er
 			g.checks["oauth "+s.Name] = func(context.Context) error {
 				st := src.Status()
 				if !st.Healthy {
-					return fmt.Errorf("%s (%s)", st.LastError, st.Remedy)
+					if st.Remedy == "" || strings.Contains(st.LastError, st.Remedy) {
+						return errors.New(st.LastError)
+					}
+					return fmt.Errorf("%s; remedy: %s", st.LastError, st.Remedy)
 				}
 				return nil
 			}
