@@ -39,7 +39,7 @@ func TestBrokenConfigs(t *testing.T) {
 			{"signatures[1].users[0]", `user "alice" is in signatures "short" and "long"; a user can have only one signature`},
 		},
 		"template-unknown-variable.yaml": {
-			{"templates[0]", "html: unknown variable .Colour (use .Content, .DisplayName, .AgentName, .Ticket, .Subject)"},
+			{"templates[0].html", "unknown variable .Colour (use .Content, .DisplayName, .AgentName, .Ticket, .Subject)"},
 		},
 		"hidden-ticket-ignore-in-reply-to.yaml": {
 			{"channels[0].threading", "ignore_in_reply_to threads by the ticket number, which ticket.style hidden removes: " +

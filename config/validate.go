@@ -115,7 +115,13 @@ func (c *Config) Validate() error {
 		if strings.TrimSpace(t.HTML) == "" {
 			ps.add(p+".html", "required: the branded HTML with a {{.Content}} placeholder")
 		} else if _, err := templates.Parse(t.Name, t.HTML, t.Text); err != nil {
-			ps.add(p, "%v", err)
+			// templates says which form failed ("html: ..." or "text: ..."): point at that field.
+			form, msg, ok := strings.Cut(err.Error(), ": ")
+			if ok && (form == "html" || form == "text") {
+				ps.add(p+"."+form, "%s", msg)
+			} else {
+				ps.add(p, "%v", err)
+			}
 		}
 	}
 	channels := c.validateChannels(&ps, bus, servers, templateNames)

@@ -14,15 +14,16 @@ import (
 
 func cmdCheckConfig(_ context.Context, env *cliEnv, args []string) error {
 	fs := newFlags(env, "check-config", "FILE")
-	if err := fs.Parse(args); err != nil {
+	pos, err := parseArgs(fs, args)
+	if err != nil {
 		return err
 	}
-	if fs.NArg() != 1 {
+	if len(pos) != 1 {
 		fs.Usage()
 		return &exitError{code: 2}
 	}
-	path := fs.Arg(0)
-	_, err := config.Load(path)
+	path := pos[0]
+	_, err = config.Load(path)
 	var ps config.Problems
 	if errors.As(err, &ps) {
 		for _, p := range ps {

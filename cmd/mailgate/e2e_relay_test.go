@@ -407,7 +407,7 @@ func TestCheckConfigBroken(t *testing.T) {
 	if code != 1 {
 		t.Fatalf("exit %d, want 1\n%s", code, out)
 	}
-	for _, want := range []string{"channels[1].transport: unknown server \"m365\"", "listeners[0].tls:", "users[0].role: unknown role", "templates[0]: ", "problem(s)"} {
+	for _, want := range []string{"channels[1].transport: unknown server \"m365\"", "listeners[0].tls:", "users[0].role: unknown role", "templates[0].html: unknown variable .Colour", "problem(s)"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}

@@ -125,3 +125,20 @@ func cmdVersion(_ context.Context, env *cliEnv, args []string) error {
 	fmt.Fprintln(env.stdout, "mailgate", version)
 	return nil
 }
+
+// parseArgs parses flags wherever they stand among the positional arguments ("bounces remove ADDR
+// --config F" as well as "bounces remove --config F ADDR"; the flag package alone stops at the first
+// positional one) and returns the positional arguments.
+func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		if fs.NArg() == 0 {
+			return pos, nil
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+}

@@ -35,7 +35,11 @@ func preflight(ctx context.Context, env *cliEnv, gen *generation, transport stri
 	r, err := t.Probe(ctx, forceTLS)
 	if r != nil {
 		fmt.Fprintf(env.stdout, "server %s (%s): %s\n", r.Server, r.Addr, r.Banner)
-		fmt.Fprintf(env.stdout, "tls: %s %s; certificate verified for %s: %v %s\n", r.TLS, r.TLSVersion, r.CertName, r.CertVerified, r.CertError)
+		if r.TLS == "none" || r.TLS == "" {
+			fmt.Fprintf(env.stdout, "tls: none (the server offers no STARTTLS)\n")
+		} else {
+			fmt.Fprintf(env.stdout, "tls: %s %s; certificate verified for %s: %v %s\n", r.TLS, r.TLSVersion, r.CertName, r.CertVerified, r.CertError)
+		}
 		fmt.Fprintf(env.stdout, "auth offered: %s; used: %s -> %s\n", strings.Join(r.AuthOffered, " "), r.AuthMechanism, r.AuthResult)
 		if r.TokenFailure != nil {
 			fmt.Fprintf(env.stdout, "token refused by the server: %+v\n", *r.TokenFailure)

@@ -55,17 +55,9 @@ func cmdQueue(ctx context.Context, env *cliEnv, args []string) error {
 	sub := args[0]
 	fs := newFlags(env, "queue "+sub, map[string]string{"list": "", "retry": "ID", "drop": "ID"}[sub])
 	adminAddr := fs.String("admin", "127.0.0.1:9465", "admin listener of the running daemon")
-	if err := fs.Parse(args[1:]); err != nil {
+	ids, err := parseArgs(fs, args[1:])
+	if err != nil {
 		return err
-	}
-	// The usage puts the ID first ("drop ID --admin ADDR"), and the flag package stops parsing at the
-	// first non-flag argument: parse the flags that follow each one too.
-	var ids []string
-	for fs.NArg() > 0 {
-		ids = append(ids, fs.Arg(0))
-		if err := fs.Parse(fs.Args()[1:]); err != nil {
-			return err
-		}
 	}
 	client := &http.Client{Timeout: 10 * time.Second}
 	base := "http://" + *adminAddr

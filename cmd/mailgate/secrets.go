@@ -104,18 +104,19 @@ func cmdSecret(ctx context.Context, env *cliEnv, args []string) error {
 		return nil
 	case "keygen":
 		fs := newFlags(env, "secret keygen", "KEYRING")
-		if err := fs.Parse(args[1:]); err != nil {
-			return err
-		}
-		if fs.NArg() != 1 {
-			fs.Usage()
-			return &exitError{code: 2}
-		}
-		id, err := kms.Keygen(fs.Arg(0))
+		pos, err := parseArgs(fs, args[1:])
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(env.stdout, "%s: newest key %s (new secrets use it; older keys still decrypt)\n", fs.Arg(0), id)
+		if len(pos) != 1 {
+			fs.Usage()
+			return &exitError{code: 2}
+		}
+		id, err := kms.Keygen(pos[0])
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(env.stdout, "%s: newest key %s (new secrets use it; older keys still decrypt)\n", pos[0], id)
 		return nil
 	}
 	return &exitError{code: 2, msg: fmt.Sprintf("mailgate secret: unknown subcommand %q (encrypt, keygen)", args[0])}

@@ -39,7 +39,8 @@ func cmdBounces(ctx context.Context, env *cliEnv, args []string) error {
 	address := fs.String("address", "", "only this recipient address (list)")
 	channel := fs.String("channel", "", "only this channel (list)")
 	limit := fs.Int("limit", 100, "at most this many (list)")
-	if err := fs.Parse(args[1:]); err != nil {
+	pos, err := parseArgs(fs, args[1:])
+	if err != nil {
 		return err
 	}
 	st, err := openStore(*cfg, *dataDir)
@@ -48,15 +49,15 @@ func cmdBounces(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	defer st.Close()
 	if sub == "remove" {
-		if fs.NArg() != 1 {
+		if len(pos) != 1 {
 			fs.Usage()
 			return &exitError{code: 2}
 		}
-		n, err := st.RemoveBounces(ctx, fs.Arg(0))
+		n, err := st.RemoveBounces(ctx, pos[0])
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(env.stdout, "removed %d bounce record(s) of %s; it is no longer suppressed\n", n, fs.Arg(0))
+		fmt.Fprintf(env.stdout, "removed %d bounce record(s) of %s; it is no longer suppressed\n", n, pos[0])
 		return nil
 	}
 	bs, err := st.Bounces(ctx, store.BounceFilter{Address: *address, Channel: *channel, Limit: *limit})
@@ -80,11 +81,12 @@ func cmdLog(ctx context.Context, env *cliEnv, args []string) error {
 	cfg := fs.String("config", "", "configuration file (default: the development default)")
 	dataDir := fs.String("data-dir", "mailgate-data", "data directory of the development default")
 	limit := fs.Int("limit", 100, "at most this many")
-	if err := fs.Parse(args[1:]); err != nil {
+	queries, err := parseArgs(fs, args[1:])
+	if err != nil {
 		return err
 	}
 	f := store.DeliveryFilter{Limit: *limit}
-	for _, q := range fs.Args() {
+	for _, q := range queries {
 		k, v, ok := strings.Cut(q, "=")
 		switch {
 		case ok && k == "title":

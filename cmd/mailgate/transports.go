@@ -120,7 +120,11 @@ func (d *daemon) build(ctx context.Context, cfg *config.Config) (*generation, er
 		g.ses = t
 		g.checks["ses"] = func(context.Context) error {
 			if ps := t.Problems(); len(ps) > 0 {
-				return fmt.Errorf("%v", ps)
+				msgs := make([]string, len(ps))
+				for i, p := range ps {
+					msgs[i] = p.String()
+				}
+				return errors.New(strings.Join(msgs, "; "))
 			}
 			return nil
 		}
