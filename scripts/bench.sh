@@ -4,8 +4,8 @@
 #
 #   smtp-source -s SESSIONS -m MSGS -l SIZE  ->  relay  ->  smtp-sink
 #
-# End-to-end time runs from the start of smtp-source until smtp-sink has counted MSGS messages (the
-# sink is restarted for every run). Both relays fsync every message before their 250 and relay to the
+# End-to-end time runs from the start of smtp-source until smtp-sink has written MSGS messages (one
+# dump file each; the sink is restarted for every run). Both relays fsync every message before their 250 and relay to the
 # same sink; smtp-source cannot AUTH, so each relay trusts 127.0.0.0/8 (Postfix mynetworks, mailgate
 # trusted_networks with a service principal whose role still applies). mailgate composes every message
 # (display name, Message-ID, Date, ticket) on the way. Peak RSS of each relay is sampled every 0.1 s.
@@ -33,16 +33,19 @@ trap cleanup EXIT INT TERM
 ms() { date +%s%3N; }
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END{print (NR%2)? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-sink_count() { tr '\r' '\n' < "$WORK/sink.out" | grep -o 'mesg=[0-9]*' | tail -1 | cut -d= -f2; }
+# A message counts once smtp-sink has written its dump file: its -c counters reach its buffered
+# stdout late and unreliably while sessions are busy.
+sink_count() { find "$WORK/dump" -type f | wc -l; }
 start_sink() {
-  : > "$WORK/sink.out"
-  /usr/sbin/smtp-sink -u nobody -c "127.0.0.1:$SINK_PORT" 1024 > "$WORK/sink.out" 2>&1 &
+  if (exec 3<>"/dev/tcp/127.0.0.1/$SINK_PORT") 2>/dev/null; then echo "127.0.0.1:$SINK_PORT is in use" >&2; exit 1; fi
+  rm -rf "$WORK/dump"; mkdir -p "$WORK/dump"; chmod 777 "$WORK/dump"
+  /usr/sbin/smtp-sink -u nobody -d "$WORK/dump/%Y%m%d%H%M%S." "127.0.0.1:$SINK_PORT" 1024 > "$WORK/sink.out" 2>&1 &
   SINK_PID=$!; wait_port "$SINK_PORT"
 }
 stop_sink() { kill "$SINK_PID" 2>/dev/null; wait "$SINK_PID" 2>/dev/null || true; SINK_PID=; }
 # rss_of PID... -> summed RSS in KiB of the processes and their children
-rss_of() { local s=0; for p in "$@"; do for c in $p $(pgrep -P "$p" 2>/dev/null); do
-  s=$((s + $(awk '/^VmRSS:/{print $2}' /proc/$c/status 2>/dev/null || echo 0))); done; done; echo $s; }
+rss_of() { local s=0 v; for p in "$@"; do for c in $p $(pgrep -P "$p" 2>/dev/null); do
+  v=$(awk '/^VmRSS:/{print $2}' /proc/$c/status 2>/dev/null); s=$((s + ${v:-0})); done; done; echo $s; }
 
 # run NAME PORT PIDS... : one measured run; prints "e2e_msg_per_s peak_rss_kib"
 run() {
@@ -110,9 +113,7 @@ admin: {address: 127.0.0.1:0}
 spool: {dir: $WORK/mg/spool}
 store: {path: $WORK/mg/mailgate.db}
 business_units: [{name: BU, time_zone: Europe/Berlin}]
-# idle 2s = Postfix's smtp_connection_cache_time_limit: smtp-sink's -c counters show up late for
-# sessions that stay open, so both relays let idle upstream connections go alike.
-smtp_servers: [{name: sink, host: 127.0.0.1, port: $SINK_PORT, tls: starttls, max_connections: 20, timeouts: {idle: 2s}}]
+smtp_servers: [{name: sink, host: 127.0.0.1, port: $SINK_PORT, tls: starttls, max_connections: 20}]
 channels:
   - {name: Support, from: support@example.com, display_name: Example Support, business_unit: BU, transport: sink, outbound_flow: true}
 roles: [{name: app, channels: {Support: [reply, outbound]}}]

@@ -29,6 +29,8 @@ type Server struct {
 	limiter *auth.Limiter
 	slots   chan struct{} // one token per open connection
 	log     *slog.Logger
+	// bufs recycles the copy buffers of receive: one per message in flight instead of one per message.
+	bufs sync.Pool
 
 	listeners []*listener
 

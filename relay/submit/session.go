@@ -215,7 +215,7 @@ func (s *session) Data(r io.Reader) error {
 		_ = f.Close()
 		_ = os.Remove(f.Name())
 	}()
-	size, err := receive(r, f)
+	size, err := s.srv.receive(r, f)
 	if err != nil {
 		return s.reply(stageData, err)
 	}
@@ -231,15 +231,16 @@ var (
 		"Message has a line longer than 2000 characters (RFC 5322 section 2.1.1 allows 998)")
 )
 
-// bufPool recycles the copy buffers of receive: one per message in flight instead of one per message.
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
-
 // receive streams the message into f, checking line endings. It always reads r to its end (or to a
 // read error), so that the reply is sent at the right place in the stream however bad the content.
 // go-smtp's DATA reader fills the whole buffer before returning, so writes to f are already large.
-func receive(r io.Reader, f *os.File) (int64, error) {
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
+func (srv *Server) receive(r io.Reader, f *os.File) (int64, error) {
+	bp, ok := srv.bufs.Get().(*[]byte)
+	if !ok {
+		b := make([]byte, 32<<10)
+		bp = &b
+	}
+	defer srv.bufs.Put(bp)
 	buf := *bp
 	var (
 		guard lineGuard
