@@ -44,8 +44,9 @@ type session struct {
 	tokenFail   *xoauth2.Failure
 	fellBack    bool // opportunistic STARTTLS failed and this session is in plain text
 
-	uses  int         // messages sent on it
-	timer *time.Timer // idle expiry while pooled
+	uses     int         // messages sent on it
+	timer    *time.Timer // idle expiry while pooled
+	pooledAt time.Time   // when it last went into the pool
 }
 
 // tlsProblem says why the session does not satisfy Force TLS (TLS ≥ 1.2 with a certificate verified

@@ -171,7 +171,9 @@ func (t *Transport) Deliver(ctx context.Context, m *relay.Message) relay.Result 
 	defer body.Close()
 
 	for attempt := 0; ; attempt++ {
-		s, reused, err := t.session(ctx, m.ForceTLS)
+		// The retry after a dead pooled session dials afresh: the other idle sessions most likely died
+		// with it (an upstream restart or idle timeout closes them all), and were dropped below.
+		s, reused, err := t.session(ctx, m.ForceTLS, attempt > 0)
 		if err != nil {
 			set(idx, err)
 			t.logFailure(m, err)
@@ -181,6 +183,7 @@ func (t *Transport) Deliver(ctx context.Context, m *relay.Message) relay.Result 
 		if stale && attempt == 0 && reused {
 			t.o.Logger.Debug("pooled upstream connection was dead; reconnecting", "server", t.o.Name, "queue_id", m.QueueID)
 			t.drop(s, false)
+			t.dropIdle(s.pooledAt)
 			for _, i := range idx {
 				res.Errs[i] = nil
 			}
@@ -257,9 +260,9 @@ func (t *Transport) refund(rcpts int, dayStamp int64, message bool, minuteStamp 
 	}
 }
 
-// session returns a pooled session (most recently used first) or dials a new one.
-func (t *Transport) session(ctx context.Context, forceTLS bool) (*session, bool, error) {
-	for {
+// session returns a pooled session (most recently used first) or dials a new one; fresh skips the pool.
+func (t *Transport) session(ctx context.Context, forceTLS, fresh bool) (*session, bool, error) {
+	for !fresh {
 		t.mu.Lock()
 		var s *session
 		if k := len(t.idle); k > 0 {
@@ -308,8 +311,32 @@ func (t *Transport) put(s *session) {
 		return
 	}
 	t.idle = append(t.idle, s)
+	s.pooledAt = time.Now()
 	s.timer = time.AfterFunc(t.o.IdleTimeout, func() { t.expire(s) })
 	t.mu.Unlock()
+}
+
+// dropIdle closes the idle sessions pooled no later than before: when one pooled session is found
+// dead, those pooled with or before it are presumed dead too, so no later delivery trips over them.
+func (t *Transport) dropIdle(before time.Time) {
+	t.mu.Lock()
+	var dead, keep []*session
+	for _, x := range t.idle {
+		if x.pooledAt.After(before) {
+			keep = append(keep, x)
+		} else {
+			dead = append(dead, x)
+		}
+	}
+	t.idle = keep
+	t.mu.Unlock()
+	for _, x := range dead {
+		x.timer.Stop()
+		t.drop(x, false)
+	}
+	if len(dead) > 0 {
+		t.o.Logger.Debug("idle upstream connections dropped after a dead one", "server", t.o.Name, "count", len(dead))
+	}
 }
 
 // expire closes s if it is still idle in the pool.
