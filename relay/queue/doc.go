@@ -7,9 +7,10 @@
 // One spool directory per instance (Options.Dir):
 //
 //	lock               flock(2)ed by the running Queue: two processes never share a spool
-//	tmp/<id>.eml       a draft body being written by submission (garbage after a crash)
 //	tmp/<id>.json      a metadata file being written (garbage after a crash)
-//	msg/<id>.eml       a committed message body (the composed RFC 5322 message, CRLF)
+//	msg/<id>.eml       a message body (the composed RFC 5322 message, CRLF): a draft's while it is
+//	                   written, a committed message's once its metadata exists
+
 //	msg/<id>.json      its metadata: the relay.Envelope, per-recipient status, attempts, next attempt
 //	quarantine/<id>.*  entries whose metadata could not be read; kept for an operator, never delivered
 //
@@ -20,15 +21,18 @@
 // # fsync order
 //
 // Commit (the only step a client waits on):
-//  1. write the body to tmp/<id>.eml (buffered), fsync it, close it;
-//  2. rename tmp/<id>.eml to msg/<id>.eml;
-//  3. write the metadata to tmp/<id>.json, fsync it, close it, rename it to msg/<id>.json;
-//  4. fsync msg/ — both renames are now durable — and only then return the id.
+//  1. write the body to msg/<id>.eml (buffered), fsync it, close it — in place: without metadata it is
+//     no entry, so it needs no temporary name, and each commit saves a rename;
+//  2. write the metadata to tmp/<id>.json, fsync it, close it, rename it to msg/<id>.json;
+//  3. fsync msg/ — the body's creation and the metadata's rename are now durable — and only then
+//     return the id.
 //
-// An update after a delivery attempt writes tmp/<id>.json, fsyncs it, renames it over msg/<id>.json and
-// fsyncs msg/. Removal unlinks msg/<id>.json first (the entry ends), then msg/<id>.eml, then fsyncs msg/.
-// So a fully delivered message costs three file fsyncs (body, metadata) plus two directory fsyncs
-// (commit, removal); a deferred attempt costs one file and one directory fsync.
+// An update after a delivery attempt writes tmp/<id>.json, fsyncs it and renames it over
+// msg/<id>.json. Removal unlinks msg/<id>.json first (the entry ends), then msg/<id>.eml. Neither waits
+// for a directory fsync: after a crash the older metadata (or the removed entry) may come back, which
+// only repeats an attempt — at-least-once delivery, as every MTA does — and never loses a recipient;
+// the next commit's msg/ fsync makes them durable anyway. So a fully delivered message costs two file
+// fsyncs (body, metadata) and one shared directory fsync; a deferred attempt costs one file fsync.
 //
 // tmp/ itself is never fsynced: nothing in it is ever needed after a crash, so whether a rename out of it
 // is remembered there does not matter (only the new name in msg/ must be durable, and that is what the

@@ -292,7 +292,9 @@ func (q *Queue) Create() (relay.Draft, error) {
 		return nil, relay.Errorf(451, relay.CodeTempLocal, "queue", "queue is shutting down")
 	}
 	id := q.ids.next()
-	f, err := os.OpenFile(q.spool.tmpBody(id), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	// The body is written in place: a body without its metadata is no entry (start-up removes it), so
+	// it needs no temporary name, and the commit saves a rename per message.
+	f, err := os.OpenFile(q.spool.body(id), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return nil, relay.Wrap(err, 451, relay.CodeTempLocal, "queue", "cannot queue the message now")
 	}
@@ -327,7 +329,7 @@ func (d *draft) Abort() error {
 	}
 	d.done = true
 	d.f.Close()
-	if err := os.Remove(d.q.spool.tmpBody(d.id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := os.Remove(d.q.spool.body(d.id)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	return nil
@@ -365,7 +367,6 @@ func (d *draft) commit(env relay.Envelope) (string, error) {
 	d.done = true
 	fail := func(err error) (string, error) {
 		d.f.Close()
-		os.Remove(sp.tmpBody(d.id))
 		os.Remove(sp.meta(d.id)) // metadata first: never a committed-looking entry without its body
 		os.Remove(sp.body(d.id))
 		os.Remove(sp.tmpMeta(d.id))
@@ -381,9 +382,6 @@ func (d *draft) commit(env relay.Envelope) (string, error) {
 		return fail(err)
 	}
 	if err := d.f.Close(); err != nil {
-		return fail(err)
-	}
-	if err := os.Rename(sp.tmpBody(d.id), sp.body(d.id)); err != nil {
 		return fail(err)
 	}
 	now := time.Now()

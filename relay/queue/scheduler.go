@@ -317,7 +317,7 @@ func (q *Queue) attempt(runCtx context.Context, e *entry, cur Entry) {
 	case final:
 		perr = q.spool.remove(next.ID)
 	default:
-		perr = q.spool.writeMeta(&next)
+		perr = q.spool.replaceMeta(&next)
 	}
 	if perr != nil {
 		// The in-memory state stays right; after a crash the attempt would be repeated.

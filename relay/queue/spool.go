@@ -268,13 +268,22 @@ func newSpool(dir string) (*spool, error) {
 	return s, nil
 }
 
-func (s *spool) tmpBody(id string) string { return filepath.Join(s.tmp, id+".eml") }
 func (s *spool) tmpMeta(id string) string { return filepath.Join(s.tmp, id+".json") }
 func (s *spool) body(id string) string    { return filepath.Join(s.msg, id+".eml") }
 func (s *spool) meta(id string) string    { return filepath.Join(s.msg, id+".json") }
 
 // writeMeta durably replaces an entry's metadata: temp file, fsync, rename, directory fsync.
 func (s *spool) writeMeta(e *Entry) error {
+	if err := s.replaceMeta(e); err != nil {
+		return err
+	}
+	return s.msgSync.Sync()
+}
+
+// replaceMeta writes e's metadata over the previous version without waiting for a directory fsync:
+// after a crash either version is found, both valid — the older one only repeats an attempt
+// (at-least-once), never loses a recipient. The next commit's directory fsync makes it durable anyway.
+func (s *spool) replaceMeta(e *Entry) error {
 	data, err := encodeMeta(e)
 	if err != nil {
 		return err
@@ -282,10 +291,7 @@ func (s *spool) writeMeta(e *Entry) error {
 	if err := writeFileSync(s.tmpMeta(e.ID), data); err != nil {
 		return err
 	}
-	if err := os.Rename(s.tmpMeta(e.ID), s.meta(e.ID)); err != nil {
-		return err
-	}
-	return s.msgSync.Sync()
+	return os.Rename(s.tmpMeta(e.ID), s.meta(e.ID))
 }
 
 // remove deletes an entry durably: metadata first (the entry ends there), then the body.
@@ -296,7 +302,9 @@ func (s *spool) remove(id string) error {
 	if err := os.Remove(s.body(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	return s.msgSync.Sync()
+	// No directory fsync: an entry whose removal is lost in a crash is delivered again (at-least-once,
+	// as every MTA), and nobody waits on the shared fsync for it; the next commit's fsync persists it.
+	return nil
 }
 
 // moveToQuarantine moves whatever exists of an entry to quarantine/ and makes both directories durable.

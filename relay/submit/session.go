@@ -206,15 +206,12 @@ func (s *session) Data(r io.Reader) error {
 	s.mu.Unlock()
 	received := s.srv.o.Now()
 
-	f, err := os.CreateTemp(s.srv.o.TempDir, "submit-*.eml") // mode 0600
+	f, err := rawFile(s.srv.o.TempDir)
 	if err != nil {
 		drain(r)
 		return s.reply(stageData, err)
 	}
-	defer func() {
-		_ = f.Close()
-		_ = os.Remove(f.Name())
-	}()
+	defer f.Close()
 	size, err := s.srv.receive(r, f)
 	if err != nil {
 		return s.reply(stageData, err)
