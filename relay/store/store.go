@@ -41,6 +41,8 @@ type Store struct {
 	logw    *sql.DB // delivery log writer, synchronous=NORMAL
 	durable *sql.DB // everything else that writes, synchronous=FULL
 	log     *deliveryLogWriter
+	// suppressions answers Suppressed from memory; writes through this Store mark it stale at once.
+	suppressions suppressionCache
 }
 
 // dsn builds a modernc DSN. The path is escaped because SQLite parses the file: URI (a '?' or '#' in a
@@ -148,6 +150,17 @@ func migrations() []string {
 		id      TEXT PRIMARY KEY,
 		time_ms INTEGER NOT NULL
 	);`,
+		// 2: a version of the suppression list, bumped by triggers on every change from any writer
+		// (this process, `mailgate bounces remove`, another instance), so a cached copy knows when it
+		// is stale with one small read instead of a lookup per recipient.
+		`CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+	INSERT INTO counters (name, value) VALUES ('suppression', 0);
+	CREATE TRIGGER suppression_inserted AFTER INSERT ON suppression
+		BEGIN UPDATE counters SET value = value + 1 WHERE name = 'suppression'; END;
+	CREATE TRIGGER suppression_updated AFTER UPDATE ON suppression
+		BEGIN UPDATE counters SET value = value + 1 WHERE name = 'suppression'; END;
+	CREATE TRIGGER suppression_deleted AFTER DELETE ON suppression
+		BEGIN UPDATE counters SET value = value + 1 WHERE name = 'suppression'; END;`,
 	}
 }
 
@@ -254,6 +267,7 @@ func (s *Store) RecordBounce(ctx context.Context, b relay.Bounce) error {
 	if err := upsertSuppression(ctx, tx, b.Address, key, suppressionReason(b), "bounce", t); err != nil {
 		return storeErr(err)
 	}
+	defer s.suppressions.invalidate()
 	return storeErr(tx.Commit())
 }
 
@@ -281,19 +295,13 @@ func (s *Store) Suppress(ctx context.Context, addr, reason, source string) error
 	if err := upsertSuppression(ctx, tx, addr, key, reason, source, ms(time.Time{})); err != nil {
 		return storeErr(err)
 	}
+	defer s.suppressions.invalidate()
 	return storeErr(tx.Commit())
 }
 
 // Suppressed reports whether addr (any case) is on the suppression list, and why.
 func (s *Store) Suppressed(ctx context.Context, addr string) (reason string, ok bool, err error) {
-	err = s.read.QueryRowContext(ctx, `SELECT reason FROM suppression WHERE address_key = $1`, addressKey(addr)).Scan(&reason)
-	switch {
-	case errors.Is(err, sql.ErrNoRows):
-		return "", false, nil
-	case err != nil:
-		return "", false, storeErr(err)
-	}
-	return reason, true, nil
+	return s.suppressions.lookup(ctx, s.read, addressKey(addr))
 }
 
 // Suppression is one entry of the suppression list.
@@ -393,6 +401,7 @@ func (s *Store) RemoveBounces(ctx context.Context, addr string) (int, error) {
 		}
 		n += int(c)
 	}
+	defer s.suppressions.invalidate()
 	if err := tx.Commit(); err != nil {
 		return 0, storeErr(err)
 	}
