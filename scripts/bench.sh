@@ -120,9 +120,8 @@ roles: [{name: app, channels: {Support: [reply, outbound]}}]
 users: [{login: unused, password_hash: "$HASH", role: app, business_unit: BU}]
 trusted_networks: [{cidr: 127.0.0.0/8, principal: bench-app, role: app, business_unit: BU}]
 limits: {max_connections: 1000}
-queue: {workers_per_transport: 64}
 YAML
-"$WORK/mailgate" serve --config "$WORK/mailgate.yaml" --log-level warn > "$WORK/mailgate.log" 2>&1 &
+"$WORK/mailgate" serve --config "$WORK/mailgate.yaml" --log-level info > "$WORK/mailgate.log" 2>&1 &
 MG_PID=$!; wait_port "$MAILGATE_PORT" || { cat "$WORK/mailgate.log"; exit 1; }
 
 echo "# $(date -u +%FT%TZ) $(nproc) cores; postfix $(postconf -h mail_version); mailgate $("$WORK/mailgate" version | cut -d' ' -f2); MSGS=$MSGS SESSIONS=$SESSIONS SIZE=$SIZE REPS=$REPS"

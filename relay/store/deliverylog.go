@@ -30,9 +30,12 @@ const maxLogBatch = 256
 // at once, so batching adds no latency; a busy one shares the cost. Rows of one message keep their
 // order (queued before delivered) because requests are applied in arrival order.
 type deliveryLogWriter struct {
-	db   *sql.DB
-	reqs chan logRequest
-	done chan struct{}
+	db *sql.DB
+	// upsert is prepared once: parsing the statement for every transaction was most of the writer's
+	// cost. The writer pool has one connection, so each transaction reuses it as is.
+	upsert *sql.Stmt
+	reqs   chan logRequest
+	done   chan struct{}
 	// mu guards closed: senders hold it shared while they enqueue, close takes it exclusively, so no
 	// request is ever sent on the closed channel.
 	mu     sync.RWMutex
@@ -45,7 +48,11 @@ type logRequest struct {
 }
 
 func newDeliveryLogWriter(db *sql.DB) (*deliveryLogWriter, error) {
-	w := &deliveryLogWriter{db: db, reqs: make(chan logRequest, maxLogBatch), done: make(chan struct{})}
+	upsert, err := db.Prepare(upsertDelivery)
+	if err != nil {
+		return nil, err
+	}
+	w := &deliveryLogWriter{db: db, upsert: upsert, reqs: make(chan logRequest, maxLogBatch), done: make(chan struct{})}
 	go w.run()
 	return w, nil
 }
@@ -79,11 +86,7 @@ func (w *deliveryLogWriter) write(batch []logRequest) error {
 	if err != nil {
 		return storeErr(err)
 	}
-	stmt, err := tx.PrepareContext(ctx, upsertDelivery)
-	if err != nil {
-		_ = tx.Rollback()
-		return storeErr(err)
-	}
+	stmt := tx.StmtContext(ctx, w.upsert)
 	for _, req := range batch {
 		r := req.r
 		rcpts, err := json.Marshal(r.Recipients)
@@ -110,7 +113,7 @@ func (w *deliveryLogWriter) close() error {
 	}
 	w.mu.Unlock()
 	<-w.done
-	return nil
+	return w.upsert.Close()
 }
 
 // enqueue hands a request to the writer, unless the store is closed.
