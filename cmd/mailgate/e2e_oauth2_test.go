@@ -483,11 +483,76 @@ smtp_servers:
 		}
 	}
 
+	// Re-consent through the redirect URL's loopback listener (the browser on this machine follows the
+	// provider's redirect to it) while nothing is pasted.
+	out, code = authorizeListener(t, in, "m365")
+	outputs["oauth authorize (listener)"] = out
+	if code != 0 || !strings.Contains(out, "authorized m365: ") {
+		t.Errorf("oauth authorize through the loopback listener: exit %d\n%s", code, out)
+	}
+	secrets, _, _ = proxy.seen()
+
 	_, outputs["/metrics"] = adminGet(t, in, "/metrics")
 	_, outputs["/readyz"] = adminGet(t, in, "/readyz")
 	outputs["daemon log"] = in.logs()
 	outputs["node log"] = nodeOutput(t, node)
 	assertNoSecret(t, outputs, map[string][]string{"client secret": {clientSecret}, "token-endpoint value": secrets})
+}
+
+// authorizeListener runs `mailgate oauth authorize` without --paste and with nothing on stdin, then
+// plays the browser: it follows the authorize URL's redirects, ending at the command's loopback
+// listener on the redirect URL.
+func authorizeListener(t *testing.T, in *instance, server string) (string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, "oauth", "authorize", "--config", in.config, "--server", server)
+	cmd.Env = append(append(os.Environ(), "AWS_EC2_METADATA_DISABLED=true"), in.extraEnv...)
+	cmd.Stdin = strings.NewReader("")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	r := bufio.NewReader(stdout)
+	for {
+		line, err := r.ReadString('\n')
+		out.WriteString(line)
+		if u := strings.TrimSpace(line); strings.HasPrefix(u, "http") {
+			// The listener may need a moment to bind after the URL is printed.
+			var resp *http.Response
+			for i := 0; i < 50; i++ {
+				if resp, err = http.Get(u); err == nil {
+					break
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			if err != nil {
+				t.Fatalf("browser: %v", err)
+			}
+			resp.Body.Close()
+			break
+		}
+		if err != nil {
+			t.Fatalf("oauth authorize printed no URL:\n%s%s", out.String(), stderr.String())
+		}
+	}
+	rest, _ := io.ReadAll(r)
+	out.Write(rest)
+	err = cmd.Wait()
+	all := out.String() + stderr.String()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return all, ee.ExitCode()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return all, 0
 }
 
 // TestOAuthTokenEndpointOutage: with the token endpoint answering 503, a submitted message is

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -110,20 +111,56 @@ func cmdOAuth(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	fmt.Fprintf(env.stdout, "Open this URL in a browser and sign in as the sending mailbox:\n\n  %s\n\n", a.URL)
-	var code string
-	if *paste {
-		fmt.Fprint(env.stdout, "Paste the URL the browser was redirected to: ")
-		line, _ := bufio.NewReader(env.stdin).ReadString('\n')
-		code, err = a.ParsePastedRedirect(strings.TrimSpace(line))
+	// The code arrives on the redirect URL's loopback listener (the browser runs on this machine) or
+	// as the redirect URL pasted here (the browser runs elsewhere), whichever comes first; --paste
+	// skips the listener.
+	type result struct {
+		code string
+		err  error
+	}
+	got := make(chan result, 2)
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	waiting := 1 // the paste
+	if !*paste {
+		waiting++
+		fmt.Fprintf(env.stdout, "Waiting for the redirect on %s, or paste the URL the browser was redirected to: ", a.RedirectURL)
+		go func() {
+			c, err := src.ReceiveRedirect(wctx, a)
+			got <- result{c, err}
+		}()
 	} else {
-		fmt.Fprintf(env.stdout, "Waiting for the redirect on %s ...\n", a.RedirectURL)
-		wctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
-		defer cancel()
-		code, err = src.ReceiveRedirect(wctx, a)
+		fmt.Fprint(env.stdout, "Paste the URL the browser was redirected to: ")
 	}
-	if err != nil {
-		return err
+	go func() {
+		line, _ := bufio.NewReader(env.stdin).ReadString('\n')
+		if strings.TrimSpace(line) == "" {
+			got <- result{err: errors.New("no redirect URL pasted")}
+			return
+		}
+		c, err := a.ParsePastedRedirect(strings.TrimSpace(line))
+		got <- result{c, err}
+	}()
+	var r result
+	var failures []string
+	for r.code == "" && waiting > 0 {
+		select {
+		case r = <-got:
+			waiting--
+			if r.err != nil {
+				failures = append(failures, r.err.Error())
+			}
+		case <-wctx.Done():
+			failures = append(failures, "no authorization code within 10 minutes")
+			waiting = 0
+		}
 	}
+	cancel()
+	if r.code == "" {
+		return errors.New(strings.Join(failures, "; "))
+	}
+	code := r.code
+	fmt.Fprintln(env.stdout)
 	info, err := src.Exchange(ctx, code, a.Verifier)
 	if err != nil {
 		return fmt.Errorf("%v\nremedy: %s", err, oauth.RemedyOf(err))
