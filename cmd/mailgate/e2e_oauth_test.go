@@ -1,64 +1,16 @@
 package main
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/mailgate/mailgate/relay/peertest"
 )
-
-// tokenCounter is a reverse proxy in front of oauth2-mock-server's token endpoint that counts token
-// requests and remembers the access tokens it handed out (to prove they never appear in any output).
-type tokenCounter struct {
-	mu       sync.Mutex
-	requests int
-	tokens   []string
-}
-
-func (c *tokenCounter) start(t *testing.T, mockURL string) string {
-	target, _ := url.Parse(mockURL)
-	proxy := httputil.NewSingleHostReverseProxy(target)
-	proxy.ModifyResponse = func(r *http.Response) error {
-		b, _ := io.ReadAll(r.Body)
-		r.Body = io.NopCloser(bytes.NewReader(b))
-		var tok struct {
-			AccessToken string `json:"access_token"`
-		}
-		if json.Unmarshal(b, &tok) == nil && tok.AccessToken != "" {
-			c.mu.Lock()
-			c.tokens = append(c.tokens, tok.AccessToken)
-			c.mu.Unlock()
-		}
-		return nil
-	}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c.mu.Lock()
-		if r.URL.Path == "/token" {
-			c.requests++
-		}
-		c.mu.Unlock()
-		proxy.ServeHTTP(w, r)
-	}))
-	t.Cleanup(srv.Close)
-	return srv.URL
-}
-
-func (c *tokenCounter) count() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.requests
-}
 
 const clientSecret = "mailgate-e2e-client-secret-3f9a"
 
@@ -68,8 +20,8 @@ const clientSecret = "mailgate-e2e-client-secret-3f9a"
 // revoked tokens are auth/oauth's and relay/deliver/smtp's tests, against the same peers.)
 func TestXOAUTH2ToNodeSMTPServer(t *testing.T) {
 	mock := peertest.OAuth2Mock(t)
-	var counter tokenCounter
-	tokenURL := counter.start(t, mock.URL) + "/token"
+	var proxy tokenProxy
+	tokenURL := proxy.start(t, mock.URL) + "/token"
 	node := peertest.NodeSMTPServer(t, peertest.NodeSMTPOptions{JWKSURL: mock.URL + "/jwks", Issuer: mock.Issuer, NoPlain: true})
 	host, port, _ := net.SplitHostPort(node.Addr)
 	in := newInstance(t, fmt.Sprintf(`
@@ -125,7 +77,7 @@ trusted_networks:
 			t.Fatalf("upstream session: %v", rec)
 		}
 	}
-	if got := counter.count(); got != 1 {
+	if got, _ := proxy.counts(); got != 1 {
 		t.Fatalf("%d messages cost %d token requests, want exactly 1", n, got)
 	}
 
@@ -146,7 +98,8 @@ trusted_networks:
 		metrics.Body.Close()
 		all += string(b)
 	}
-	secrets := append([]string{clientSecret}, counter.tokens...)
+	tokens, _, _ := proxy.seen()
+	secrets := append([]string{clientSecret}, tokens...)
 	for _, s := range secrets {
 		if strings.Contains(all, s) {
 			t.Fatalf("a secret or token appears in mailgate's output")

@@ -175,9 +175,27 @@ func TestNoAuthRefused(t *testing.T) {
 	}
 }
 
-// smtpConversation runs a raw plain-text SMTP dialogue as the trusted-network principal and returns
-// everything the server said.
+// smtpConversation runs a raw plain-text SMTP dialogue as the trusted-network principal, sending data
+// verbatim after DATA, and returns everything the server said.
 func smtpConversation(t *testing.T, addr string, data string) string {
+	t.Helper()
+	return rawExchange(t, addr, "EHLO probe.example\r\n", "MAIL FROM:<x@example.com>\r\n",
+		"RCPT TO:<customer@example.net>\r\n", "DATA\r\n", data, "QUIT\r\n")
+}
+
+// rawCommands sends each command line and returns every reply line.
+func rawCommands(t *testing.T, addr string, cmds ...string) string {
+	t.Helper()
+	sends := make([]string, len(cmds))
+	for i, c := range cmds {
+		sends[i] = c + "\r\n"
+	}
+	return rawExchange(t, addr, sends...)
+}
+
+// rawExchange reads the greeting, then writes each chunk exactly as given and reads the (possibly
+// multi-line) reply to it; it returns everything the server said.
+func rawExchange(t *testing.T, addr string, chunks ...string) string {
 	t.Helper()
 	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
@@ -196,42 +214,9 @@ func smtpConversation(t *testing.T, addr string, data string) string {
 			}
 		}
 	}
-	send := func(s string) { _, _ = io.WriteString(c, s) }
 	read()
-	for _, cmd := range []string{"EHLO probe.example\r\n", "MAIL FROM:<x@example.com>\r\n", "RCPT TO:<customer@example.net>\r\n", "DATA\r\n"} {
-		send(cmd)
-		read()
-	}
-	send(data)
-	read()
-	send("QUIT\r\n")
-	read()
-	return got.String()
-}
-
-// rawCommands sends each command and returns every reply line.
-func rawCommands(t *testing.T, addr string, cmds ...string) string {
-	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	r := bufio.NewReader(c)
-	var got strings.Builder
-	read := func() {
-		for {
-			line, err := r.ReadString('\n')
-			got.WriteString(line)
-			if err != nil || len(line) < 4 || line[3] != '-' {
-				return
-			}
-		}
-	}
-	read()
-	for _, cmd := range cmds {
-		_, _ = io.WriteString(c, cmd+"\r\n")
+	for _, chunk := range chunks {
+		_, _ = io.WriteString(c, chunk)
 		read()
 	}
 	return got.String()
