@@ -127,3 +127,51 @@ print("TEXT=" + (text.get_content().replace("\n", " ") if text else "NONE"))
 		t.Errorf("sink received %d messages, want only the first", n)
 	}
 }
+
+// TestUpstreamAdvertisedSize: once mailgate has seen the upstream's SIZE (RFC 1870), a composed
+// message over it is refused at DATA with 552 5.3.4 instead of being accepted and bounced later.
+func TestUpstreamAdvertisedSize(t *testing.T) {
+	node := peertest.NodeSMTPServer(t, peertest.NodeSMTPOptions{MaxSize: 30000})
+	host, port, _ := net.SplitHostPort(node.Addr)
+	in := newInstance(t, `
+smtp_servers:
+  - name: up
+    host: `+host+`
+    port: `+port+`
+    auth: login
+    username: user
+    password: env:MG_UP_PASSWORD
+    ca_file: `+node.Cert.CertFile+`
+channels:
+  - name: Support
+    from: support@example.com
+    business_unit: BU
+    transport: up
+    outbound_flow: true
+roles:
+  - name: agent
+    channels:
+      Support: [reply, outbound]
+  - name: limited
+    channels:
+      Support: [reply]
+`)
+	in.extraEnv = []string{"MG_UP_PASSWORD=pass"}
+	in.start()
+	if out, code := in.swaks("--to", "customer@example.net", "--h-From", "support@example.com", "--body", "small"); code != 0 {
+		t.Fatalf("small message: %d\n%s", code, out)
+	}
+	waitFor(t, 15*time.Second, "the first delivery (mailgate learns SIZE)", func() bool { return len(node.Accepted(t)) == 1 })
+	bodyFile := filepath.Join(t.TempDir(), "body")
+	if err := os.WriteFile(bodyFile, []byte(strings.Repeat("0123456789abcdef\n", 3000)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, code := in.swaks("--to", "customer@example.net", "--h-From", "support@example.com", "--body", "@"+bodyFile)
+	if code == 0 || !strings.Contains(out, "552 5.3.4") || !strings.Contains(out, "30000") {
+		t.Fatalf("oversize for the upstream's SIZE: exit %d, want 552 5.3.4 naming the limit\n%s", code, out)
+	}
+	out, _ = in.mailgate("bounces", "list", "--config", in.config)
+	if strings.Contains(out, "customer@example.net") {
+		t.Fatalf("refused at DATA, yet bounced:\n%s", out)
+	}
+}

@@ -7,8 +7,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/mailgate/mailgate/auth"
 	"github.com/mailgate/mailgate/config"
+	"github.com/mailgate/mailgate/relay"
 	"github.com/mailgate/mailgate/relay/compose"
 	"github.com/mailgate/mailgate/relay/deliver/ses"
 	"github.com/mailgate/mailgate/relay/submit"
@@ -22,6 +22,9 @@ type composition struct {
 	composer   *compose.Composer
 	channels   map[string]*compose.Channel
 	signatures map[string]*signatures.Signature // by lower-cased login
+	// advertised gives, per channel name, the size limit its upstream last advertised (RFC 1870
+	// SIZE; 0 = unknown). The configured limits are in channels; this one is learnt at run time.
+	advertised map[string]func() int64
 }
 
 // Compose adapts submission's view of a message to the composer's.
@@ -34,6 +37,12 @@ func (c *composition) Compose(ctx context.Context, src io.Reader, dst io.Writer,
 	res, err := c.composer.Compose(ctx, src, dst, compose.Request{Channel: ch, Agent: agent, Now: sub.Received})
 	if err != nil {
 		return nil, err
+	}
+	if size := c.advertised[ch.Name]; size != nil {
+		if limit := size(); limit > 0 && res.Size > limit {
+			return nil, relay.Errorf(552, relay.CodeTooBig, "size",
+				"Message too big: %d bytes once composed; the channel's mail server takes at most %d", res.Size, limit)
+		}
 	}
 	return &submit.Composed{MessageID: res.MessageID, Ticket: res.Ticket, Reply: res.Reply, Size: res.Size}, nil
 }
@@ -82,7 +91,8 @@ func buildComposition(c *config.Config) (*composition, error) {
 	for _, b := range c.BusinessUnits {
 		bus[b.Name] = b
 	}
-	comp := &composition{composer: compose.New(compose.Options{}), channels: map[string]*compose.Channel{}, signatures: lower}
+	comp := &composition{composer: compose.New(compose.Options{}), channels: map[string]*compose.Channel{}, signatures: lower,
+		advertised: map[string]func() int64{}}
 	for _, ch := range c.Channels {
 		bu := bus[ch.BusinessUnit]
 		loc, err := time.LoadLocation(bu.TimeZone)
@@ -107,14 +117,10 @@ func buildComposition(c *config.Config) (*composition, error) {
 }
 
 // buildRules is submission's view of a configuration: who may send, on which channel, composed how.
-func buildRules(c *config.Config) (*submit.Rules, *auth.Directory, error) {
+func buildRules(c *config.Config, comp *composition) (*submit.Rules, error) {
 	dir, err := buildDirectory(c)
 	if err != nil {
-		return nil, nil, err
-	}
-	comp, err := buildComposition(c)
-	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	chans := make([]submit.Channel, 0, len(c.Channels))
 	for _, ch := range c.Channels {
@@ -123,9 +129,5 @@ func buildRules(c *config.Config) (*submit.Rules, *auth.Directory, error) {
 			ForceTLS: ch.ForceTLS, MailFrom: ch.MailFrom, MaxMessageBytes: transportLimit(c, ch.Transport),
 		})
 	}
-	rules, err := submit.NewRules(dir, chans, comp)
-	if err != nil {
-		return nil, nil, err
-	}
-	return rules, dir, nil
+	return submit.NewRules(dir, chans, comp)
 }

@@ -73,7 +73,7 @@ type generation struct {
 
 // build makes a generation from cfg. Secrets are decrypted here, once; an error leaves nothing running.
 func (d *daemon) build(ctx context.Context, cfg *config.Config) (*generation, error) {
-	rules, _, err := buildRules(cfg)
+	comp, err := buildComposition(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -85,7 +85,7 @@ func (d *daemon) build(ctx context.Context, cfg *config.Config) (*generation, er
 	if err != nil {
 		return nil, err
 	}
-	g := &generation{rules: rules, transports: map[string]relay.Transport{}, checks: map[string]admin.Check{}, oauth: map[string]*oauth.Source{}}
+	g := &generation{transports: map[string]relay.Transport{}, checks: map[string]admin.Check{}, oauth: map[string]*oauth.Source{}}
 	if cfg.Outbox != nil {
 		g.transports[config.TransportOutbox] = &outbox.Outbox{Dir: cfg.Outbox.Dir}
 	}
@@ -109,6 +109,15 @@ func (d *daemon) build(ctx context.Context, cfg *config.Config) (*generation, er
 				return nil
 			}
 		}
+	}
+	for _, ch := range cfg.Channels {
+		if t, ok := g.transports[ch.Transport].(*smtpdeliver.Transport); ok {
+			comp.advertised[ch.Name] = t.AdvertisedSize
+		}
+	}
+	if g.rules, err = buildRules(cfg, comp); err != nil {
+		closeTransports(g.transports)
+		return nil, err
 	}
 	if cfg.SES != nil {
 		t, err := d.sesTransport(ctx, cfg)

@@ -186,6 +186,7 @@ func (t *Transport) dial(ctx context.Context, forceTLS, allowTLS bool) (*session
 	if size, ok := s.c.MaxMessageSize(); ok {
 		s.maxSize = int64(size)
 	}
+	t.advertisedSize.Store(s.maxSize)
 	s.smtputf8, _ = s.c.Extension("SMTPUTF8")
 	if t.m != nil {
 		t.m.UpstreamConnections.WithLabelValues(o.Name, s.tlsMode).Inc()

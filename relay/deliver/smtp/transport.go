@@ -46,6 +46,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	gosmtp "github.com/emersion/go-smtp"
@@ -68,9 +69,17 @@ type Transport struct {
 	perDay      *window
 	pausedUntil time.Time
 	closed      bool
+
+	advertisedSize atomic.Int64 // SIZE of the latest session set up (0: none advertised, or none yet)
 }
 
 var _ relay.Transport = (*Transport)(nil)
+
+// AdvertisedSize is the message size limit the upstream advertised (RFC 1870 SIZE) on the latest
+// connection, 0 when it advertised none or no connection was made yet. Submission checks composed
+// messages against it at DATA, so an oversize message is refused to the agent (552) rather than
+// bounced after it was accepted.
+func (t *Transport) AdvertisedSize() int64 { return t.advertisedSize.Load() }
 
 // New validates o, applies the defaults (see Options) and returns a Transport. It does not connect:
 // use Probe to check the server.
