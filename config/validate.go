@@ -106,12 +106,7 @@ func (c *Config) Validate() error {
 	templateNames := map[string]bool{}
 	for i, t := range c.Templates {
 		p := fmt.Sprintf("templates[%d]", i)
-		if t.Name == "" {
-			ps.add(p+".name", "required")
-		} else if templateNames[t.Name] {
-			ps.add(p+".name", "duplicate template %q", t.Name)
-		}
-		templateNames[t.Name] = true
+		unique(&ps, p+".name", "template", t.Name, templateNames)
 		if strings.TrimSpace(t.HTML) == "" {
 			ps.add(p+".html", "required: the branded HTML with a {{.Content}} placeholder")
 		} else if _, err := templates.Parse(t.Name, t.HTML, t.Text); err != nil {
@@ -129,12 +124,8 @@ func (c *Config) Validate() error {
 	logins := map[string]bool{}
 	for i, u := range c.Users {
 		p := fmt.Sprintf("users[%d]", i)
-		if u.Login == "" {
-			ps.add(p+".login", "required")
-		} else if logins[strings.ToLower(u.Login)] {
-			ps.add(p+".login", "duplicate user %q", u.Login)
-		}
-		logins[strings.ToLower(u.Login)] = true
+		// Logins are matched case-insensitively at AUTH.
+		unique(&ps, p+".login", "user", strings.ToLower(u.Login), logins)
 		if !strings.HasPrefix(u.PasswordHash, "$2") {
 			ps.add(p+".password_hash", "must be a bcrypt hash (make one with: mailgate hash-password < password-file)")
 		}
@@ -233,12 +224,7 @@ func (c *Config) validateBusinessUnits(ps *Problems) map[string]bool {
 	bus := map[string]bool{}
 	for i, b := range c.BusinessUnits {
 		p := fmt.Sprintf("business_units[%d]", i)
-		if b.Name == "" {
-			ps.add(p+".name", "required")
-		} else if bus[b.Name] {
-			ps.add(p+".name", "duplicate business unit %q", b.Name)
-		}
-		bus[b.Name] = true
+		unique(ps, p+".name", "business unit", b.Name, bus)
 		if b.TimeZone == "" {
 			ps.add(p+".time_zone", "required: an IANA time zone such as Europe/Berlin")
 		} else if _, err := time.LoadLocation(b.TimeZone); err != nil {
@@ -343,12 +329,7 @@ func (c *Config) validateChannels(ps *Problems, bus map[string]bool, servers map
 	}
 	for i, ch := range c.Channels {
 		p := fmt.Sprintf("channels[%d]", i)
-		if ch.Name == "" {
-			ps.add(p+".name", "required")
-		} else if channels[ch.Name] {
-			ps.add(p+".name", "duplicate channel %q", ch.Name)
-		}
-		channels[ch.Name] = true
+		unique(ps, p+".name", "channel", ch.Name, channels)
 		if a, err := mail.ParseAddress(ch.From); err != nil || a.Name != "" {
 			ps.add(p+".from", "must be a bare address such as support@example.com (got %q)", ch.From)
 		} else if other, dup := froms[strings.ToLower(a.Address)]; dup {
@@ -411,12 +392,7 @@ func (c *Config) validateRoles(ps *Problems, channels map[string]bool) map[strin
 	roles := map[string]bool{}
 	for i, r := range c.Roles {
 		p := fmt.Sprintf("roles[%d]", i)
-		if r.Name == "" {
-			ps.add(p+".name", "required")
-		} else if roles[r.Name] {
-			ps.add(p+".name", "duplicate role %q", r.Name)
-		}
-		roles[r.Name] = true
+		unique(ps, p+".name", "role", r.Name, roles)
 		for ch, perms := range r.Channels {
 			cp := p + ".channels." + ch
 			if !channels[ch] {
@@ -467,4 +443,16 @@ func (c *Config) validateSecrets(ps *Problems) {
 			check(p+".oauth.client_secret", s.OAuth.ClientSecret)
 		}
 	}
+}
+
+// unique records name in seen, reporting at path a missing name or one already used by another
+// object of the same kind.
+func unique(ps *Problems, path, kind, name string, seen map[string]bool) {
+	switch {
+	case name == "":
+		ps.add(path, "required")
+	case seen[name]:
+		ps.add(path, "duplicate %s %q", kind, name)
+	}
+	seen[name] = true
 }
