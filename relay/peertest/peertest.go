@@ -26,6 +26,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -169,13 +170,28 @@ func SMTPSinkAt(t testing.TB, addr string, opts ...string) *Sink {
 }
 
 // Messages returns the dumped transactions, oldest first (each file: the envelope as X-Mail-Args /
-// X-Rcpt-Args headers, then the message).
+// X-Rcpt-Args headers, then the message). The dump names carry only the second, so the files are
+// ordered by modification time (nanoseconds here), then name.
 func (s *Sink) Messages(t testing.TB) []string {
 	t.Helper()
 	entries, err := os.ReadDir(s.DumpDir)
 	if err != nil {
 		t.Fatal(err)
 	}
+	mtime := func(e os.DirEntry) time.Time {
+		info, err := e.Info()
+		if err != nil {
+			return time.Time{}
+		}
+		return info.ModTime()
+	}
+	sort.SliceStable(entries, func(i, j int) bool {
+		ti, tj := mtime(entries[i]), mtime(entries[j])
+		if !ti.Equal(tj) {
+			return ti.Before(tj)
+		}
+		return entries[i].Name() < entries[j].Name()
+	})
 	var out []string
 	for _, e := range entries {
 		b, err := os.ReadFile(filepath.Join(s.DumpDir, e.Name()))
