@@ -10,13 +10,16 @@ scripts/install-test-deps.sh
 export AWS_EC2_METADATA_DISABLED=true
 go vet ./...
 go test -count=1 -timeout 20m ./... 2>&1 | tee /tmp/mailgate-test.out
-# Every fuzz target, briefly, from its seed corpus (the long runs are for developers).
-FUZZTIME="${FUZZTIME:-3s}"
-for pkg in $(go list ./...); do
-  dir=$(go list -f '{{.Dir}}' "$pkg")
-  for target in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //' | sort -u); do
-    echo "fuzz $pkg $target ($FUZZTIME)"
-    go test -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" "$pkg" >/tmp/mailgate-fuzz.out 2>&1 || { cat /tmp/mailgate-fuzz.out; exit 1; }
+# go test above already runs every fuzz target on its seed corpus (testdata/fuzz included). With
+# FUZZTIME set (e.g. FUZZTIME=30s scripts/test.sh), every target is also fuzzed for that long: new
+# inputs are a developer's job, not something that should flip CI at random.
+if [ -n "${FUZZTIME:-}" ]; then
+  for pkg in $(go list ./...); do
+    dir=$(go list -f '{{.Dir}}' "$pkg")
+    for target in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //' | sort -u); do
+      echo "fuzz $pkg $target ($FUZZTIME)"
+      go test -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" "$pkg" >/tmp/mailgate-fuzz.out 2>&1 || { cat /tmp/mailgate-fuzz.out; exit 1; }
+    done
   done
-done
-echo "fuzz targets: ok"
+  echo "fuzz targets: ok"
+fi
