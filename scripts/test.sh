@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # test.sh: the whole test suite. Installs every peer the tests need (idempotent), then runs the Go
-# tests of every package (unit, real-peer integration, and end-to-end tests of the built binary) and a
-# short run of every fuzz target. Exit status is the suite's.
+# tests of every package (unit, real-peer integration, end-to-end tests of the built binary, and every
+# fuzz target on its seed corpus). Exit status is the suite's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="/usr/local/go/bin:$PATH"
