@@ -66,12 +66,14 @@ type Admin struct {
 
 // Limits bound what one client can make mailgate do.
 type Limits struct {
-	MaxConnections    int      `yaml:"max_connections"`
-	MaxMessageBytes   int64    `yaml:"max_message_bytes"` // raw DATA size
-	MaxRecipients     int      `yaml:"max_recipients"`
-	AuthFailures      int      `yaml:"auth_failures"`       // failed AUTH attempts per client IP ...
-	AuthFailureWindow Duration `yaml:"auth_failure_window"` // ... within this window
-	ReadTimeout       Duration `yaml:"read_timeout"`
+	MaxConnections int `yaml:"max_connections"`
+	// MaxConnectionsPerClient bounds one client address (IPv6 by /64): one host cannot take every slot.
+	MaxConnectionsPerClient int      `yaml:"max_connections_per_client"`
+	MaxMessageBytes         int64    `yaml:"max_message_bytes"` // raw DATA size
+	MaxRecipients           int      `yaml:"max_recipients"`
+	AuthFailures            int      `yaml:"auth_failures"`       // failed AUTH attempts per client IP ...
+	AuthFailureWindow       Duration `yaml:"auth_failure_window"` // ... within this window
+	ReadTimeout             Duration `yaml:"read_timeout"`
 }
 
 // Spool is the per-instance durable queue directory.

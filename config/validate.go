@@ -36,6 +36,7 @@ func (c *Config) ApplyDefaults() {
 	}
 	l := &c.Limits
 	setInt(&l.MaxConnections, 500)
+	setInt(&l.MaxConnectionsPerClient, min(100, l.MaxConnections))
 	if l.MaxMessageBytes == 0 {
 		l.MaxMessageBytes = 60 << 20 // raw DATA; the composed size is checked against the transport
 	}

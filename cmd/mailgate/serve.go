@@ -145,8 +145,9 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error
 	}
 	sub, err := submit.New(submit.Options{
 		Hostname: cfg.Hostname, Listeners: listeners, TLSConfig: tlsConfig,
-		MaxConnections: cfg.Limits.MaxConnections, MaxMessageBytes: cfg.Limits.MaxMessageBytes,
-		MaxRecipients: cfg.Limits.MaxRecipients, IdleTimeout: cfg.Limits.ReadTimeout.D(),
+		MaxConnections: cfg.Limits.MaxConnections, MaxConnectionsPerClient: cfg.Limits.MaxConnectionsPerClient,
+		MaxMessageBytes: cfg.Limits.MaxMessageBytes,
+		MaxRecipients:   cfg.Limits.MaxRecipients, IdleTimeout: cfg.Limits.ReadTimeout.D(),
 		AuthFailures: cfg.Limits.AuthFailures, AuthWindow: cfg.Limits.AuthFailureWindow.D(),
 		TempDir: tmp, Spool: q, Suppressions: st, Logger: d.log, Metrics: d.metrics,
 	}, gen.rules)

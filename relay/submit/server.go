@@ -34,8 +34,9 @@ type Server struct {
 
 	listeners []*listener
 
-	mu    sync.Mutex
-	conns map[*trackedConn]struct{} // open connections, closed by Close after a graceful wait
+	mu       sync.Mutex
+	conns    map[*trackedConn]struct{} // open connections, closed by Close after a graceful wait
+	byClient map[netip.Addr]int        // open connections per client (IPv6 by /64)
 
 	// ctx is cancelled by Close: it bounds the processing of messages in flight.
 	ctx    context.Context
@@ -61,10 +62,11 @@ func New(o Options, rules *Rules) (*Server, error) {
 		return nil, errors.New("submit: no rules")
 	}
 	s := &Server{
-		o:     o,
-		conns: make(map[*trackedConn]struct{}),
-		slots: make(chan struct{}, o.MaxConnections),
-		log:   o.Logger,
+		o:        o,
+		conns:    make(map[*trackedConn]struct{}),
+		byClient: make(map[netip.Addr]int),
+		slots:    make(chan struct{}, o.MaxConnections),
+		log:      o.Logger,
 		limiter: auth.NewLimiter(auth.LimiterOptions{
 			MaxFailures: o.AuthFailures, Window: o.AuthWindow, MaxClients: o.AuthClients,
 		}),
@@ -119,6 +121,9 @@ func (o *Options) defaults() error {
 	}
 	if o.MaxConnections <= 0 {
 		o.MaxConnections = 200
+	}
+	if o.MaxConnectionsPerClient <= 0 || o.MaxConnectionsPerClient > o.MaxConnections {
+		o.MaxConnectionsPerClient = o.MaxConnections
 	}
 	if o.MaxMessageBytes <= 0 {
 		o.MaxMessageBytes = 50 << 20
@@ -283,39 +288,55 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
+		reason, text := "connection_limit", "Too many connections, try again later"
 		select {
 		case l.srv.slots <- struct{}{}:
-			return l.srv.track(c, l.name), nil
+			if t := l.srv.track(c, l.name); t != nil {
+				return t, nil
+			}
+			reason, text = "client_connection_limit", "Too many connections from your address, try again later"
 		default:
 		}
-		l.srv.o.Metrics.MessagesRejected.WithLabelValues("connect", "connection_limit").Inc()
-		l.srv.log.Warn("rejected", "listener", l.name, "stage", "connect", "reason", "connection_limit",
+		l.srv.o.Metrics.MessagesRejected.WithLabelValues("connect", reason).Inc()
+		l.srv.log.Warn("rejected", "listener", l.name, "stage", "connect", "reason", reason,
 			"remote", c.RemoteAddr().String(), "code", 421)
 		// A fresh socket's send buffer takes a short line without blocking; the deadline is a backstop.
 		_ = c.SetDeadline(time.Now().Add(time.Second))
 		if !l.implicitTLS { // on an implicit-TLS port a plain-text line would be noise to the client
-			fmt.Fprintf(c, "421 4.3.2 %s Too many connections, try again later\r\n", l.srv.o.Hostname)
+			fmt.Fprintf(c, "421 4.3.2 %s %s\r\n", l.srv.o.Hostname, text)
 		}
 		_ = c.Close()
 	}
 }
 
+// track registers an accepted connection that holds a slot. It returns nil, giving the slot back, when
+// the client already has MaxConnectionsPerClient connections open.
 func (s *Server) track(c net.Conn, listener string) *trackedConn {
 	var id [6]byte
 	_, _ = rand.Read(id[:])
 	t := &trackedConn{Conn: c, id: hex.EncodeToString(id[:]), listener: listener, idle: s.o.IdleTimeout}
+	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+		t.remote = ap.Addr().Unmap()
+	}
+	client := clientKey(t.remote)
+	s.mu.Lock()
+	if s.byClient[client] >= s.o.MaxConnectionsPerClient {
+		s.mu.Unlock()
+		<-s.slots
+		return nil
+	}
+	s.byClient[client]++
+	s.conns[t] = struct{}{}
+	s.mu.Unlock()
 	t.release = func() {
 		s.mu.Lock()
 		delete(s.conns, t)
+		if s.byClient[client]--; s.byClient[client] <= 0 {
+			delete(s.byClient, client)
+		}
 		s.mu.Unlock()
 		<-s.slots
 		s.o.Metrics.SessionsActive.Dec()
-	}
-	s.mu.Lock()
-	s.conns[t] = struct{}{}
-	s.mu.Unlock()
-	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
-		t.remote = ap.Addr().Unmap()
 	}
 	s.o.Metrics.Sessions.WithLabelValues(listener).Inc()
 	s.o.Metrics.SessionsActive.Inc()
@@ -383,4 +404,13 @@ func (e errorLog) Printf(format string, v ...any) {
 
 func (e errorLog) Println(v ...any) {
 	e.log.Info("smtp connection error", "listener", e.listener, "error", strings.TrimSpace(fmt.Sprintln(v...)))
+}
+
+// clientKey groups client addresses the way one host holds them: an IPv4 address, or an IPv6 /64.
+func clientKey(a netip.Addr) netip.Addr {
+	if a.Is6() {
+		p, _ := a.Prefix(64)
+		return p.Addr()
+	}
+	return a
 }

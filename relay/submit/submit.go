@@ -79,9 +79,12 @@ type Options struct {
 	// insecure AUTH. MinVersion is raised to TLS 1.2 if lower.
 	TLSConfig *tls.Config
 
-	MaxConnections  int   // simultaneous connections over all listeners; default 200
-	MaxMessageBytes int64 // raw submitted size (advertised as SIZE, RFC 1870); default 50 MiB
-	MaxRecipients   int   // per message; default 100
+	MaxConnections int // simultaneous connections over all listeners; default 200
+	// MaxConnectionsPerClient bounds one client address (IPv6 by /64), so one misbehaving or hostile
+	// host cannot take every slot; default MaxConnections (no separate limit).
+	MaxConnectionsPerClient int
+	MaxMessageBytes         int64 // raw submitted size (advertised as SIZE, RFC 1870); default 50 MiB
+	MaxRecipients           int   // per message; default 100
 
 	IdleTimeout    time.Duration // per read or write: RFC 5321 §4.5.3.2.7 suggests 5 minutes; default 5m
 	ProcessTimeout time.Duration // composing and committing one message; default 2m

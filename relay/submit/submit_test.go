@@ -741,3 +741,43 @@ func TestServeShutdown(t *testing.T) {
 }
 
 func slogDiscard() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// TestClientConnectionLimit: one client address cannot hold more than MaxConnectionsPerClient
+// connections, even with global slots free; its slot count drops when a connection closes.
+func TestClientConnectionLimit(t *testing.T) {
+	h := startServer(t, func(o *Options) { o.MaxConnections = 10; o.MaxConnectionsPerClient = 2 }, nil)
+	a := dialRaw(t, addrOf(t, h, "submission"))
+	dialRaw(t, addrOf(t, h, "submission"))
+	c, err := net.Dial("tcp", addrOf(t, h, "submission"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	b, _ := io.ReadAll(c)
+	if !strings.HasPrefix(string(b), "421 4.3.2 ") || !strings.Contains(string(b), "from your address") {
+		t.Fatalf("third connection from one client: %q", b)
+	}
+	if v := testutil.ToFloat64(h.metrics.MessagesRejected.WithLabelValues("connect", "client_connection_limit")); v != 1 {
+		t.Fatalf("client_connection_limit rejections = %v", v)
+	}
+	a.expect("QUIT", "221 ")
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := net.Dial("tcp", addrOf(t, h, "submission"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		line := make([]byte, 4)
+		_, _ = io.ReadFull(c, line)
+		c.Close()
+		if string(line) == "220 " {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("client slot not freed: %q", line)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
