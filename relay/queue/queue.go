@@ -279,6 +279,7 @@ func (q *Queue) Close() error {
 	q.mu.Lock()
 	q.closed = true
 	q.mu.Unlock()
+	q.spool.msgSync.close()
 	return q.lock.Close()
 }
 
@@ -294,7 +295,7 @@ func (q *Queue) Create() (relay.Draft, error) {
 	id := q.ids.next()
 	// The body is written in place: a body without its metadata is no entry (start-up removes it), so
 	// it needs no temporary name, and the commit saves a rename per message.
-	f, err := os.OpenFile(q.spool.body(id), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	f, err := openFile(q.spool.body(id), syscall.O_WRONLY|syscall.O_CREAT|syscall.O_EXCL, 0o600)
 	if err != nil {
 		return nil, relay.Wrap(err, 451, relay.CodeTempLocal, "queue", "cannot queue the message now")
 	}

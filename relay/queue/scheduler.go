@@ -6,8 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/mailgate/mailgate/relay"
@@ -204,7 +204,7 @@ func (q *Queue) deliver(ctx context.Context, cur *Entry, rcpts []string) relay.R
 		MessageID:  cur.Envelope.MessageID,
 		ForceTLS:   cur.Envelope.ForceTLS,
 		Size:       cur.Size,
-		Open:       func() (io.ReadCloser, error) { return os.Open(body) },
+		Open:       func() (io.ReadCloser, error) { return openFile(body, syscall.O_RDONLY, 0) },
 	}
 	ctx, cancel := context.WithTimeout(ctx, q.opts.AttemptTimeout)
 	defer cancel()

@@ -75,7 +75,9 @@ func New(o Options, rules *Rules) (*Server, error) {
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 
 	for _, lc := range o.Listeners {
-		tcp, err := net.Listen("tcp", lc.Address)
+		// No TCP keepalive: the idle timeout already ends silent sessions, and Go would otherwise
+		// spend four setsockopt calls on every accepted connection (one per message from most clients).
+		tcp, err := (&net.ListenConfig{KeepAlive: -1}).Listen(context.Background(), "tcp", lc.Address)
 		if err != nil {
 			s.Close()
 			return nil, fmt.Errorf("submit: listener %s: %w", lc.Name, err)

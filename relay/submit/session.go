@@ -314,10 +314,8 @@ func (s *session) deliver(f *os.File, size int64, rcpts []string, received time.
 	if p == nil {
 		return s.reply(stageData, errAuthRequired)
 	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return s.reply(stageData, err)
-	}
-	header, err := textproto.ReadHeader(bufio.NewReader(&headerLimit{r: f, n: maxHeaderBytes}))
+	// The raw file is read twice from its start (header, then composition) with positioned reads.
+	header, err := textproto.ReadHeader(bufio.NewReader(&headerLimit{r: io.NewSectionReader(f, 0, size), n: maxHeaderBytes}))
 	if errors.Is(err, errHeaderTooBig) {
 		return s.reply(stageData, relay.Errorf(552, relay.CodeTooBig, "header_size", "Message header too large"),
 			"principal", p.Login)
@@ -352,10 +350,7 @@ func (s *session) deliver(f *os.File, size int64, rcpts []string, received time.
 			_ = draft.Abort()
 		}
 	}()
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return s.reply(stageData, err)
-	}
-	composed, err := rules.composer.Compose(ctx, bufio.NewReaderSize(f, 32<<10), draft, sub)
+	composed, err := rules.composer.Compose(ctx, bufio.NewReaderSize(io.NewSectionReader(f, 0, size), 32<<10), draft, sub)
 	if err == nil && composed == nil {
 		err = errors.New("composer returned no result")
 	}
