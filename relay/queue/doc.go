@@ -21,10 +21,12 @@
 // # fsync order
 //
 // Commit (the only step a client waits on):
-//  1. write the body to msg/<id>.eml (buffered), fsync it, close it — in place: without metadata it is
-//     no entry, so it needs no temporary name, and each commit saves a rename;
-//  2. write the metadata to tmp/<id>.json, fsync it, close it, rename it to msg/<id>.json;
-//  3. fsync msg/ — the body's creation and the metadata's rename are now durable — and only then
+//  1. write the body to msg/<id>.eml (buffered) — in place: without metadata it is no entry, so it
+//     needs no temporary name, and each commit saves a rename;
+//  2. fsync the body and, at the same time, write and fsync the metadata in tmp/<id>.json (concurrent
+//     fsyncs share one journal commit, so the client waits for one instead of two in a row);
+//  3. once both are on disk, rename the metadata to msg/<id>.json — the entry now exists;
+//  4. fsync msg/ — the body's creation and the metadata's rename are now durable — and only then
 //     return the id.
 //
 // An update after a delivery attempt writes tmp/<id>.json, fsyncs it and renames it over

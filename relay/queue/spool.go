@@ -312,28 +312,38 @@ func (s *spool) tmpMeta(id string) string { return filepath.Join(s.tmp, id+".jso
 func (s *spool) body(id string) string    { return filepath.Join(s.msg, id+".eml") }
 func (s *spool) meta(id string) string    { return filepath.Join(s.msg, id+".json") }
 
-// writeMeta durably replaces an entry's metadata: temp file, fsync, rename, directory fsync.
-func (s *spool) writeMeta(e *Entry) error {
-	if err := s.replaceMeta(e); err != nil {
+// replaceMeta writes e's metadata over the previous version without waiting for a directory fsync:
+// after a crash either version is found, both valid — the older one only repeats an attempt
+// (at-least-once), never loses a recipient. The next commit's directory fsync makes it durable anyway.
+func (s *spool) replaceMeta(e *Entry) error {
+	if err := s.writeTmpMeta(e); err != nil {
+		return err
+	}
+	return s.renameMeta(e.ID)
+}
+
+// writeTmpMeta writes e's metadata to tmp/<id>.json and fsyncs it.
+func (s *spool) writeTmpMeta(e *Entry) error {
+	data, err := encodeMeta(e)
+	if err != nil {
+		return err
+	}
+	return writeFileSync(s.tmpMeta(e.ID), data)
+}
+
+// publishMeta makes a new entry exist and durable: rename its metadata into msg/, fsync msg/.
+func (s *spool) publishMeta(id string) error {
+	if err := s.renameMeta(id); err != nil {
 		return err
 	}
 	return s.msgSync.Sync()
 }
 
-// replaceMeta writes e's metadata over the previous version without waiting for a directory fsync:
-// after a crash either version is found, both valid — the older one only repeats an attempt
-// (at-least-once), never loses a recipient. The next commit's directory fsync makes it durable anyway.
-func (s *spool) replaceMeta(e *Entry) error {
-	data, err := encodeMeta(e)
-	if err != nil {
-		return err
-	}
-	if err := writeFileSync(s.tmpMeta(e.ID), data); err != nil {
-		return err
-	}
-	// syscall.Rename: os.Rename first stats the target to refuse directories, a wasted call here.
-	if err := syscall.Rename(s.tmpMeta(e.ID), s.meta(e.ID)); err != nil {
-		return &os.LinkError{Op: "rename", Old: s.tmpMeta(e.ID), New: s.meta(e.ID), Err: err}
+// renameMeta moves tmp/<id>.json over msg/<id>.json. syscall.Rename: os.Rename first stats the target
+// to refuse directories, a wasted call here.
+func (s *spool) renameMeta(id string) error {
+	if err := syscall.Rename(s.tmpMeta(id), s.meta(id)); err != nil {
+		return &os.LinkError{Op: "rename", Old: s.tmpMeta(id), New: s.meta(id), Err: err}
 	}
 	return nil
 }

@@ -148,3 +148,29 @@ func (s *Store) LogDelivery(ctx context.Context, r relay.DeliveryRecord) error {
 		return storeErr(ctx.Err())
 	}
 }
+
+// LogDeliveryLater queues a delivery-log row and returns at once; onError (if not nil) hears of a
+// failure. Rows still apply in the order they were queued, so a later LogDelivery of the same message
+// wins. Submission uses it for the "queued" row, so no client waits on the log before its 250.
+func (s *Store) LogDeliveryLater(r relay.DeliveryRecord, onError func(error)) {
+	if r.QueueID == "" {
+		if onError != nil {
+			onError(badInput("delivery record without a queue id"))
+		}
+		return
+	}
+	req := logRequest{r: r, result: make(chan error, 1)}
+	if err := s.log.enqueue(context.Background(), req); err != nil {
+		if onError != nil {
+			onError(err)
+		}
+		return
+	}
+	if onError != nil {
+		go func() {
+			if err := <-req.result; err != nil {
+				onError(err)
+			}
+		}()
+	}
+}

@@ -57,3 +57,24 @@ func TestDeliveryLogAfterClose(t *testing.T) {
 		t.Fatal("LogDelivery after Close succeeded")
 	}
 }
+
+// TestLogDeliveryLater: a row queued without waiting is written, in order with later rows of the
+// same message.
+func TestLogDeliveryLater(t *testing.T) {
+	s, _ := openStore(t)
+	ctx := context.Background()
+	failed := make(chan error, 1)
+	s.LogDeliveryLater(relay.DeliveryRecord{QueueID: "later1", Ticket: "L1", Status: "queued", Time: time.Now()}, func(err error) { failed <- err })
+	if err := s.LogDelivery(ctx, relay.DeliveryRecord{QueueID: "later1", Ticket: "L1", Status: "delivered", Time: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	rs, err := s.Deliveries(ctx, DeliveryFilter{Ticket: "L1"})
+	if err != nil || len(rs) != 1 || rs[0].Status != "delivered" {
+		t.Fatalf("rows %+v, %v", rs, err)
+	}
+	select {
+	case err := <-failed:
+		t.Fatalf("queued row failed: %v", err)
+	default:
+	}
+}
