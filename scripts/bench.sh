@@ -51,7 +51,8 @@ rss_of() { local s=0 v; for p in "$@"; do for c in $p $(pgrep -P "$p" 2>/dev/nul
 run() {
   local port=$1; shift
   start_sink
-  local peak=0 t0 t1 got rss
+  local peak=0 t0 t1 got rss busy0 busy1
+  busy0=$(cpu_busy)
   t0=$(ms)
   /usr/sbin/smtp-source -s "$SESSIONS" -m "$MSGS" -l "$SIZE" -f support@example.com -t customer@example.net "127.0.0.1:$port" &
   local src=$!
@@ -62,9 +63,11 @@ run() {
     [ $(( $(ms) - t0 )) -gt $((TIMEOUT_S*1000)) ] && { echo "timeout: sink got $got of $MSGS" >&2; break; }
     sleep 0.1
   done
-  t1=$(ms); wait "$src" || true; stop_sink
-  awk -v n="$got" -v t=$((t1-t0)) -v p="$peak" 'BEGIN{printf "%.0f %d\n", n*1000/t, p}'
+  t1=$(ms); busy1=$(cpu_busy); wait "$src" || true; stop_sink
+  awk -v n="$got" -v t=$((t1-t0)) -v p="$peak" -v b=$((busy1-busy0)) 'BEGIN{printf "%.0f %d %.0f\n", n*1000/t, p, b*10000/n}'
 }
+# cpu_busy -> CPU time (in clock ticks, all cores) the whole machine has spent busy so far
+cpu_busy() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
 
 # --- Postfix as a plain relay to the sink (its own instance; never the system one) ---
 mkdir -p "$PF" "$PFQ" "$PFD"
@@ -127,10 +130,10 @@ MG_PID=$!; wait_port "$MAILGATE_PORT" || { cat "$WORK/mailgate.log"; exit 1; }
 echo "# $(date -u +%FT%TZ) $(nproc) cores; postfix $(postconf -h mail_version); mailgate $("$WORK/mailgate" version | cut -d' ' -f2); MSGS=$MSGS SESSIONS=$SESSIONS SIZE=$SIZE REPS=$REPS"
 PF_E2E=() PF_RSS=() MG_E2E=() MG_RSS=()
 for i in $(seq "$REPS"); do   # interleaved, so drift of the machine hits both alike
-  read -r e r < <(run "$POSTFIX_PORT" "$PF_MASTER"); PF_E2E+=("$e"); PF_RSS+=("$r")
-  echo "run $i postfix : $e msg/s end-to-end, peak RSS $((r/1024)) MiB (sum over its processes)"
-  read -r e r < <(run "$MAILGATE_PORT" "$MG_PID"); MG_E2E+=("$e"); MG_RSS+=("$r")
-  echo "run $i mailgate: $e msg/s end-to-end, peak RSS $((r/1024)) MiB"
+  read -r e r c < <(run "$POSTFIX_PORT" "$PF_MASTER"); PF_E2E+=("$e"); PF_RSS+=("$r")
+  echo "run $i postfix : $e msg/s end-to-end, peak RSS $((r/1024)) MiB (sum over its processes), machine CPU $c µs/msg"
+  read -r e r c < <(run "$MAILGATE_PORT" "$MG_PID"); MG_E2E+=("$e"); MG_RSS+=("$r")
+  echo "run $i mailgate: $e msg/s end-to-end, peak RSS $((r/1024)) MiB, machine CPU $c µs/msg"
 done
 pm=$(median "${PF_E2E[@]}"); mm=$(median "${MG_E2E[@]}")
 echo "MEDIAN postfix : $pm msg/s end-to-end; peak RSS $(( $(median "${PF_RSS[@]}" | cut -d. -f1) / 1024 )) MiB"
