@@ -5,10 +5,12 @@
 #   smtp-source -s SESSIONS -m MSGS -l SIZE  ->  relay  ->  smtp-sink
 #
 # End-to-end time runs from the start of smtp-source until smtp-sink has written MSGS messages (one
-# dump file each; the sink is restarted for every run). Both relays fsync every message before their 250 and relay to the
-# same sink; smtp-source cannot AUTH, so each relay trusts 127.0.0.0/8 (Postfix mynetworks, mailgate
-# trusted_networks with a service principal whose role still applies). mailgate composes every message
-# (display name, Message-ID, Date, ticket) on the way. Peak RSS of each relay is sampled every 0.1 s.
+# dump file each; the sink is restarted for every run). Both relays fsync every message before their
+# 250, log every message, and relay to the same sink over at most 20 connections; smtp-source cannot
+# AUTH, so each relay trusts 127.0.0.0/8 (Postfix mynetworks, mailgate trusted_networks with a service
+# principal whose role still applies). mailgate composes every message (display name, Message-ID,
+# Date) on the way. Peak RSS of each relay is sampled every 0.1 s; "machine CPU" is the busy CPU time
+# of the whole machine (source, relay, sink, kernel) per message during the run, from /proc/stat.
 # Env (defaults): MSGS=5000 SESSIONS=20 SIZE=10240 REPS=3 SINK_PORT=2626 POSTFIX_PORT=2625 MAILGATE_PORT=2627
 # Loopback only. Everything started is stopped on exit.
 set -euo pipefail
