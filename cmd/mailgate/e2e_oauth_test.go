@@ -40,27 +40,7 @@ smtp_servers:
       client_secret: env:MG_E2E_CLIENT_SECRET
       mailbox: sender@contoso.example
       token_url: %s
-channels:
-  - name: Support
-    from: support@example.com
-    display_name: Example Support
-    business_unit: BU
-    transport: m365
-    outbound_flow: true
-    force_tls: true
-roles:
-  - name: agent
-    channels:
-      Support: [reply, outbound]
-  - name: limited
-    channels:
-      Support: [reply]
-trusted_networks:
-  - cidr: 127.0.0.0/8
-    principal: crm-app
-    role: agent
-    business_unit: BU
-`, host, port, node.Cert.CertFile, tokenURL))
+`, host, port, node.Cert.CertFile, tokenURL)+relayChannels("m365"))
 	in.extraEnv = []string{"MG_E2E_CLIENT_SECRET=" + clientSecret}
 	in.start()
 

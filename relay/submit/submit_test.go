@@ -449,24 +449,7 @@ func TestConnectionLimit(t *testing.T) {
 	}
 	a.expect("QUIT", "221 ")
 	// The slot is freed when the connection closes.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		c, err := net.Dial("tcp", addrOf(t, h, "submission"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-		line := make([]byte, 4)
-		_, _ = io.ReadFull(c, line)
-		c.Close()
-		if string(line) == "220 " {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("slot not freed: %q", line)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitGreeting(t, addrOf(t, h, "submission"))
 	if v := testutil.ToFloat64(h.metrics.MessagesRejected.WithLabelValues("connect", "connection_limit")); v < 1 {
 		t.Errorf("connection_limit rejections %v", v)
 	}
@@ -762,9 +745,15 @@ func TestClientConnectionLimit(t *testing.T) {
 		t.Fatalf("client_connection_limit rejections = %v", v)
 	}
 	a.expect("QUIT", "221 ")
+	waitGreeting(t, addrOf(t, h, "submission"))
+}
+
+// waitGreeting dials addr until the server greets with 220 (a connection slot is free again).
+func waitGreeting(t *testing.T, addr string) {
+	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		c, err := net.Dial("tcp", addrOf(t, h, "submission"))
+		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -773,10 +762,10 @@ func TestClientConnectionLimit(t *testing.T) {
 		_, _ = io.ReadFull(c, line)
 		c.Close()
 		if string(line) == "220 " {
-			break
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("client slot not freed: %q", line)
+			t.Fatalf("slot not freed: %q", line)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
