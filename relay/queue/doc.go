@@ -76,7 +76,9 @@
 // "expired" for the lifetime) in metrics.Bounces, records each bounce through Bounces, logs one slog line
 // per outcome (queued, delivered, deferred, bounced, dropped) with queue_id, channel and the recipient
 // count, and upserts the delivery log through DeliveryLog with the message's status: queued, deferred,
-// delivered, bounced, partial (some delivered, some bounced) or dropped. Drop removes a message without
+// delivered, bounced, partial (some delivered, some bounced) or dropped. The "queued" row is handed to
+// a DeliveryLog that can take it without a wait (relay/store's group-committing writer), so no client
+// waits on the log for its 250; rows keep their order, so it still precedes the first outcome. Drop removes a message without
 // bouncing its recipients: dropping is an operator's decision about one message, not evidence that an
 // address is bad, so nothing is suppressed.
 //
