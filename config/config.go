@@ -175,9 +175,13 @@ type OAuth struct {
 
 // SES is the AWS SES v2 transport.
 type SES struct {
-	Region      string  `yaml:"region"`
-	Endpoint    string  `yaml:"endpoint"`
-	MaxSendRate float64 `yaml:"max_send_rate"` // messages per second; 0 = unlimited
+	Region   string `yaml:"region"`
+	Endpoint string `yaml:"endpoint"`
+	// AccessKeyID and SecretAccessKey (a secret reference) are static credentials; without them the
+	// AWS default chain is used (environment, shared files, SSO, container or instance role).
+	AccessKeyID     string  `yaml:"access_key_id"`
+	SecretAccessKey string  `yaml:"secret_access_key"`
+	MaxSendRate     float64 `yaml:"max_send_rate"` // messages per second; 0 = unlimited
 	// EventTopics are the SNS topic ARNs whose bounce and complaint notifications the admin listener's
 	// /ses/events endpoint accepts (anyone can sign SNS messages from a topic of their own).
 	EventTopics []string `yaml:"event_topics"`

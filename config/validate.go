@@ -167,8 +167,13 @@ func (c *Config) Validate() error {
 		}
 	}
 	c.validateSecrets(&ps)
-	if c.SES != nil && c.SES.Region == "" {
-		ps.add("ses.region", "required (e.g. eu-west-1)")
+	if c.SES != nil {
+		if c.SES.Region == "" {
+			ps.add("ses.region", "required (e.g. eu-west-1)")
+		}
+		if (c.SES.AccessKeyID == "") != (c.SES.SecretAccessKey == "") {
+			ps.add("ses", "access_key_id and secret_access_key go together (or leave both out for the AWS default credential chain)")
+		}
 	}
 	if c.KMS.Endpoint != "" {
 		if _, err := url.ParseRequestURI(c.KMS.Endpoint); err != nil {
@@ -436,6 +441,9 @@ func (c *Config) validateSecrets(ps *Problems) {
 		if !c.Development {
 			ps.add(path, "plain-text secrets are refused outside development: use kms:<...> (mailgate secret encrypt --kms KEY), local:<...> (mailgate secret encrypt --local KEYRING), env:NAME or file:PATH")
 		}
+	}
+	if c.SES != nil {
+		check("ses.secret_access_key", c.SES.SecretAccessKey)
 	}
 	for i, s := range c.SMTPServers {
 		p := fmt.Sprintf("smtp_servers[%d]", i)

@@ -77,12 +77,14 @@ func TestSwaksToSESEmulator(t *testing.T) {
 // retried until delivered and a permanent rejection ends in `bounces list`.
 func TestSESThrottlingAndRejection(t *testing.T) {
 	var mu sync.Mutex
+	var authHeader string
 	calls := map[string]int{}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
 		body := string(b)
 		mu.Lock()
 		defer mu.Unlock()
+		authHeader = r.Header.Get("Authorization")
 		w.Header().Set("Content-Type", "application/json")
 		switch {
 		case strings.Contains(body, "rejected@example.net"):
@@ -102,8 +104,11 @@ func TestSESThrottlingAndRejection(t *testing.T) {
 		}
 	}))
 	defer srv.Close()
-	in := newInstance(t, sesConfig(srv.URL))
-	in.extraEnv = sesEnv
+	// Static credentials from the configuration this time (the secret key as a reference), not the
+	// AWS default chain.
+	in := newInstance(t, strings.Replace(sesConfig(srv.URL), "  region: eu-west-1\n",
+		"  region: eu-west-1\n  access_key_id: AKIDCONFIGKEY\n  secret_access_key: env:MG_SES_SECRET\n", 1))
+	in.extraEnv = []string{"MG_SES_SECRET=" + sesConfigSecret}
 	in.start()
 	if out, code := in.swaks("--to", "slow@example.net", "--h-From", "support@example.com"); code != 0 {
 		t.Fatalf("swaks: %d\n%s", code, out)
@@ -124,4 +129,15 @@ func TestSESThrottlingAndRejection(t *testing.T) {
 	if strings.Contains(out, "slow@example.net") || !strings.Contains(out, "not verified") {
 		t.Fatalf("bounces list:\n%s", out)
 	}
+	mu.Lock()
+	signedWith := authHeader
+	mu.Unlock()
+	if !strings.Contains(signedWith, "Credential=AKIDCONFIGKEY/") {
+		t.Fatalf("requests were not signed with the configured access key: %q", signedWith)
+	}
+	if strings.Contains(in.logs()+out, sesConfigSecret) {
+		t.Fatal("the SES secret access key appears in mailgate's output")
+	}
 }
+
+const sesConfigSecret = "mailgate-e2e-ses-secret-key-7d1c"

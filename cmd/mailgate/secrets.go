@@ -50,6 +50,9 @@ type secretRef struct{ path, value string }
 // secretRefs lists every secret field of the configuration with its path.
 func secretRefs(c *config.Config) []secretRef {
 	var refs []secretRef
+	if c.SES != nil && c.SES.SecretAccessKey != "" {
+		refs = append(refs, secretRef{"ses.secret_access_key", c.SES.SecretAccessKey})
+	}
 	for i, s := range c.SMTPServers {
 		if s.Password != "" {
 			refs = append(refs, secretRef{fmt.Sprintf("smtp_servers[%d].password", i), s.Password})

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"github.com/aws/aws-sdk-go-v2/credentials"
+
 	"github.com/mailgate/mailgate/auth/oauth"
 	"github.com/mailgate/mailgate/config"
 	"github.com/mailgate/mailgate/kms"
@@ -120,7 +122,7 @@ func (d *daemon) build(ctx context.Context, cfg *config.Config) (*generation, er
 		return nil, err
 	}
 	if cfg.SES != nil {
-		t, err := d.sesTransport(ctx, cfg)
+		t, err := d.sesTransport(ctx, cfg, secrets["ses.secret_access_key"])
 		if err != nil {
 			closeTransports(g.transports)
 			return nil, fmt.Errorf("ses: %w", err)
@@ -202,17 +204,21 @@ func (d *daemon) oauthOptions(s config.SMTPServer, secret kms.Secret, resolver *
 	}
 }
 
-func (d *daemon) sesTransport(ctx context.Context, cfg *config.Config) (*ses.Transport, error) {
+func (d *daemon) sesTransport(ctx context.Context, cfg *config.Config, secretKey kms.Secret) (*ses.Transport, error) {
 	chans := map[string]ses.Channel{}
 	for _, ch := range cfg.Channels {
 		if ch.Transport == config.TransportSES {
 			chans[ch.Name] = ses.Channel{ConfigurationSet: ch.SESConfigurationSet, ForceTLS: ch.ForceTLS}
 		}
 	}
-	t, err := ses.New(ctx, ses.Options{
+	o := ses.Options{
 		Region: cfg.SES.Region, Endpoint: cfg.SES.Endpoint, Channels: chans,
 		MaxSendRate: cfg.SES.MaxSendRate, Logger: d.log.With("transport", "ses"),
-	})
+	}
+	if cfg.SES.AccessKeyID != "" {
+		o.Credentials = credentials.NewStaticCredentialsProvider(cfg.SES.AccessKeyID, secretKey.Reveal(), "")
+	}
+	t, err := ses.New(ctx, o)
 	if err != nil {
 		return nil, err
 	}
