@@ -44,6 +44,12 @@ type session struct {
 	tokenFail   *xoauth2.Failure
 	fellBack    bool // opportunistic STARTTLS failed and this session is in plain text
 
+	// base is the connection under go-smtp's client (TLS when in use); tp is the session's own text
+	// connection on it, for pipelined transactions. pipelining, ext8bit and extSize are what EHLO offered.
+	base                         net.Conn
+	tp                           *textproto.Conn
+	pipelining, ext8bit, extSize bool
+
 	uses     int         // messages sent on it
 	timer    *time.Timer // idle expiry while pooled
 	pooledAt time.Time   // when it last went into the pool
@@ -188,6 +194,10 @@ func (t *Transport) dial(ctx context.Context, forceTLS, allowTLS bool) (*session
 	}
 	t.advertisedSize.Store(s.maxSize)
 	s.smtputf8, _ = s.c.Extension("SMTPUTF8")
+	s.base = base
+	s.pipelining, _ = s.c.Extension("PIPELINING")
+	s.ext8bit, _ = s.c.Extension("8BITMIME")
+	s.extSize, _ = s.c.Extension("SIZE")
 	if t.m != nil {
 		t.m.UpstreamConnections.WithLabelValues(o.Name, s.tlsMode).Inc()
 	}

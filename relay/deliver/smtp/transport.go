@@ -407,6 +407,9 @@ func (t *Transport) transact(ctx context.Context, s *session, m *relay.Message, 
 		return "", true, false
 	}
 	s.uses++
+	if s.pipelining {
+		return t.pipeline(s, m, body, idx, utf8, res)
+	}
 
 	if err := s.c.Mail(m.MailFrom, &gosmtp.MailOptions{Size: m.Size, UTF8: utf8}); err != nil {
 		re := t.classify(err, stageMail)
