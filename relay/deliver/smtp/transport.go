@@ -12,7 +12,10 @@
 //     of DATA clears the buffers), so no RSET is spent after success; an aborted transaction (every
 //     RCPT refused, DATA refused) is cleaned with RSET (§4.1.1.5) before the session is pooled. A
 //     pooled session that turns out to be dead at MAIL (network error or 421, nothing sent) is replaced
-//     by a fresh one once.
+//     by a freshly dialled one once, and the idle sessions pooled with it are dropped too (an upstream
+//     restart or idle timeout kills them together).
+//   - When the server offers PIPELINING (RFC 2920), MAIL, every RCPT and DATA go as one group: one
+//     round trip per message instead of 2 + recipients (pipeline.go).
 //   - go-smtp's client has no context support and no deadline while DATA is written: every step has a
 //     deadline (DialTimeout for connect and TLS handshake, CommandTimeout per reply, DataTimeout per
 //     written block through deadlineConn, FinalReplyTimeout after the dot), and the Deliver context
