@@ -19,11 +19,6 @@ import (
 // The results mirror transact: reply is the final answer, healthy says the session can be pooled, and
 // stale says a reused session was dead before the server accepted anything.
 func (t *Transport) pipeline(s *session, m *relay.Message, body io.Reader, idx []int, utf8 bool, res *relay.Result) (reply string, healthy, stale bool) {
-	set := func(idx []int, err error) {
-		for _, i := range idx {
-			res.Errs[i] = err
-		}
-	}
 	if s.tp == nil {
 		s.tp = textproto.NewConn(s.base)
 	}
@@ -52,7 +47,7 @@ func (t *Transport) pipeline(s *session, m *relay.Message, body io.Reader, idx [
 		err = tp.W.Flush()
 	}
 	if err != nil {
-		set(idx, t.classify(err, stageMail))
+		failAll(res.Errs, idx, t.classify(err, stageMail))
 		return "", false, s.uses > 1
 	}
 
@@ -61,7 +56,7 @@ func (t *Transport) pipeline(s *session, m *relay.Message, body io.Reader, idx [
 	if err != nil {
 		err = protoErr(err)
 		re := t.classify(err, stageMail)
-		set(idx, re)
+		failAll(res.Errs, idx, re)
 		t.checkQuota(re)
 		// The RCPTs and DATA behind a refused MAIL are refused too, but servers differ in how (and
 		// whether) they answer them: rather than wait on replies that may never come, the session ends
@@ -79,8 +74,8 @@ func (t *Transport) pipeline(s *session, m *relay.Message, body io.Reader, idx [
 		err = protoErr(err)
 		re := t.classify(err, stageRcpt)
 		if !isSMTPReply(err) || isReply(err, 421) {
-			set(idx[k:], re)
-			set(accepted, re)
+			failAll(res.Errs, idx[k:], re)
+			failAll(res.Errs, accepted, re)
 			return "", false, false
 		}
 		res.Errs[i] = re
@@ -95,7 +90,7 @@ func (t *Transport) pipeline(s *session, m *relay.Message, body io.Reader, idx [
 			return "", isSMTPReply(err) && !isReply(err, 421), false
 		}
 		re := t.classify(err, stageData)
-		set(accepted, re)
+		failAll(res.Errs, accepted, re)
 		t.checkQuota(re)
 		return "", isSMTPReply(err) && !isReply(err, 421), false
 	}
@@ -107,21 +102,13 @@ func (t *Transport) pipeline(s *session, m *relay.Message, body io.Reader, idx [
 		_, _, err := tp.ReadResponse(250)
 		return "", err == nil || isSMTPReply(protoErr(err)), false
 	}
-	rt := &readTracker{r: body}
 	dw := tp.DotWriter()
-	if _, err := io.Copy(dw, rt); err != nil {
-		// Never finish the DATA of a message we could not read whole (see transact).
-		s.conn.Close()
-		if rt.err != nil {
-			set(accepted, &relay.Error{Code: 451, Enhanced: relay.CodeTempLocal, Reason: ReasonLocal,
-				Msg: "cannot read the queued message", Err: rt.err})
-		} else {
-			set(accepted, t.classify(err, stageData))
-		}
+	if re := t.copyBody(s, dw, body); re != nil {
+		failAll(res.Errs, accepted, re)
 		return "", false, false
 	}
 	if err := dw.Close(); err != nil {
-		set(accepted, t.classify(err, stageData))
+		failAll(res.Errs, accepted, t.classify(err, stageData))
 		return "", false, false
 	}
 	_ = s.base.SetDeadline(time.Now().Add(t.o.FinalReplyTimeout))
@@ -129,7 +116,7 @@ func (t *Transport) pipeline(s *session, m *relay.Message, body io.Reader, idx [
 	if err != nil {
 		err = protoErr(err)
 		re := t.classify(err, stageData)
-		set(accepted, re)
+		failAll(res.Errs, accepted, re)
 		t.checkQuota(re)
 		return "", isSMTPReply(err) && !isReply(err, 421), false
 	}

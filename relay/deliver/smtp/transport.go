@@ -120,14 +120,9 @@ func (t *Transport) Deliver(ctx context.Context, m *relay.Message) relay.Result 
 	for i := range all {
 		all[i] = i
 	}
-	set := func(idx []int, err error) {
-		for _, i := range idx {
-			res.Errs[i] = err
-		}
-	}
 
 	if err := t.precheck(m); err != nil {
-		set(all, err)
+		failAll(res.Errs, all, err)
 		t.logFailure(m, err)
 		return res
 	}
@@ -137,7 +132,7 @@ func (t *Transport) Deliver(ctx context.Context, m *relay.Message) relay.Result 
 	granted, dayStamp, dayWait := t.perDay.reserve(n, time.Now())
 	t.mu.Unlock()
 	if granted < n {
-		set(all[granted:], &relay.Error{Code: 451, Enhanced: "4.7.0", Reason: ReasonRateLimited, RetryAfter: dayWait,
+		failAll(res.Errs, all[granted:], &relay.Error{Code: 451, Enhanced: "4.7.0", Reason: ReasonRateLimited, RetryAfter: dayWait,
 			Msg: fmt.Sprintf("recipients-per-day limit (%d) of upstream %s reached; deferred", t.o.RecipientsPerDay, t.o.Name)})
 	}
 	idx := all[:granted]
@@ -147,7 +142,7 @@ func (t *Transport) Deliver(ctx context.Context, m *relay.Message) relay.Result 
 	minuteStamp, err := t.waitRate(ctx)
 	if err != nil {
 		t.refund(len(idx), dayStamp, false, 0)
-		set(idx, err)
+		failAll(res.Errs, idx, err)
 		return res
 	}
 	refund := func() {
@@ -164,19 +159,19 @@ func (t *Transport) Deliver(ctx context.Context, m *relay.Message) relay.Result 
 	case t.slots <- struct{}{}:
 		defer func() { <-t.slots }()
 	case <-ctx.Done():
-		set(idx, t.classify(ctx.Err(), stageConnect))
+		failAll(res.Errs, idx, t.classify(ctx.Err(), stageConnect))
 		refund()
 		return res
 	}
 
 	if m.Open == nil {
-		set(idx, &relay.Error{Code: 451, Enhanced: relay.CodeTempLocal, Reason: ReasonLocal, Msg: "message body unavailable"})
+		failAll(res.Errs, idx, &relay.Error{Code: 451, Enhanced: relay.CodeTempLocal, Reason: ReasonLocal, Msg: "message body unavailable"})
 		refund()
 		return res
 	}
 	body, err := m.Open()
 	if err != nil {
-		set(idx, &relay.Error{Code: 451, Enhanced: relay.CodeTempLocal, Reason: ReasonLocal, Msg: "cannot read the queued message", Err: err})
+		failAll(res.Errs, idx, &relay.Error{Code: 451, Enhanced: relay.CodeTempLocal, Reason: ReasonLocal, Msg: "cannot read the queued message", Err: err})
 		refund()
 		return res
 	}
@@ -187,7 +182,7 @@ func (t *Transport) Deliver(ctx context.Context, m *relay.Message) relay.Result 
 		// with it (an upstream restart or idle timeout closes them all), and were dropped below.
 		s, reused, err := t.session(ctx, m.ForceTLS, attempt > 0)
 		if err != nil {
-			set(idx, err)
+			failAll(res.Errs, idx, err)
 			t.logFailure(m, err)
 			break
 		}
@@ -389,13 +384,8 @@ func (t *Transport) drop(s *session, quit bool) {
 func (t *Transport) transact(ctx context.Context, s *session, m *relay.Message, body io.Reader, idx []int, res *relay.Result) (reply string, healthy, stale bool) {
 	stop := context.AfterFunc(ctx, func() { s.conn.Close() })
 	defer stop()
-	set := func(idx []int, err error) {
-		for _, i := range idx {
-			res.Errs[i] = err
-		}
-	}
 	if s.maxSize > 0 && m.Size > s.maxSize {
-		set(idx, &relay.Error{Code: 552, Enhanced: relay.CodeTooBig, Reason: ReasonSize,
+		failAll(res.Errs, idx, &relay.Error{Code: 552, Enhanced: relay.CodeTooBig, Reason: ReasonSize,
 			Msg: fmt.Sprintf("message size %d exceeds the SIZE %d advertised by upstream %s", m.Size, s.maxSize, t.o.Name)})
 		return "", true, false
 	}
@@ -405,7 +395,7 @@ func (t *Transport) transact(ctx context.Context, s *session, m *relay.Message, 
 	}
 	if utf8 && !s.smtputf8 {
 		// RFC 6531 §3.2: without SMTPUTF8 a non-ASCII address cannot be sent at all.
-		set(idx, &relay.Error{Code: 553, Enhanced: "5.6.7", Reason: ReasonUpstream,
+		failAll(res.Errs, idx, &relay.Error{Code: 553, Enhanced: "5.6.7", Reason: ReasonUpstream,
 			Msg: fmt.Sprintf("upstream %s does not support SMTPUTF8, needed for a non-ASCII address", t.o.Name)})
 		return "", true, false
 	}
@@ -416,7 +406,7 @@ func (t *Transport) transact(ctx context.Context, s *session, m *relay.Message, 
 
 	if err := s.c.Mail(m.MailFrom, &gosmtp.MailOptions{Size: m.Size, UTF8: utf8}); err != nil {
 		re := t.classify(err, stageMail)
-		set(idx, re)
+		failAll(res.Errs, idx, re)
 		t.checkQuota(re)
 		live := isSMTPReply(err) && !isReply(err, 421)
 		return "", live, !live && s.uses > 1
@@ -430,8 +420,8 @@ func (t *Transport) transact(ctx context.Context, s *session, m *relay.Message, 
 		}
 		re := t.classify(err, stageRcpt)
 		if !isSMTPReply(err) || isReply(err, 421) {
-			set(idx[k:], re)
-			set(accepted, re)
+			failAll(res.Errs, idx[k:], re)
+			failAll(res.Errs, accepted, re)
 			return "", false, false
 		}
 		res.Errs[i] = re
@@ -443,34 +433,49 @@ func (t *Transport) transact(ctx context.Context, s *session, m *relay.Message, 
 	w, err := s.c.Data()
 	if err != nil {
 		re := t.classify(err, stageData)
-		set(accepted, re)
+		failAll(res.Errs, accepted, re)
 		t.checkQuota(re)
 		if isSMTPReply(err) && !isReply(err, 421) {
 			return "", s.c.Reset() == nil, false
 		}
 		return "", false, false
 	}
-	rt := &readTracker{r: body}
-	if _, err := io.Copy(w, rt); err != nil {
-		// Never finish the DATA of a message we could not read whole: closing the connection makes the
-		// server discard the transaction (RFC 5321 §4.1.1.4) instead of delivering a truncated message.
-		s.conn.Close()
-		if rt.err != nil {
-			set(accepted, &relay.Error{Code: 451, Enhanced: relay.CodeTempLocal, Reason: ReasonLocal,
-				Msg: "cannot read the queued message", Err: rt.err})
-		} else {
-			set(accepted, t.classify(err, stageData))
-		}
+	if re := t.copyBody(s, w, body); re != nil {
+		failAll(res.Errs, accepted, re)
 		return "", false, false
 	}
 	resp, err := w.CloseWithResponse()
 	if err != nil {
 		re := t.classify(err, stageData)
-		set(accepted, re)
+		failAll(res.Errs, accepted, re)
 		t.checkQuota(re)
 		return "", isSMTPReply(err) && !isReply(err, 421), false
 	}
 	return "250 " + oneLine(resp.StatusText), true, false
+}
+
+// failAll gives every recipient in idx the outcome err (errs is a relay.Result's Errs).
+func failAll(errs []error, idx []int, err error) {
+	for _, i := range idx {
+		errs[i] = err
+	}
+}
+
+// copyBody streams the queued message into an open DATA writer (go-smtp's or the pipelined one's).
+// It never lets the DATA of a message it could not read whole be finished: on any failure the
+// connection is closed, so the server discards the transaction (RFC 5321 §4.1.1.4) instead of
+// delivering a truncated message.
+func (t *Transport) copyBody(s *session, w io.Writer, body io.Reader) *relay.Error {
+	rt := &readTracker{r: body}
+	if _, err := io.Copy(w, rt); err != nil {
+		s.conn.Close()
+		if rt.err != nil {
+			return &relay.Error{Code: 451, Enhanced: relay.CodeTempLocal, Reason: ReasonLocal,
+				Msg: "cannot read the queued message", Err: rt.err}
+		}
+		return t.classify(err, stageData)
+	}
+	return nil
 }
 
 // checkQuota pauses the server after a quota reply until the daily window frees up (our own record of
