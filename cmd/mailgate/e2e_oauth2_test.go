@@ -29,6 +29,7 @@ import (
 // access, ID and refresh tokens) so a test can prove none of them reaches an output or the store in
 // plain text, and it can be switched to answer 503 (a token endpoint outage).
 type tokenProxy struct {
+	url      string // where the proxy listens, once started
 	mu       sync.Mutex
 	down     bool
 	requests int // token requests answered by the mock
@@ -94,6 +95,7 @@ func (p *tokenProxy) start(t *testing.T, mockURL string) string {
 		proxy.ServeHTTP(w, r)
 	}))
 	t.Cleanup(srv.Close)
+	p.url = srv.URL
 	return srv.URL
 }
 
@@ -149,6 +151,44 @@ trusted_networks:
     role: agent
     business_unit: BU
 `, transport)
+}
+
+// oauthPeers is the XOAUTH2 setup of these tests: oauth2-mock-server behind a tokenProxy, and Node's
+// smtp-server verifying each token against the mock's JWKS (PLAIN hidden, as Exchange Online).
+type oauthPeers struct {
+	mock  *peertest.OAuthMock
+	proxy *tokenProxy
+	node  *peertest.NodeSMTP
+}
+
+func startOAuthPeers(t *testing.T, tokenEndpointDown bool) *oauthPeers {
+	t.Helper()
+	p := &oauthPeers{mock: peertest.OAuth2Mock(t), proxy: &tokenProxy{}}
+	p.proxy.setDown(tokenEndpointDown)
+	p.proxy.start(t, p.mock.URL)
+	p.node = peertest.NodeSMTPServer(t, peertest.NodeSMTPOptions{JWKSURL: p.mock.URL + "/jwks", Issuer: p.mock.Issuer, NoPlain: true})
+	return p
+}
+
+// server is the smtp_servers section for the Node server with microsoft-oauth through the proxy;
+// serverExtra and oauthExtra are further YAML lines of the server (4 spaces) and its oauth (6 spaces).
+func (p *oauthPeers) server(serverExtra, oauthExtra string) string {
+	host, port, _ := net.SplitHostPort(p.node.Addr)
+	return fmt.Sprintf(`
+smtp_servers:
+  - name: m365
+    host: %s
+    port: %s
+    provider: microsoft
+    auth: microsoft-oauth
+    ca_file: %s
+%s    oauth:
+      tenant_id: contoso-tenant
+      client_id: mailgate-e2e
+      client_secret: env:MG_E2E_CLIENT_SECRET
+      mailbox: sender@contoso.example
+      token_url: %s/token
+%s`, host, port, p.node.Cert.CertFile, serverExtra, p.proxy.url, oauthExtra)
 }
 
 // submitRcpt is the envelope recipient smtpConversation always uses.
@@ -373,32 +413,11 @@ func storeBytes(t *testing.T, in *instance) string {
 // smtp-server, which verifies the JWT against the mock's JWKS. No refresh token is in the SQLite
 // file in plain text, and no secret reaches any output.
 func TestOAuthAuthorizationCodePasted(t *testing.T) {
-	mock := peertest.OAuth2Mock(t)
-	var proxy tokenProxy
-	tokenURL := proxy.start(t, mock.URL) + "/token"
-	node := peertest.NodeSMTPServer(t, peertest.NodeSMTPOptions{JWKSURL: mock.URL + "/jwks", Issuer: mock.Issuer, NoPlain: true})
-	host, port, _ := net.SplitHostPort(node.Addr)
+	peers := startOAuthPeers(t, false)
+	mock, proxy, node := peers.mock, peers.proxy, peers.node
 	redirect := fmt.Sprintf("http://localhost:%d/callback", peertest.FreePort(t))
-	in := newInstance(t, fmt.Sprintf(`
-kms:
-  keyring: {{DIR}}/keyring.json
-smtp_servers:
-  - name: m365
-    host: %s
-    port: %s
-    provider: microsoft
-    auth: microsoft-oauth
-    ca_file: %s
-    oauth:
-      tenant_id: contoso-tenant
-      client_id: mailgate-e2e
-      client_secret: env:MG_E2E_CLIENT_SECRET
-      mailbox: sender@contoso.example
-      flow: authorization_code
-      authorize_url: %s/authorize
-      token_url: %s
-      redirect_url: %s
-`, host, port, node.Cert.CertFile, mock.URL, tokenURL, redirect)+relayChannels("m365"))
+	in := newInstance(t, "\nkms:\n  keyring: {{DIR}}/keyring.json"+peers.server("", fmt.Sprintf(
+		"      flow: authorization_code\n      authorize_url: %s/authorize\n      redirect_url: %s\n", mock.URL, redirect))+relayChannels("m365"))
 	in.extraEnv = []string{"MG_E2E_CLIENT_SECRET=" + clientSecret}
 	outputs := map[string]string{}
 
@@ -559,27 +578,9 @@ func authorizeListener(t *testing.T, in *instance, server string) (string, int) 
 // deferred (never bounced), the failure is counted and /readyz names the server and the remedy; when
 // the endpoint is back the message is delivered (after the Source's 10 s pause) and /readyz is ready.
 func TestOAuthTokenEndpointOutage(t *testing.T) {
-	mock := peertest.OAuth2Mock(t)
-	var proxy tokenProxy
-	proxy.setDown(true)
-	tokenURL := proxy.start(t, mock.URL) + "/token"
-	node := peertest.NodeSMTPServer(t, peertest.NodeSMTPOptions{JWKSURL: mock.URL + "/jwks", Issuer: mock.Issuer, NoPlain: true})
-	host, port, _ := net.SplitHostPort(node.Addr)
-	in := newInstance(t, fmt.Sprintf(`
-smtp_servers:
-  - name: m365
-    host: %s
-    port: %s
-    provider: microsoft
-    auth: microsoft-oauth
-    ca_file: %s
-    oauth:
-      tenant_id: contoso-tenant
-      client_id: mailgate-e2e
-      client_secret: env:MG_E2E_CLIENT_SECRET
-      mailbox: sender@contoso.example
-      token_url: %s
-`, host, port, node.Cert.CertFile, tokenURL)+relayChannels("m365"))
+	peers := startOAuthPeers(t, true)
+	proxy, node := peers.proxy, peers.node
+	in := newInstance(t, peers.server("", "")+relayChannels("m365"))
 	in.extraEnv = []string{"MG_E2E_CLIENT_SECRET=" + clientSecret}
 	in.start()
 	outputs := map[string]string{}

@@ -3,13 +3,10 @@ package main
 import (
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/mailgate/mailgate/relay/peertest"
 )
 
 const clientSecret = "mailgate-e2e-client-secret-3f9a"
@@ -19,28 +16,10 @@ const clientSecret = "mailgate-e2e-client-secret-3f9a"
 // the token and the server before sending; no secret or token appears in any output. (Outages and
 // revoked tokens are auth/oauth's and relay/deliver/smtp's tests, against the same peers.)
 func TestXOAUTH2ToNodeSMTPServer(t *testing.T) {
-	mock := peertest.OAuth2Mock(t)
-	var proxy tokenProxy
-	tokenURL := proxy.start(t, mock.URL) + "/token"
-	node := peertest.NodeSMTPServer(t, peertest.NodeSMTPOptions{JWKSURL: mock.URL + "/jwks", Issuer: mock.Issuer, NoPlain: true})
-	host, port, _ := net.SplitHostPort(node.Addr)
-	in := newInstance(t, fmt.Sprintf(`
-smtp_servers:
-  - name: m365
-    host: %s
-    port: %s
-    provider: microsoft
-    auth: microsoft-oauth
-    ca_file: %s
-    messages_per_minute: 1000000
-    recipients_per_day: 1000000
-    oauth:
-      tenant_id: contoso-tenant
-      client_id: mailgate-e2e
-      client_secret: env:MG_E2E_CLIENT_SECRET
-      mailbox: sender@contoso.example
-      token_url: %s
-`, host, port, node.Cert.CertFile, tokenURL)+relayChannels("m365"))
+	peers := startOAuthPeers(t, false)
+	proxy, node := peers.proxy, peers.node
+	// Exchange's shaping (30 messages a minute) would make 1000 messages take half an hour.
+	in := newInstance(t, peers.server("    messages_per_minute: 1000000\n    recipients_per_day: 1000000\n", "")+relayChannels("m365"))
 	in.extraEnv = []string{"MG_E2E_CLIENT_SECRET=" + clientSecret}
 	in.start()
 
