@@ -38,14 +38,7 @@ channels:
     outbound_flow: true
     template: brand
     ticket: {position: start, style: brackets}
-roles:
-  - name: agent
-    channels:
-      Support: [reply, outbound]
-  - name: limited
-    channels:
-      Support: [reply]
-`
+` + supportRoles
 }
 
 // TestComposedMessageUpstream: swaks with X-Mailgate-Ticket → mailgate → smtp-sink shows the composed
@@ -148,14 +141,7 @@ channels:
     business_unit: BU
     transport: up
     outbound_flow: true
-roles:
-  - name: agent
-    channels:
-      Support: [reply, outbound]
-  - name: limited
-    channels:
-      Support: [reply]
-`)
+`+supportRoles)
 	in.extraEnv = []string{"MG_UP_PASSWORD=pass"}
 	in.start()
 	if out, code := in.swaks("--to", "customer@example.net", "--h-From", "support@example.com", "--body", "small"); code != 0 {

@@ -87,6 +87,16 @@ users:
     business_unit: BU
 `
 
+// supportRoles: alice's role may reply and start conversations on Support, bob's may only reply.
+const supportRoles = `roles:
+  - name: agent
+    channels:
+      Support: [reply, outbound]
+  - name: limited
+    channels:
+      Support: [reply]
+`
+
 // bcrypt of "secret-pw" (cost 4, test only).
 const alicePassword = "secret-pw"
 

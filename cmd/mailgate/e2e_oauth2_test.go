@@ -138,14 +138,7 @@ channels:
     transport: %s
     outbound_flow: true
     force_tls: true
-roles:
-  - name: agent
-    channels:
-      Support: [reply, outbound]
-  - name: limited
-    channels:
-      Support: [reply]
-trusted_networks:
+`+supportRoles+`trusted_networks:
   - cidr: 127.0.0.0/8
     principal: crm-app
     role: agent

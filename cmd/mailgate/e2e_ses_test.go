@@ -26,14 +26,7 @@ channels:
     transport: ses
     outbound_flow: true
     ticket: {style: braces}
-roles:
-  - name: agent
-    channels:
-      Support: [reply, outbound]
-  - name: limited
-    channels:
-      Support: [reply]
-`
+` + supportRoles
 }
 
 var sesEnv = []string{"AWS_ACCESS_KEY_ID=AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY=mailgate-test-aws-secret", "AWS_REGION=eu-west-1"}

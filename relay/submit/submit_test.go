@@ -437,13 +437,7 @@ func TestConnectionLimit(t *testing.T) {
 	h := startServer(t, func(o *Options) { o.MaxConnections = 2 }, nil)
 	a := dialRaw(t, addrOf(t, h, "submission"))
 	dialRaw(t, addrOf(t, h, "dev"))
-	c, err := net.Dial("tcp", addrOf(t, h, "submission"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	b, _ := io.ReadAll(c)
+	b := overTheLimit(t, addrOf(t, h, "submission"))
 	if !strings.HasPrefix(string(b), "421 4.3.2 ") {
 		t.Fatalf("over the limit: %q", b)
 	}
@@ -731,13 +725,7 @@ func TestClientConnectionLimit(t *testing.T) {
 	h := startServer(t, func(o *Options) { o.MaxConnections = 10; o.MaxConnectionsPerClient = 2 }, nil)
 	a := dialRaw(t, addrOf(t, h, "submission"))
 	dialRaw(t, addrOf(t, h, "submission"))
-	c, err := net.Dial("tcp", addrOf(t, h, "submission"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	b, _ := io.ReadAll(c)
+	b := overTheLimit(t, addrOf(t, h, "submission"))
 	if !strings.HasPrefix(string(b), "421 4.3.2 ") || !strings.Contains(string(b), "from your address") {
 		t.Fatalf("third connection from one client: %q", b)
 	}
@@ -746,6 +734,19 @@ func TestClientConnectionLimit(t *testing.T) {
 	}
 	a.expect("QUIT", "221 ")
 	waitGreeting(t, addrOf(t, h, "submission"))
+}
+
+// overTheLimit is everything the server says to one more connection (a refusal, then close).
+func overTheLimit(t *testing.T, addr string) []byte {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	b, _ := io.ReadAll(c)
+	return b
 }
 
 // waitGreeting dials addr until the server greets with 220 (a connection slot is free again).
