@@ -6,17 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/mailgate/mailgate/auth/oauth"
 	smtpdeliver "github.com/mailgate/mailgate/relay/deliver/smtp"
-	"github.com/mailgate/mailgate/relay/metrics"
-	"github.com/mailgate/mailgate/relay/store"
 )
 
 // preflight prints, before test-send sends, what mailgate finds on the way: for an OAuth server the
@@ -65,13 +60,11 @@ func cmdOAuth(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	d := &daemon{log: slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: slog.LevelWarn})), metrics: metrics.New(prometheus.NewRegistry())}
-	st, err := store.Open(cfg.Store.Path)
+	d, err := commandDaemon(env, cfg)
 	if err != nil {
 		return err
 	}
-	defer st.Close()
-	d.store = st
+	defer d.store.Close()
 	resolver, err := newResolver(ctx, cfg)
 	if err != nil {
 		return err

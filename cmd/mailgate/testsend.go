@@ -52,13 +52,11 @@ func cmdTestSend(ctx context.Context, env *cliEnv, args []string) error {
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
 
-	d := &daemon{log: slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: slog.LevelWarn})), metrics: metrics.New(prometheus.NewRegistry())}
-	st, err := store.Open(cfg.Store.Path)
+	d, err := commandDaemon(env, cfg)
 	if err != nil {
-		return fmt.Errorf("store %s: %w", cfg.Store.Path, err)
+		return err
 	}
-	defer st.Close()
-	d.store = st
+	defer d.store.Close()
 	gen, err := d.build(ctx, cfg)
 	if err != nil {
 		return err
@@ -106,4 +104,18 @@ func cmdTestSend(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	fmt.Fprintf(env.stdout, "accepted in %v: %s\nMessage-ID: <%s>\n", time.Since(start).Round(time.Millisecond), result.Reply, res.MessageID)
 	return nil
+}
+
+// commandDaemon is the part of a daemon an operator command needs to build transports and token
+// sources from cfg: warnings to stderr, private metrics, and the store (close it when done).
+func commandDaemon(env *cliEnv, cfg *config.Config) (*daemon, error) {
+	st, err := store.Open(cfg.Store.Path)
+	if err != nil {
+		return nil, fmt.Errorf("store %s: %w", cfg.Store.Path, err)
+	}
+	return &daemon{
+		log:     slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		metrics: metrics.New(prometheus.NewRegistry()),
+		store:   st,
+	}, nil
 }
