@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -154,14 +155,21 @@ func (in *instance) mailgate(args ...string) (string, int) {
 	cmd.Env = append(append(os.Environ(), "AWS_EC2_METADATA_DISABLED=true"), in.extraEnv...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
-	if ee, ok := err.(*exec.ExitError); ok {
-		return out.String(), ee.ExitCode()
+	code := exitCode(in.t, cmd.Run())
+	return out.String(), code
+}
+
+// exitCode is the exit status behind a finished command's Run or Wait error.
+func exitCode(t testing.TB, err error) int {
+	t.Helper()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
 	}
 	if err != nil {
-		in.t.Fatal(err)
+		t.Fatal(err)
 	}
-	return out.String(), 0
+	return 0
 }
 
 // swaks submits one message as alice over STARTTLS (verifying mailgate's certificate).

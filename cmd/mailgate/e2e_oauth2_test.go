@@ -246,13 +246,7 @@ func runBounded(t *testing.T, timeout time.Duration, env []string, stdin string,
 	if ctx.Err() != nil {
 		return out.String(), -1
 	}
-	if ee, ok := err.(*exec.ExitError); ok {
-		return out.String(), ee.ExitCode()
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out.String(), 0
+	return out.String(), exitCode(t, err)
 }
 
 // assertNoSecret fails when any secret value, or a recognisable tail of a long one, appears in any of
@@ -298,21 +292,7 @@ func authorizePaste(t *testing.T, in *instance, server string) (string, int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, binary, "oauth", "authorize", "--config", in.config, "--server", server, "--paste")
-	cmd.Env = append(append(os.Environ(), "AWS_EC2_METADATA_DISABLED=true"), in.extraEnv...)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	cmd, stdin, stdout, stderr := startAuthorize(ctx, t, in, server, "--paste")
 	var mu sync.Mutex
 	var out strings.Builder
 	urls := make(chan string, 1)
@@ -366,20 +346,14 @@ func authorizePaste(t *testing.T, in *instance, server string) (string, int) {
 	}
 	stdin.Close()
 	<-copied
-	err = cmd.Wait()
+	werr := cmd.Wait()
 	mu.Lock()
 	all := out.String() + stderr.String()
 	mu.Unlock()
 	if ctx.Err() != nil {
 		t.Fatalf("oauth authorize did not finish in time:\n%s", all)
 	}
-	if ee, ok := err.(*exec.ExitError); ok {
-		return all, ee.ExitCode()
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return all, 0
+	return all, exitCode(t, werr)
 }
 
 // storeBytes is the SQLite store as it is on disk: the database file and its WAL and shared memory.
@@ -511,6 +485,28 @@ func TestOAuthAuthorizationCodePasted(t *testing.T) {
 	assertNoSecret(t, outputs, map[string][]string{"client secret": {clientSecret}, "token-endpoint value": secrets})
 }
 
+// startAuthorize starts `mailgate oauth authorize --server server [extra...]` with pipes for stdin
+// and stdout; stderr is collected.
+func startAuthorize(ctx context.Context, t *testing.T, in *instance, server string, extra ...string) (*exec.Cmd, io.WriteCloser, io.Reader, *bytes.Buffer) {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, binary, append([]string{"oauth", "authorize", "--config", in.config, "--server", server}, extra...)...)
+	cmd.Env = append(append(os.Environ(), "AWS_EC2_METADATA_DISABLED=true"), in.extraEnv...)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stderr := &bytes.Buffer{}
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return cmd, stdin, stdout, stderr
+}
+
 // authorizeListener runs `mailgate oauth authorize` without --paste and with nothing on stdin, then
 // plays the browser: it follows the authorize URL's redirects, ending at the command's loopback
 // listener on the redirect URL.
@@ -518,18 +514,8 @@ func authorizeListener(t *testing.T, in *instance, server string) (string, int) 
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, binary, "oauth", "authorize", "--config", in.config, "--server", server)
-	cmd.Env = append(append(os.Environ(), "AWS_EC2_METADATA_DISABLED=true"), in.extraEnv...)
-	cmd.Stdin = strings.NewReader("")
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	cmd, stdin, stdout, stderr := startAuthorize(ctx, t, in, server)
+	stdin.Close() // nothing pasted: the listener must do
 	var out strings.Builder
 	r := bufio.NewReader(stdout)
 	for {
@@ -556,15 +542,8 @@ func authorizeListener(t *testing.T, in *instance, server string) (string, int) 
 	}
 	rest, _ := io.ReadAll(r)
 	out.Write(rest)
-	err = cmd.Wait()
-	all := out.String() + stderr.String()
-	if ee, ok := err.(*exec.ExitError); ok {
-		return all, ee.ExitCode()
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return all, 0
+	code := exitCode(t, cmd.Wait()) // stderr is complete only after Wait
+	return out.String() + stderr.String(), code
 }
 
 // TestOAuthTokenEndpointOutage: with the token endpoint answering 503, a submitted message is

@@ -18,14 +18,8 @@ func runIn(t *testing.T, dir string, args ...string) (string, string, int) {
 	cmd.Dir = dir
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	if ee, ok := err.(*exec.ExitError); ok {
-		return stdout.String(), stderr.String(), ee.ExitCode()
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return stdout.String(), stderr.String(), 0
+	code := exitCode(t, cmd.Run())
+	return stdout.String(), stderr.String(), code
 }
 
 // previewParser prints what Python's email package sees in the composed message argv[1], and checks
