@@ -64,22 +64,12 @@ func (t *Transport) pipeline(s *session, m *relay.Message, body io.Reader, idx [
 		return "", false, !isSMTPReply(err) && s.uses > 1
 	}
 	// RCPT, one reply each
-	var accepted []int
-	for k, i := range idx {
+	accepted, ok := t.recipients(idx, res, func(int) error {
 		_, _, err := tp.ReadResponse(25)
-		if err == nil {
-			accepted = append(accepted, i)
-			continue
-		}
-		err = protoErr(err)
-		re := t.classify(err, stageRcpt)
-		if !isSMTPReply(err) || isReply(err, 421) {
-			failAll(res.Errs, idx[k:], re)
-			failAll(res.Errs, accepted, re)
-			return "", false, false
-		}
-		res.Errs[i] = re
-		t.checkQuota(re)
+		return protoErr(err)
+	})
+	if !ok {
+		return "", false, false
 	}
 	// DATA
 	_, _, err = tp.ReadResponse(354)

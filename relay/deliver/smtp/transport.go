@@ -411,21 +411,9 @@ func (t *Transport) transact(ctx context.Context, s *session, m *relay.Message, 
 		live := isSMTPReply(err) && !isReply(err, 421)
 		return "", live, !live && s.uses > 1
 	}
-	var accepted []int
-	for k, i := range idx {
-		err := s.c.Rcpt(m.Recipients[i], nil)
-		if err == nil {
-			accepted = append(accepted, i)
-			continue
-		}
-		re := t.classify(err, stageRcpt)
-		if !isSMTPReply(err) || isReply(err, 421) {
-			failAll(res.Errs, idx[k:], re)
-			failAll(res.Errs, accepted, re)
-			return "", false, false
-		}
-		res.Errs[i] = re
-		t.checkQuota(re)
+	accepted, ok := t.recipients(idx, res, func(i int) error { return s.c.Rcpt(m.Recipients[i], nil) })
+	if !ok {
+		return "", false, false
 	}
 	if len(accepted) == 0 {
 		return "", s.c.Reset() == nil, false
@@ -452,6 +440,28 @@ func (t *Transport) transact(ctx context.Context, s *session, m *relay.Message, 
 		return "", isSMTPReply(err) && !isReply(err, 421), false
 	}
 	return "250 " + oneLine(resp.StatusText), true, false
+}
+
+// recipients collects the RCPT outcome of each recipient in idx, as reply(i) reports it: accepted
+// ones are returned, refused ones get their own error. A connection failure or 421 ends the session:
+// every recipient of the message then gets that error and ok is false.
+func (t *Transport) recipients(idx []int, res *relay.Result, reply func(i int) error) (accepted []int, ok bool) {
+	for k, i := range idx {
+		err := reply(i)
+		if err == nil {
+			accepted = append(accepted, i)
+			continue
+		}
+		re := t.classify(err, stageRcpt)
+		if !isSMTPReply(err) || isReply(err, 421) {
+			failAll(res.Errs, idx[k:], re)
+			failAll(res.Errs, accepted, re)
+			return nil, false
+		}
+		res.Errs[i] = re
+		t.checkQuota(re)
+	}
+	return accepted, true
 }
 
 // failAll gives every recipient in idx the outcome err (errs is a relay.Result's Errs).
