@@ -50,7 +50,16 @@ type Error struct {
 	Reason string
 	// RetryAfter, when set on a temporary error, asks the queue not to retry before this long.
 	RetryAfter time.Duration
-	Err        error // internal cause; never sent to a client
+	// Stage is the protocol step of a delivery attempt the failure happened in ("" outside delivery).
+	// Classify reads a reply differently at MAIL, RCPT and the end of DATA.
+	Stage Stage
+	// Fault, when set, is the transport's own verdict for a failure that has no SMTP reply to read (an
+	// OAuth token that cannot be had, an SES answer, Force TLS not met). Zero lets Classify decide
+	// from Code, Enhanced and Stage.
+	Fault Fault
+	// Remedy is what an operator should do, for the alert and the log line (never shown to clients).
+	Remedy string
+	Err    error // internal cause; never sent to a client
 }
 
 // Error renders code, enhanced code and message; the cause is appended for logs.
@@ -87,16 +96,11 @@ func AsError(err error) (*Error, bool) {
 	return nil, false
 }
 
-// IsPermanent reports whether err ends delivery for good: only an *Error with a 5xx code is permanent.
-// Everything else (4xx, network errors, timeouts, unknown errors) is retried until the queue lifetime
-// runs out, because losing a customer's mail to a transient fault is worse than a late bounce.
-func IsPermanent(err error) bool {
-	if err == nil {
-		return false
-	}
-	re, ok := AsError(err)
-	return ok && re.Code >= 500
-}
+// IsPermanent reports whether err ends delivery for good, as Classify decides: the address, the
+// message or an unmet Force TLS. Everything else (4xx, network errors, timeouts, unknown errors, and
+// faults of mailgate's or the relay's setup) is retried until the queue lifetime runs out, because
+// losing a customer's mail to a fault that is not theirs is worse than a late bounce.
+func IsPermanent(err error) bool { return Classify(err).Bounces() }
 
 // Message is one queued message as a transport sees it. The body is the final composed RFC 5322 message
 // with CRLF line endings; Open may be called more than once (one read per attempt).
@@ -167,6 +171,11 @@ type Bounce struct {
 	// Reason is a short word for metrics: "upstream", "tls_required", "expired", "ses_bounce",
 	// "ses_complaint", ...
 	Reason string
+	// Fault is whose fault the bounce is (Classify), and Suppressed whether it put the address on the
+	// suppression list: only FaultAddress does. A bounce for the message, Force TLS or an expired
+	// lifetime is recorded for the operator and leaves the address free.
+	Fault      Fault
+	Suppressed bool
 }
 
 // DeliveryRecord is one line of the delivery log: what happened to a queued message in its latest

@@ -65,10 +65,14 @@ func cmdBounces(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	w := tabwriter.NewWriter(env.stdout, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "TIME\tADDRESS\tCHANNEL\tCODE\tREASON\tMESSAGE-ID\tDIAGNOSTIC")
+	fmt.Fprintln(w, "TIME\tADDRESS\tCHANNEL\tCODE\tFAULT\tSUPPRESSED\tREASON\tMESSAGE-ID\tDIAGNOSTIC")
 	for _, b := range bs {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%d %s\t%s\t%s\t%s\n", b.Time.UTC().Format(time.RFC3339), b.Address, b.Channel,
-			b.Code, b.Enhanced, b.Reason, b.MessageID, oneLine(b.Diagnostic))
+		suppressed := "no"
+		if b.Suppressed {
+			suppressed = "yes"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d %s\t%s\t%s\t%s\t%s\t%s\n", b.Time.UTC().Format(time.RFC3339), b.Address, b.Channel,
+			b.Code, b.Enhanced, b.Fault, suppressed, b.Reason, b.MessageID, oneLine(b.Diagnostic))
 	}
 	return w.Flush()
 }

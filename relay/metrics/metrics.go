@@ -26,6 +26,8 @@ type Metrics struct {
 	DeliveryAttempts     *prometheus.CounterVec   // transport, result (delivered, deferred, bounced)
 	DeliveryDuration     *prometheus.HistogramVec // transport, result
 	Bounces              *prometheus.CounterVec   // reason
+	DeliveryFaults       *prometheus.CounterVec   // transport, fault (relay.Fault: temporary, setup, message, tls, address)
+	DeliveryAlerts       *prometheus.GaugeVec     // transport, fault (setup, tls): 1 while an alert is raised
 	OAuthTokenErrors     *prometheus.CounterVec   // server, reason
 	OAuthTokenRefreshes  *prometheus.CounterVec   // server
 	SESEvents            *prometheus.CounterVec   // type (bounce, complaint, delivery_delay, ...), result
@@ -73,6 +75,12 @@ func New(reg prometheus.Registerer) *Metrics {
 		Bounces: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "mailgate_bounces_total", Help: "Recipients recorded as bounced, by reason.",
 		}, []string{"reason"}),
+		DeliveryFaults: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "mailgate_delivery_failures_total", Help: "Per-recipient delivery failures by transport and whose fault (relay.Classify).",
+		}, []string{"transport", "fault"}),
+		DeliveryAlerts: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "mailgate_delivery_alert", Help: "1 while a transport has a setup or Force TLS fault an operator must fix (see /readyz).",
+		}, []string{"transport", "fault"}),
 		OAuthTokenErrors: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "mailgate_oauth_token_errors_total", Help: "OAuth token failures by server and reason.",
 		}, []string{"server", "reason"}),

@@ -110,6 +110,8 @@ type Queue struct {
 	wake    chan struct{}
 	run     *runState // non-nil while Run is running
 	closed  bool
+
+	alerts alerts
 }
 
 type runState struct {
@@ -216,7 +218,7 @@ func (q *Queue) load() error {
 				q.quarantine(name, err)
 				continue
 			}
-			if len(e.Pending()) == 0 {
+			if e.done() {
 				// Every recipient was final but the removal did not finish.
 				if err := q.spool.remove(id); err != nil {
 					q.log.Warn("spool cleanup failed", "queue_id", id, "error", err)

@@ -220,48 +220,68 @@ func (q *Queue) deliver(ctx context.Context, cur *Entry, rcpts []string) relay.R
 	return res
 }
 
-// bounceOf turns a recipient's permanent failure into its recorded status.
-func bounceOf(err error) (code int, enhanced relay.EnhancedCode, diag, reason string) {
-	re, _ := relay.AsError(err) // permanent errors are always *relay.Error (relay.IsPermanent)
-	reason = re.Reason
-	if reason == "" {
-		reason = "upstream"
-	}
-	return re.Code, re.Enhanced, re.Msg, reason
-}
-
-// attempt delivers the pending recipients of one entry and applies the outcome: per-recipient status,
-// bounces, the durable update (or removal), metrics, logs and the delivery log.
+// attempt delivers the pending recipients of one entry and applies the outcome: per-recipient status
+// as relay.Classify decides it (delivered; bounced for the address, the message or Force TLS; deferred
+// for everything else, setup faults included), bounces, alerts, the durable update (or removal),
+// metrics, logs and the delivery log. Bounces the store could not take earlier are retried first.
 func (q *Queue) attempt(runCtx context.Context, e *entry, cur Entry) {
+	next := cur // cur is already a private copy
+	now := time.Now()
+	var recorded []int
+	for i := range next.Recipients {
+		if next.Recipients[i].Unrecorded && q.recordBounce(&next, i, now) {
+			recorded = append(recorded, i)
+		}
+	}
 	var idx []int
 	var rcpts []string
-	for i, r := range cur.Recipients {
+	for i, r := range next.Recipients {
 		if r.Status == Pending {
 			idx = append(idx, i)
 			rcpts = append(rcpts, r.Address)
 		}
 	}
+	if len(idx) == 0 {
+		// Only bounce records were left to write.
+		if len(recorded) > 0 {
+			q.log.Info("bounce records written after a store failure", "queue_id", next.ID, "recipients", len(recorded))
+		}
+		q.finish(e, &next, now)
+		return
+	}
 	start := time.Now()
-	res := q.deliver(runCtx, &cur, rcpts)
+	res := q.deliver(runCtx, &next, rcpts)
 	elapsed := time.Since(start)
-	now := time.Now()
+	now = time.Now()
 
-	next := cur // cur is already a private copy
 	next.Attempts++
 	var delivered, deferred, bounced []int
-	reasons := map[int]string{}
+	faults := map[relay.Fault]error{}
+	counts := map[relay.Fault]int{}
 	var deferErr error
 	var retryAfter time.Duration
 	for k, i := range idx {
 		err := res.Errs[k]
 		r := &next.Recipients[i]
+		fault := relay.Classify(err)
+		if err != nil {
+			q.metrics.DeliveryFaults.WithLabelValues(next.Envelope.Transport, fault.String()).Inc()
+			if _, ok := faults[fault]; !ok {
+				faults[fault] = err
+			}
+			counts[fault]++
+		}
 		switch {
 		case err == nil:
 			r.Status, r.Diagnostic, r.Time = Delivered, res.Reply, now
 			delivered = append(delivered, i)
-		case relay.IsPermanent(err):
+		case fault.Bounces():
+			re, _ := relay.AsError(err) // bouncing faults are always *relay.Error (relay.Classify)
 			r.Status, r.Time = Bounced, now
-			r.Code, r.Enhanced, r.Diagnostic, reasons[i] = bounceOf(err)
+			r.Code, r.Enhanced, r.Diagnostic, r.Fault, r.Reason = re.Code, re.Enhanced, re.Msg, fault.String(), re.Reason
+			if r.Reason == "" {
+				r.Reason = "upstream"
+			}
 			bounced = append(bounced, i)
 		default:
 			deferred = append(deferred, i)
@@ -273,6 +293,7 @@ func (q *Queue) attempt(runCtx context.Context, e *entry, cur Entry) {
 			}
 		}
 	}
+	q.noteAlerts(&next, faults, counts, len(delivered) > 0, now)
 	if len(delivered) > 0 {
 		next.LastReply = res.Reply
 	}
@@ -283,48 +304,54 @@ func (q *Queue) attempt(runCtx context.Context, e *entry, cur Entry) {
 		}
 		expiry := next.Created.Add(q.opts.MaxLifetime)
 		if !now.Before(expiry) {
-			// RFC 3463 X.4.7: delivery time expired. The diagnostic keeps the last upstream answer.
+			// RFC 3463 X.4.7: delivery time expired. The diagnostic keeps the last upstream answer. No
+			// suppression: a message that waited out a network outage or mailgate's own wrong password
+			// says nothing about the address.
 			diag := fmt.Sprintf("delivery time expired after %d attempts; last error: %s",
 				next.Attempts, clientText(deferErr))
 			for _, i := range deferred {
 				r := &next.Recipients[i]
 				r.Status, r.Time = Bounced, now
 				r.Code, r.Enhanced, r.Diagnostic = 554, relay.CodeExpired, diag
-				reasons[i] = "expired"
+				r.Fault, r.Reason = relay.Classify(deferErr).String(), "expired"
 				bounced = append(bounced, i)
 			}
 			deferred = nil
-		} else {
-			at := now.Add(max(q.opts.Retry.Delay(next.Attempts), retryAfter))
-			if at.After(expiry) {
-				at = expiry // one last attempt when the lifetime ends, then the bounce
-			}
-			next.NextAttempt = at
 		}
 	}
-
 	for _, i := range bounced {
-		q.recordBounce(&next, i, reasons[i], now)
+		q.recordBounce(&next, i, now)
 	}
+	if !next.done() {
+		at := now.Add(max(q.opts.Retry.Delay(next.Attempts), retryAfter))
+		if expiry := next.Created.Add(q.opts.MaxLifetime); len(deferred) > 0 && at.After(expiry) {
+			at = expiry // one last attempt when the lifetime ends, then the bounce
+		}
+		next.NextAttempt = at
+	}
+	q.report(&next, res, elapsed, delivered, deferred, bounced, deferErr)
+	q.finish(e, &next, now)
+}
 
+// finish persists an attempt's outcome (removal once nothing is left to do) and puts the entry back in
+// the schedule or takes it out.
+func (q *Queue) finish(e *entry, next *Entry, now time.Time) {
 	q.mu.Lock()
 	dropped := e.dropped
 	q.mu.Unlock()
-	final := len(deferred) == 0
+	final := next.done()
 	var perr error
 	switch {
 	case dropped:
 	case final:
 		perr = q.spool.remove(next.ID)
 	default:
-		perr = q.spool.replaceMeta(&next)
+		perr = q.spool.replaceMeta(next)
 	}
 	if perr != nil {
 		// The in-memory state stays right; after a crash the attempt would be repeated.
-		q.log.Error("spool update failed", "queue_id", next.ID, "error", perr)
+		q.log.Error("spool update failed", "queue_id", next.ID, "err", perr)
 	}
-
-	q.report(&next, res, elapsed, delivered, deferred, bounced, deferErr)
 
 	q.mu.Lock()
 	switch {
@@ -333,7 +360,7 @@ func (q *Queue) attempt(runCtx context.Context, e *entry, cur Entry) {
 		delete(q.entries, next.ID)
 		q.metrics.QueueDepth.Set(float64(len(q.entries)))
 	default:
-		e.data = next
+		e.data = *next
 		at := next.NextAttempt
 		if e.retryNow {
 			e.retryNow, at = false, now
@@ -342,8 +369,8 @@ func (q *Queue) attempt(runCtx context.Context, e *entry, cur Entry) {
 	}
 	q.mu.Unlock()
 	if dropped {
-		if err := q.finishDrop(&next); err != nil {
-			q.log.Error("drop failed", "queue_id", next.ID, "error", err)
+		if err := q.finishDrop(next); err != nil {
+			q.log.Error("drop failed", "queue_id", next.ID, "err", err)
 		}
 	}
 }
@@ -357,29 +384,45 @@ func clientText(err error) string {
 	return "temporary failure (network or timeout)"
 }
 
-func (q *Queue) recordBounce(e *Entry, i int, reason string, now time.Time) {
-	r := e.Recipients[i]
-	q.metrics.Bounces.WithLabelValues(reason).Inc()
-	if q.opts.Bounces == nil {
-		return
+// recordBounce hands recipient i's bounce to the bounce store, which suppresses the address only for
+// FaultAddress. A store failure leaves the bounce marked Unrecorded, to be retried with the next
+// attempt; it reports whether the record was written.
+func (q *Queue) recordBounce(e *Entry, i int, now time.Time) bool {
+	r := &e.Recipients[i]
+	if !r.Unrecorded {
+		q.metrics.Bounces.WithLabelValues(r.Reason).Inc()
 	}
+	r.Unrecorded = false
+	if q.opts.Bounces == nil {
+		return true
+	}
+	fault := relay.FaultFromString(r.Fault)
 	b := relay.Bounce{
 		Address:    r.Address,
 		Channel:    e.Envelope.Channel,
-		Time:       now.UTC(),
+		Time:       r.Time.UTC(),
 		Code:       r.Code,
 		Enhanced:   r.Enhanced,
 		Diagnostic: r.Diagnostic,
 		MessageID:  e.Envelope.MessageID,
 		Ticket:     e.Envelope.Ticket,
 		QueueID:    e.ID,
-		Reason:     reason,
+		Reason:     r.Reason,
+		Fault:      fault,
+		Suppressed: fault.Suppresses(),
+	}
+	if b.Time.IsZero() {
+		b.Time = now.UTC()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := q.opts.Bounces.RecordBounce(ctx, b); err != nil {
-		q.log.Error("bounce record failed", "queue_id", e.ID, "channel", e.Envelope.Channel, "error", err)
+		r.Unrecorded = true
+		q.log.Error("bounce record failed; retried with the next attempt", "queue_id", e.ID, "channel", e.Envelope.Channel,
+			"suppress", b.Suppressed, "err", err)
+		return false
 	}
+	return true
 }
 
 // report emits the metrics, log lines and delivery-log record of one attempt.

@@ -25,16 +25,22 @@ const (
 	Bounced   RecipientStatus = "bounced"
 )
 
-// Recipient is one envelope recipient and its delivery status. For a bounced recipient Code, Enhanced
-// and Diagnostic say why (what the bounce store records); for a delivered one Diagnostic holds the
-// upstream's reply.
+// Recipient is one envelope recipient and its delivery status. For a bounced recipient Code, Enhanced,
+// Diagnostic, Fault and Reason say why (what the bounce store records); for a delivered one Diagnostic
+// holds the upstream's reply.
 type Recipient struct {
 	Address    string             `json:"address"`
 	Status     RecipientStatus    `json:"status"`
 	Code       int                `json:"code,omitempty"`
 	Enhanced   relay.EnhancedCode `json:"enhanced,omitempty"`
 	Diagnostic string             `json:"diagnostic,omitempty"`
-	Time       time.Time          `json:"time,omitzero"` // when the status became final
+	Fault      string             `json:"fault,omitempty"`  // relay.Fault name of a bounce
+	Reason     string             `json:"reason,omitempty"` // the bounce's metrics reason
+	// Unrecorded marks a bounce the bounce store has not taken yet (it was unavailable): the entry
+	// stays queued, and the record is retried with the delivery backoff, so that an address that must
+	// be suppressed is not forgotten because the store had a bad moment.
+	Unrecorded bool      `json:"unrecorded,omitempty"`
+	Time       time.Time `json:"time,omitzero"` // when the status became final
 }
 
 // Entry is one queued message as the operator API shows it and as its metadata file stores it.
@@ -49,6 +55,17 @@ type Entry struct {
 	FirstError  string         `json:"first_error,omitempty"`
 	LastError   string         `json:"last_error,omitempty"`
 	LastReply   string         `json:"last_reply,omitempty"`
+}
+
+// done reports whether nothing is left to do for the entry: every recipient final, every bounce
+// recorded in the bounce store.
+func (e *Entry) done() bool {
+	for _, r := range e.Recipients {
+		if r.Status == Pending || r.Unrecorded {
+			return false
+		}
+	}
+	return true
 }
 
 // Pending returns the addresses still to deliver.

@@ -161,6 +161,10 @@ func migrations() []string {
 		BEGIN UPDATE counters SET value = value + 1 WHERE name = 'suppression'; END;
 	CREATE TRIGGER suppression_deleted AFTER DELETE ON suppression
 		BEGIN UPDATE counters SET value = value + 1 WHERE name = 'suppression'; END;`,
+		// 3: every bounce says whose fault it was and whether it suppressed the address (only an
+		// address fault does); bounces recorded before this version all suppressed.
+		`ALTER TABLE bounces ADD COLUMN fault TEXT NOT NULL DEFAULT 'address';
+	ALTER TABLE bounces ADD COLUMN suppressed INTEGER NOT NULL DEFAULT 1;`,
 	}
 }
 
@@ -241,9 +245,24 @@ func suppressionReason(b relay.Bounce) string {
 	return strings.TrimSpace(r)
 }
 
-// RecordBounce stores a bounce and puts its address on the suppression list (or refreshes the reason),
-// in one transaction.
+// RecordBounce stores a bounce and, when b.Suppressed (an address fault: relay.Classify), puts its
+// address on the suppression list (or refreshes the reason), in one transaction.
 func (s *Store) RecordBounce(ctx context.Context, b relay.Bounce) error {
+	tx, err := s.durable.BeginTx(ctx, nil)
+	if err != nil {
+		return storeErr(err)
+	}
+	defer tx.Rollback()
+	if err := s.recordBounce(ctx, tx, b); err != nil {
+		return err
+	}
+	defer s.suppressions.invalidate() // after the commit: a lookup in between would cache the old list
+	return storeErr(tx.Commit())
+}
+
+// recordBounce is RecordBounce inside the caller's transaction; the caller invalidates the
+// suppression cache after its commit.
+func (s *Store) recordBounce(ctx context.Context, tx *sql.Tx, b relay.Bounce) error {
 	key := addressKey(b.Address)
 	if key == "" {
 		return badInput("bounce without an address")
@@ -251,24 +270,22 @@ func (s *Store) RecordBounce(ctx context.Context, b relay.Bounce) error {
 	if b.Time.IsZero() {
 		b.Time = time.Now()
 	}
-	tx, err := s.durable.BeginTx(ctx, nil)
-	if err != nil {
-		return storeErr(err)
-	}
-	defer tx.Rollback()
 	t := ms(b.Time)
 	if _, err := tx.ExecContext(ctx, `INSERT INTO bounces
-		(address, address_key, channel, time_ms, code, enhanced, diagnostic, message_id, ticket, queue_id, reason)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
+		(address, address_key, channel, time_ms, code, enhanced, diagnostic, message_id, ticket, queue_id, reason,
+		 fault, suppressed)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
 		strings.TrimSpace(b.Address), key, b.Channel, t, b.Code, string(b.Enhanced), b.Diagnostic,
-		b.MessageID, b.Ticket, b.QueueID, b.Reason); err != nil {
+		b.MessageID, b.Ticket, b.QueueID, b.Reason, b.Fault.String(), b.Suppressed); err != nil {
 		return storeErr(err)
+	}
+	if !b.Suppressed {
+		return nil
 	}
 	if err := upsertSuppression(ctx, tx, b.Address, key, suppressionReason(b), "bounce", t); err != nil {
 		return storeErr(err)
 	}
-	defer s.suppressions.invalidate()
-	return storeErr(tx.Commit())
+	return nil
 }
 
 func upsertSuppression(ctx context.Context, tx *sql.Tx, addr, key, reason, source string, t int64) error {
@@ -343,8 +360,8 @@ type BounceFilter struct {
 
 // Bounces lists bounces, newest first.
 func (s *Store) Bounces(ctx context.Context, f BounceFilter) ([]relay.Bounce, error) {
-	q := `SELECT address, channel, time_ms, code, enhanced, diagnostic, message_id, ticket, queue_id, reason
-		FROM bounces WHERE 1=1`
+	q := `SELECT address, channel, time_ms, code, enhanced, diagnostic, message_id, ticket, queue_id, reason,
+		fault, suppressed FROM bounces WHERE 1=1`
 	var args []any
 	if f.Address != "" {
 		args = append(args, addressKey(f.Address))
@@ -365,12 +382,12 @@ func (s *Store) Bounces(ctx context.Context, f BounceFilter) ([]relay.Bounce, er
 	for rows.Next() {
 		var b relay.Bounce
 		var t int64
-		var enh string
+		var enh, fault string
 		if err := rows.Scan(&b.Address, &b.Channel, &t, &b.Code, &enh, &b.Diagnostic, &b.MessageID,
-			&b.Ticket, &b.QueueID, &b.Reason); err != nil {
+			&b.Ticket, &b.QueueID, &b.Reason, &fault, &b.Suppressed); err != nil {
 			return nil, storeErr(err)
 		}
-		b.Time, b.Enhanced = fromMS(t), relay.EnhancedCode(enh)
+		b.Time, b.Enhanced, b.Fault = fromMS(t), relay.EnhancedCode(enh), relay.FaultFromString(fault)
 		out = append(out, b)
 	}
 	return out, storeErr(rows.Err())

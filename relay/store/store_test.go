@@ -30,6 +30,46 @@ func bounce(addr string, at time.Time) relay.Bounce {
 	return relay.Bounce{
 		Address: addr, Channel: "Support", Time: at, Code: 550, Enhanced: relay.CodeBadMailbox,
 		Diagnostic: "user unknown", MessageID: "m1@example.com", Ticket: "123456", QueueID: "q1", Reason: "upstream",
+		Fault: relay.FaultAddress, Suppressed: true,
+	}
+}
+
+// A bounce that is not the address's fault (the message, Force TLS, an expired lifetime) is recorded,
+// listed with its fault and Suppressed=false, and leaves the address free — also when the same address
+// is already listed for an earlier reason, which it must not refresh.
+func TestBounceWithoutSuppression(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openStore(t)
+	t0 := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
+	for _, f := range []relay.Fault{relay.FaultMessage, relay.FaultTLS, relay.FaultSetup} {
+		b := bounce("innocent@example.net", t0)
+		b.Code, b.Enhanced, b.Diagnostic, b.Fault, b.Suppressed = 554, "5.7.1", "spam", f, false
+		if err := s.RecordBounce(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, ok, err := s.Suppressed(ctx, "innocent@example.net"); ok || err != nil {
+		t.Fatalf("suppressed after bounces that were not its fault: %v %v", ok, err)
+	}
+	got, err := s.Bounces(ctx, BounceFilter{Address: "innocent@example.net"})
+	if err != nil || len(got) != 3 {
+		t.Fatalf("bounces %+v %v", got, err)
+	}
+	for _, b := range got {
+		if b.Suppressed || b.Fault == relay.FaultAddress || b.Fault == relay.FaultNone {
+			t.Errorf("listed as %+v", b)
+		}
+	}
+	if err := s.RecordBounce(ctx, bounce("gone@example.net", t0)); err != nil {
+		t.Fatal(err)
+	}
+	later := bounce("gone@example.net", t0.Add(time.Hour))
+	later.Diagnostic, later.Fault, later.Suppressed = "content refused", relay.FaultMessage, false
+	if err := s.RecordBounce(ctx, later); err != nil {
+		t.Fatal(err)
+	}
+	if reason, ok, _ := s.Suppressed(ctx, "gone@example.net"); !ok || !strings.Contains(reason, "user unknown") {
+		t.Errorf("suppression reason %q (%v): a message bounce must not rewrite it", reason, ok)
 	}
 }
 
@@ -41,7 +81,7 @@ func TestBouncesAndSuppression(t *testing.T) {
 		t.Fatal(err)
 	}
 	b2 := bounce("customer@example.net", t0.Add(time.Hour))
-	b2.Channel, b2.Code, b2.Enhanced, b2.Diagnostic = "Sales", 554, "5.7.10", "TLS required"
+	b2.Channel, b2.Code, b2.Enhanced, b2.Diagnostic = "Sales", 550, "5.2.1", "mailbox disabled"
 	if err := s.RecordBounce(ctx, b2); err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +95,7 @@ func TestBouncesAndSuppression(t *testing.T) {
 			t.Fatalf("Suppressed(%q) = %v %v", addr, ok, err)
 		}
 		// The latest bounce gives the reason.
-		if !strings.Contains(reason, "554 5.7.10 TLS required") {
+		if !strings.Contains(reason, "550 5.2.1 mailbox disabled") {
 			t.Errorf("reason %q", reason)
 		}
 	}

@@ -28,52 +28,41 @@ const (
 	ReasonLocal        = "local"              // the spooled message could not be read
 )
 
-// stage names the protocol step an error happened in, for logs and classification.
-type stage string
-
-const (
-	stageConnect stage = "connect"
-	stageTLS     stage = "tls"
-	stageAuth    stage = "auth"
-	stageMail    stage = "mail"
-	stageRcpt    stage = "rcpt"
-	stageData    stage = "data"
-)
-
-// replyError maps an upstream reply into a *relay.Error keeping its code, enhanced code and text (the
-// text becomes the bounce diagnostic). Permanence follows the reply code (RFC 5321 §4.2.1): 4xx is
-// temporary, 5xx permanent — except for replies that are about the relay's own account or
-// configuration, which are never the recipient's fault and so are deferred (see authConfigReply).
-func (t *Transport) replyError(se *gosmtp.SMTPError, st stage) *relay.Error {
+// replyError maps an upstream reply into a *relay.Error that keeps its code, enhanced code and text
+// (the bounce diagnostic) and the stage it came at; relay.Classify decides from those whose fault it
+// is. Two dialects are translated here, because only this transport knows them: Exchange Online's
+// "554 5.2.0 ... SubmissionQuotaExceeded" is a temporary pause of the whole mailbox, and 432 4.3.2 is
+// its connection throttling. Replies about the relay's own account (AUTH, send-as, SMTP AUTH disabled)
+// get Reason upstream_auth, so the log and the alert carry the right remedy.
+func (t *Transport) replyError(se *gosmtp.SMTPError, st relay.Stage) *relay.Error {
 	enh := enhancedOf(se)
 	text := oneLine(se.Message)
 	if text == "" {
 		text = "(no text in the upstream's reply)"
 	}
 	upstream := fmt.Sprintf("%d %s %s", se.Code, enh, text)
+	re := &relay.Error{Code: se.Code, Enhanced: enh, Stage: st, Reason: ReasonUpstream, Msg: text, Err: se}
 	switch {
-	case st == stageAuth || authConfigReply(se, enh):
-		return &relay.Error{Code: 451, Enhanced: relay.CodeTempAuth, Reason: ReasonUpstreamAuth,
-			Msg: fmt.Sprintf("upstream %s refused the relay's authentication or sender (%s); mail deferred", t.o.Name, upstream), Err: se}
 	case quotaReply(se, enh):
-		return &relay.Error{Code: 451, Enhanced: "4.2.0", Reason: ReasonQuota,
-			Msg: fmt.Sprintf("upstream %s sending quota exceeded (%s); mail deferred", t.o.Name, upstream), Err: se}
+		re.Code, re.Enhanced, re.Reason = 451, "4.2.0", ReasonQuota
+		re.Msg = fmt.Sprintf("upstream %s sending quota exceeded (%s); mail deferred", t.o.Name, upstream)
 	case se.Code == 432 || enh == "4.3.2":
-		return &relay.Error{Code: se.Code, Enhanced: enh, Reason: ReasonThrottled, Msg: text,
-			RetryAfter: t.o.ThrottleRetryAfter, Err: se}
-	case se.Code >= 400 && se.Code <= 599:
-		return &relay.Error{Code: se.Code, Enhanced: enh, Reason: ReasonUpstream, Msg: text, Err: se}
-	default:
+		re.Reason, re.RetryAfter = ReasonThrottled, t.o.ThrottleRetryAfter
+	case st == relay.StageAuth || authConfigReply(se, enh):
+		re.Reason = ReasonUpstreamAuth
+		re.Msg = fmt.Sprintf("upstream %s refused the relay's authentication or sender (%s)", t.o.Name, upstream)
+	case se.Code < 400 || se.Code > 599:
 		// A reply outside 4xx/5xx where a failure was reported (a protocol violation): retry.
-		return &relay.Error{Code: 451, Enhanced: relay.CodeTempLocal, Reason: ReasonUpstream,
-			Msg: fmt.Sprintf("unexpected reply from upstream %s: %s", t.o.Name, upstream), Err: se}
+		re.Code, re.Enhanced = 451, relay.CodeTempLocal
+		re.Msg = fmt.Sprintf("unexpected reply from upstream %s: %s", t.o.Name, upstream)
 	}
+	return re
 }
 
 // authConfigReply recognises replies, outside AUTH itself, that say the relay is not allowed to send:
 // 530 (authentication required, RFC 4954 §6), 535, and Exchange Online's 5.7.57 (client not
 // authenticated), 5.7.60 (no Send As permission for the sender), 5.7.139 (SMTP AUTH disabled) and
-// 5.7.3 on a 535.
+// 5.7.3 on a 535. It only picks the remedy: relay.Classify makes them setup faults.
 func authConfigReply(se *gosmtp.SMTPError, enh relay.EnhancedCode) bool {
 	switch {
 	case se.Code == 530 || se.Code == 535:
@@ -104,8 +93,9 @@ func enhancedOf(se *gosmtp.SMTPError) relay.EnhancedCode {
 	return relay.EnhancedCode(fmt.Sprintf("%d.0.0", class))
 }
 
-// classify turns any error from one protocol step into a *relay.Error.
-func (t *Transport) classify(err error, st stage) *relay.Error {
+// classify turns any error from one protocol step into a *relay.Error: an upstream reply through
+// replyError, anything else (connection refused, reset, timeout) as a temporary network failure.
+func (t *Transport) classify(err error, st relay.Stage) *relay.Error {
 	if re, ok := relay.AsError(err); ok {
 		return re
 	}
@@ -113,16 +103,15 @@ func (t *Transport) classify(err error, st stage) *relay.Error {
 	if errors.As(err, &se) {
 		return t.replyError(se, st)
 	}
-	if st == stageConnect {
-		return &relay.Error{Code: 451, Enhanced: relay.CodeTempNetwork, Reason: ReasonNetwork,
-			Msg: fmt.Sprintf("cannot connect to upstream %s", t.o.Name), Err: err}
+	re := &relay.Error{Code: 451, Enhanced: relay.CodeTempTimeout, Stage: st, Reason: ReasonNetwork, Err: err,
+		Msg: fmt.Sprintf("connection to upstream %s failed during %s", t.o.Name, st)}
+	switch {
+	case st == relay.StageConnect:
+		re.Enhanced, re.Msg = relay.CodeTempNetwork, fmt.Sprintf("cannot connect to upstream %s", t.o.Name)
+	case isTimeout(err):
+		re.Msg = fmt.Sprintf("timeout talking to upstream %s during %s", t.o.Name, st)
 	}
-	if isTimeout(err) {
-		return &relay.Error{Code: 451, Enhanced: relay.CodeTempTimeout, Reason: ReasonNetwork,
-			Msg: fmt.Sprintf("timeout talking to upstream %s during %s", t.o.Name, st), Err: err}
-	}
-	return &relay.Error{Code: 451, Enhanced: relay.CodeTempTimeout, Reason: ReasonNetwork,
-		Msg: fmt.Sprintf("connection to upstream %s failed during %s", t.o.Name, st), Err: err}
+	return re
 }
 
 func isTimeout(err error) bool {
@@ -154,13 +143,16 @@ func isTransientNetwork(err error) bool {
 // give a verified TLS ≥ 1.2 session: nothing was sent, and the queue bounces the recipients at once.
 func (t *Transport) tlsRequired(what string, cause error) *relay.Error {
 	return &relay.Error{Code: 554, Enhanced: relay.CodeEncryptionRequired, Reason: ReasonTLSRequired,
+		Stage: relay.StageTLS, Fault: relay.FaultTLS,
 		Msg: fmt.Sprintf("TLS required by the channel but upstream %s: %s; message not sent", t.o.Name, what), Err: cause}
 }
 
-// authError is the temporary error for every failure of the relay's own authentication: a customer's
-// address is never bounced because mailgate's credentials or the tenant's settings are wrong.
+// authError is the error for a failure of the relay's own authentication that has no upstream reply to
+// classify (no token, no TLS for credentials, no usable mechanism): a setup fault, deferred and
+// alerted. A customer's address is never bounced because mailgate's credentials are wrong.
 func (t *Transport) authError(msg string, cause error) *relay.Error {
 	return &relay.Error{Code: 451, Enhanced: relay.CodeTempAuth, Reason: ReasonUpstreamAuth,
+		Stage: relay.StageAuth, Fault: relay.FaultSetup,
 		Msg: fmt.Sprintf("upstream %s: %s; mail deferred", t.o.Name, msg), Err: cause}
 }
 

@@ -31,7 +31,7 @@ func TestPlainWhenLoginAbsent(t *testing.T) {
 	f2 := startFake(t, &fakeUpstream{authMechs: "CRAM-MD5"})
 	h2 := fakeTransport(t, f2, smtp.Options{Auth: smtp.AuthLogin, Username: "u", Password: "p"})
 	res := h2.tr.Deliver(ctxTimeout(t, 10*time.Second), message("a@example.net"))
-	if re := relayErr(t, res.Errs[0], 451, smtp.ReasonUpstreamAuth); !strings.Contains(re.Msg, "neither AUTH LOGIN nor PLAIN") {
+	if re := setupErr(t, res.Errs[0]); !strings.Contains(re.Msg, "neither AUTH LOGIN nor PLAIN") {
 		t.Fatal(re)
 	}
 }
@@ -44,7 +44,7 @@ func TestSMTPAuthDisabled5_7_139(t *testing.T) {
 		h := fakeTransport(t, f, smtp.Options{Auth: smtp.AuthLogin, Username: "box@contoso.example", Password: "Pa55-w0rd-x", Provider: smtp.ProviderMicrosoft})
 		res := h.tr.Deliver(ctxTimeout(t, 10*time.Second), message("a@example.net", "b@example.net"))
 		for _, err := range res.Errs {
-			re := relayErr(t, err, 451, smtp.ReasonUpstreamAuth)
+			re := setupErr(t, err)
 			if relay.IsPermanent(re) || !strings.Contains(re.Msg, "5.7.139") {
 				t.Fatal(re)
 			}
@@ -63,7 +63,7 @@ func TestSMTPAuthDisabled5_7_139(t *testing.T) {
 		toks := &staticTokens{tokens: []string{"tok-a", "tok-b"}}
 		h := fakeTransport(t, f, smtp.Options{Auth: smtp.AuthXOAUTH2, Tokens: toks, Mailbox: "box@contoso.example"})
 		res := h.tr.Deliver(ctxTimeout(t, 10*time.Second), message("a@example.net"))
-		relayErr(t, res.Errs[0], 451, smtp.ReasonUpstreamAuth)
+		setupErr(t, res.Errs[0])
 		if toks.fetched != 1 || len(toks.invalidated) != 0 {
 			t.Fatalf("5.7.139 is not a token problem: fetched %d invalidated %v", toks.fetched, toks.invalidated)
 		}
@@ -88,7 +88,7 @@ func TestConfigRepliesAtMailAreTheRelays(t *testing.T) {
 		f := startFake(t, &fakeUpstream{replies: map[string]string{"MAIL": reply}})
 		h := fakeTransport(t, f, smtp.Options{})
 		res := h.tr.Deliver(ctxTimeout(t, 10*time.Second), message("a@example.net"))
-		re := relayErr(t, res.Errs[0], 451, smtp.ReasonUpstreamAuth)
+		re := setupErr(t, res.Errs[0])
 		if relay.IsPermanent(re) || !strings.Contains(re.Msg, reply[:10]) {
 			t.Fatal(re)
 		}

@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	gosmtp "github.com/emersion/go-smtp"
+
+	"github.com/mailgate/mailgate/relay"
 )
 
 // scriptedPeer plays the server's output and swallows the client's commands.
@@ -22,8 +24,9 @@ func (p *scriptedPeer) Write(b []byte) (int, error) { return p.out.Write(b) }
 func (p *scriptedPeer) Close() error                { return nil }
 
 // FuzzUpstreamReply feeds arbitrary server output to the pre-TLS EHLO parser and the reply
-// classification: no panic, and every classified reply keeps the permanence its code says — except the
-// relay's own auth/config/quota replies, which must always be temporary.
+// classification: no panic, every mapped reply keeps its code (but for the quota dialect, made
+// temporary), and relay.Classify never bounces — let alone suppresses — for a reply about the relay's
+// own account, at AUTH or anywhere else.
 func FuzzUpstreamReply(f *testing.F) {
 	f.Add("250-fake.example\r\n250-STARTTLS\r\n250 AUTH LOGIN PLAIN\r\n")
 	f.Add("535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled\r\n")
@@ -51,7 +54,7 @@ func FuzzUpstreamReply(f *testing.F) {
 		if !errors.As(err, &se) {
 			return // a syntax or I/O error, not a reply
 		}
-		for _, st := range []stage{stageMail, stageRcpt, stageData, stageAuth} {
+		for _, st := range []relay.Stage{relay.StageMail, relay.StageRcpt, relay.StageData, relay.StageAuth} {
 			re := tr.replyError(se, st)
 			if re.Code < 400 || re.Code > 599 || re.Msg == "" {
 				t.Fatalf("reply %d %q at %s classified as %v", se.Code, se.Message, st, re)
@@ -59,12 +62,15 @@ func FuzzUpstreamReply(f *testing.F) {
 			if _, ok := re.Enhanced.Parts(); !ok {
 				t.Fatalf("malformed enhanced code %q", re.Enhanced)
 			}
-			special := st == stageAuth || re.Reason == ReasonUpstreamAuth || re.Reason == ReasonQuota
-			if special && re.Code >= 500 {
-				t.Fatalf("relay-side failure %d %q made permanent", se.Code, se.Message)
+			fault := relay.Classify(re)
+			if (st == relay.StageAuth || re.Reason == ReasonUpstreamAuth || re.Reason == ReasonQuota) && fault.Bounces() {
+				t.Fatalf("relay-side failure %d %q at %s bounces (%s)", se.Code, se.Message, st, fault)
 			}
-			if !special && se.Code >= 400 && se.Code <= 599 && (re.Code >= 500) != (se.Code >= 500) {
-				t.Fatalf("reply %d changed permanence: %v", se.Code, re)
+			if fault.Suppresses() && st != relay.StageRcpt {
+				t.Fatalf("reply %d %q at %s suppresses the address", se.Code, se.Message, st)
+			}
+			if re.Reason != ReasonQuota && se.Code >= 400 && se.Code <= 599 && re.Code != se.Code {
+				t.Fatalf("reply %d changed its code: %v", se.Code, re)
 			}
 		}
 	})

@@ -140,6 +140,20 @@ func relayErr(t testing.TB, err error, code int, reason string) *relay.Error {
 	return re
 }
 
+// setupErr asserts that err is a failure of the relay's own account or configuration: reason
+// upstream_auth, and relay.Classify makes it a setup fault (deferred and alerted, never a bounce).
+func setupErr(t testing.TB, err error) *relay.Error {
+	t.Helper()
+	re, ok := relay.AsError(err)
+	if !ok {
+		t.Fatalf("error %v (%T) is not a *relay.Error", err, err)
+	}
+	if re.Reason != smtp.ReasonUpstreamAuth || relay.Classify(re) != relay.FaultSetup {
+		t.Fatalf("error = %v (reason %q, fault %s), want a setup fault with reason upstream_auth", re, re.Reason, relay.Classify(re))
+	}
+	return re
+}
+
 var sessRE = regexp.MustCompile(`sess=(\d+) quit=\d+ mesg=(\d+)`)
 
 // sinkSessions reads smtp-sink's -c counters: ended sessions and messages.

@@ -103,7 +103,7 @@ func TestNodeWrongPasswordIsTemporary(t *testing.T) {
 	peer := peertest.NodeSMTPServer(t, peertest.NodeSMTPOptions{})
 	h := nodeTransport(t, peer, smtp.Options{Auth: smtp.AuthLogin, Username: "user", Password: "wrong-Pa55"})
 	res := h.tr.Deliver(ctxTimeout(t, 20*time.Second), message("customer@example.net"))
-	re := relayErr(t, res.Errs[0], 451, smtp.ReasonUpstreamAuth)
+	re := setupErr(t, res.Errs[0])
 	if relay.IsPermanent(re) || !strings.Contains(re.Msg, "535") {
 		t.Fatal(re)
 	}
@@ -139,14 +139,14 @@ func TestNodeUntrustedCertificate(t *testing.T) {
 
 	hc := nodeTransport(t, peer, smtp.Options{RootCAs: other, Auth: smtp.AuthLogin, Username: "user", Password: "pass"})
 	res = hc.tr.Deliver(ctxTimeout(t, 20*time.Second), message("c@example.net"))
-	re := relayErr(t, res.Errs[0], 451, smtp.ReasonUpstreamAuth)
+	re := setupErr(t, res.Errs[0])
 	if !strings.Contains(re.Msg, "credentials not sent") {
 		t.Fatal(re)
 	}
 
 	// The Node server demands AUTH from everyone, which is the relay's configuration problem: deferred.
 	res = h.tr.Deliver(ctxTimeout(t, 20*time.Second), message("d@example.net"))
-	relayErr(t, res.Errs[0], 451, smtp.ReasonUpstreamAuth)
+	setupErr(t, res.Errs[0])
 	if len(peer.Accepted(t)) != 0 {
 		t.Fatal("the Node server accepted a message")
 	}
@@ -276,8 +276,8 @@ func TestNodeXOAUTH2WithMockJWKS(t *testing.T) {
 		for range 2 {
 			res := h.tr.Deliver(ctxTimeout(t, 20*time.Second), message("a@example.net", "b@example.net"))
 			for _, err := range res.Errs {
-				re := relayErr(t, err, 451, smtp.ReasonUpstreamAuth)
-				if relay.IsPermanent(re) || re.Enhanced != relay.CodeTempAuth {
+				re := setupErr(t, err)
+				if relay.IsPermanent(re) || re.Code != 535 {
 					t.Fatal(re)
 				}
 			}
@@ -298,12 +298,12 @@ func TestNodeXOAUTH2WithMockJWKS(t *testing.T) {
 		toks := &staticTokens{err: &relay.Error{Code: 451, Enhanced: "4.7.0", Reason: "invalid_grant", Msg: "AADSTS700082: refresh token expired"}}
 		h := nodeTransport(t, peer, smtp.Options{Auth: smtp.AuthXOAUTH2, Tokens: toks, Mailbox: "box@contoso.example"})
 		res := h.tr.Deliver(ctxTimeout(t, 20*time.Second), message("a@example.net"))
-		re := relayErr(t, res.Errs[0], 451, smtp.ReasonUpstreamAuth)
+		re := setupErr(t, res.Errs[0])
 		if !strings.Contains(re.Msg, "AADSTS700082") {
 			t.Fatal(re)
 		}
 		toks.err = errors.New("token endpoint unreachable")
 		res = h.tr.Deliver(ctxTimeout(t, 20*time.Second), message("a@example.net"))
-		relayErr(t, res.Errs[0], 451, smtp.ReasonUpstreamAuth)
+		setupErr(t, res.Errs[0])
 	})
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/mailgate/mailgate/auth/xoauth2"
+	"github.com/mailgate/mailgate/relay"
 )
 
 // ProbeReport is what Probe found on a fresh connection, for `mailgate test-send` to print before it
@@ -80,7 +81,7 @@ func (t *Transport) Probe(ctx context.Context, forceTLS bool) (*ProbeReport, err
 	case t.slots <- struct{}{}:
 		defer func() { <-t.slots }()
 	case <-ctx.Done():
-		return r, t.classify(ctx.Err(), stageConnect)
+		return r, t.classify(ctx.Err(), relay.StageConnect)
 	}
 	s, err := t.dial(ctx, forceTLS, true)
 	if s != nil {

@@ -118,7 +118,7 @@ func (t *Transport) dial(ctx context.Context, forceTLS, allowTLS bool) (*session
 	d := net.Dialer{Timeout: o.DialTimeout}
 	raw, err := d.DialContext(ctx, "tcp", t.addr)
 	if err != nil {
-		return s, t.classify(err, stageConnect)
+		return s, t.classify(err, relay.StageConnect)
 	}
 	dc := &deadlineConn{Conn: raw, writeTimeout: o.DataTimeout}
 	s.conn = dc
@@ -151,13 +151,13 @@ func (t *Transport) dial(ctx context.Context, forceTLS, allowTLS bool) (*session
 	if o.TLS == TLSStartTLS && allowTLS {
 		ext, err := ehlo(tp, o.HeloName)
 		if err != nil && !isReply(err, 500, 502) { // 500/502: no EHLO, so no STARTTLS (RFC 5321 §4.1.4)
-			return fail(t.classify(err, stageConnect))
+			return fail(t.classify(err, relay.StageConnect))
 		}
 		if _, ok := ext["STARTTLS"]; ok {
 			if _, _, err := command(tp, 220, "STARTTLS"); err != nil {
 				var se *gosmtp.SMTPError
 				if !errors.As(err, &se) {
-					return fail(t.classify(err, stageTLS))
+					return fail(t.classify(err, relay.StageTLS))
 				}
 				s.startTLSErr = fmt.Sprintf("%d %s", se.Code, oneLine(se.Message)) // e.g. 454: go on in plain text
 			} else {
@@ -184,7 +184,7 @@ func (t *Transport) dial(ctx context.Context, forceTLS, allowTLS bool) (*session
 	s.c.CommandTimeout = o.CommandTimeout
 	s.c.SubmissionTimeout = o.FinalReplyTimeout
 	if err := s.c.Hello(o.HeloName); err != nil {
-		return fail(t.classify(err, stageConnect))
+		return fail(t.classify(err, relay.StageConnect))
 	}
 	if ok, mechs := s.c.Extension("AUTH"); ok {
 		s.mechs = strings.Fields(strings.ToUpper(mechs))
@@ -276,7 +276,7 @@ func (t *Transport) tlsFailure(s *session, err error, forceTLS, creds bool) erro
 	}
 	switch {
 	case isTransientNetwork(err):
-		return t.classify(err, stageTLS)
+		return t.classify(err, relay.StageTLS)
 	case forceTLS:
 		return t.tlsRequired(what, err)
 	case creds:
@@ -292,10 +292,10 @@ func (t *Transport) tlsFailure(s *session, err error, forceTLS, creds bool) erro
 func (t *Transport) greetingFailure(err error) error {
 	var se *gosmtp.SMTPError
 	if !errors.As(protoErr(err), &se) {
-		return t.classify(err, stageConnect)
+		return t.classify(err, relay.StageConnect)
 	}
 	if se.Code >= 400 && se.Code < 500 {
-		return t.replyError(se, stageConnect)
+		return t.replyError(se, relay.StageConnect)
 	}
 	return &relay.Error{Code: 451, Enhanced: relay.CodeTempNetwork, Reason: ReasonUpstream,
 		Msg: fmt.Sprintf("upstream %s refused the connection: %d %s", t.o.Name, se.Code, oneLine(se.Message)), Err: se}
@@ -368,11 +368,11 @@ func (t *Transport) authenticate(ctx context.Context, s *session) error {
 func (t *Transport) authFailure(err error) error {
 	var se *gosmtp.SMTPError
 	if errors.As(err, &se) {
-		return t.replyError(se, stageAuth)
+		return t.replyError(se, relay.StageAuth)
 	}
 	var ne net.Error
 	if errors.As(err, &ne) || isTimeout(err) {
-		return t.classify(err, stageAuth)
+		return t.classify(err, relay.StageAuth)
 	}
 	// A SASL-level failure (unexpected challenge): go-smtp has cancelled the exchange with "*".
 	return t.authError("AUTH exchange failed", err)

@@ -159,7 +159,7 @@ func (t *Transport) Deliver(ctx context.Context, m *relay.Message) relay.Result 
 	case t.slots <- struct{}{}:
 		defer func() { <-t.slots }()
 	case <-ctx.Done():
-		failAll(res.Errs, idx, t.classify(ctx.Err(), stageConnect))
+		failAll(res.Errs, idx, t.classify(ctx.Err(), relay.StageConnect))
 		refund()
 		return res
 	}
@@ -253,7 +253,7 @@ func (t *Transport) waitRate(ctx context.Context) (int64, error) {
 		case <-timer.C:
 		case <-ctx.Done():
 			timer.Stop()
-			return 0, t.classify(ctx.Err(), stageConnect)
+			return 0, t.classify(ctx.Err(), relay.StageConnect)
 		}
 	}
 }
@@ -379,91 +379,6 @@ func (t *Transport) drop(s *session, quit bool) {
 	s.c.Close()
 }
 
-// transact runs MAIL, RCPT and DATA for the recipients idx on s. healthy says s can be pooled; stale
-// says a reused session failed before anything was accepted (the caller retries on a new one).
-func (t *Transport) transact(ctx context.Context, s *session, m *relay.Message, body io.Reader, idx []int, res *relay.Result) (reply string, healthy, stale bool) {
-	stop := context.AfterFunc(ctx, func() { s.conn.Close() })
-	defer stop()
-	if s.maxSize > 0 && m.Size > s.maxSize {
-		failAll(res.Errs, idx, &relay.Error{Code: 552, Enhanced: relay.CodeTooBig, Reason: ReasonSize,
-			Msg: fmt.Sprintf("message size %d exceeds the SIZE %d advertised by upstream %s", m.Size, s.maxSize, t.o.Name)})
-		return "", true, false
-	}
-	utf8 := !isASCII(m.MailFrom)
-	for _, i := range idx {
-		utf8 = utf8 || !isASCII(m.Recipients[i])
-	}
-	if utf8 && !s.smtputf8 {
-		// RFC 6531 §3.2: without SMTPUTF8 a non-ASCII address cannot be sent at all.
-		failAll(res.Errs, idx, &relay.Error{Code: 553, Enhanced: "5.6.7", Reason: ReasonUpstream,
-			Msg: fmt.Sprintf("upstream %s does not support SMTPUTF8, needed for a non-ASCII address", t.o.Name)})
-		return "", true, false
-	}
-	s.uses++
-	if s.pipelining {
-		return t.pipeline(s, m, body, idx, utf8, res)
-	}
-
-	if err := s.c.Mail(m.MailFrom, &gosmtp.MailOptions{Size: m.Size, UTF8: utf8}); err != nil {
-		re := t.classify(err, stageMail)
-		failAll(res.Errs, idx, re)
-		t.checkQuota(re)
-		live := isSMTPReply(err) && !isReply(err, 421)
-		return "", live, !live && s.uses > 1
-	}
-	accepted, ok := t.recipients(idx, res, func(i int) error { return s.c.Rcpt(m.Recipients[i], nil) })
-	if !ok {
-		return "", false, false
-	}
-	if len(accepted) == 0 {
-		return "", s.c.Reset() == nil, false
-	}
-	w, err := s.c.Data()
-	if err != nil {
-		re := t.classify(err, stageData)
-		failAll(res.Errs, accepted, re)
-		t.checkQuota(re)
-		if isSMTPReply(err) && !isReply(err, 421) {
-			return "", s.c.Reset() == nil, false
-		}
-		return "", false, false
-	}
-	if re := t.copyBody(s, w, body); re != nil {
-		failAll(res.Errs, accepted, re)
-		return "", false, false
-	}
-	resp, err := w.CloseWithResponse()
-	if err != nil {
-		re := t.classify(err, stageData)
-		failAll(res.Errs, accepted, re)
-		t.checkQuota(re)
-		return "", isSMTPReply(err) && !isReply(err, 421), false
-	}
-	return "250 " + oneLine(resp.StatusText), true, false
-}
-
-// recipients collects the RCPT outcome of each recipient in idx, as reply(i) reports it: accepted
-// ones are returned, refused ones get their own error. A connection failure or 421 ends the session:
-// every recipient of the message then gets that error and ok is false.
-func (t *Transport) recipients(idx []int, res *relay.Result, reply func(i int) error) (accepted []int, ok bool) {
-	for k, i := range idx {
-		err := reply(i)
-		if err == nil {
-			accepted = append(accepted, i)
-			continue
-		}
-		re := t.classify(err, stageRcpt)
-		if !isSMTPReply(err) || isReply(err, 421) {
-			failAll(res.Errs, idx[k:], re)
-			failAll(res.Errs, accepted, re)
-			return nil, false
-		}
-		res.Errs[i] = re
-		t.checkQuota(re)
-	}
-	return accepted, true
-}
-
 // failAll gives every recipient in idx the outcome err (errs is a relay.Result's Errs).
 func failAll(errs []error, idx []int, err error) {
 	for _, i := range idx {
@@ -483,7 +398,7 @@ func (t *Transport) copyBody(s *session, w io.Writer, body io.Reader) *relay.Err
 			return &relay.Error{Code: 451, Enhanced: relay.CodeTempLocal, Reason: ReasonLocal,
 				Msg: "cannot read the queued message", Err: rt.err}
 		}
-		return t.classify(err, stageData)
+		return t.classify(err, relay.StageData)
 	}
 	return nil
 }

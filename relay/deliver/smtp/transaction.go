@@ -1,0 +1,275 @@
+package smtp
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/textproto"
+	"strings"
+	"time"
+
+	"github.com/mailgate/mailgate/relay"
+)
+
+// txState is where a session stands between mail transactions (RFC 5321 §3.3). Only a session at a
+// clean boundary goes back to the pool: a session left with a transaction open would greet the next
+// message's MAIL with "503 nested MAIL command", and that refusal would land on an innocent customer.
+type txState int
+
+const (
+	// txClean: no transaction open; the next MAIL may follow. Reached by the final reply after the
+	// dot (whatever it said), or by RSET answered 250.
+	txClean txState = iota
+	// txOpen: MAIL was sent and the transaction did not end with a final reply (every RCPT refused,
+	// DATA refused, MAIL refused). RSET (RFC 5321 §4.1.1.5) must clean it before reuse.
+	txOpen
+	// txBroken: the connection failed, the server said 421, or replies are out of step: close it.
+	txBroken
+)
+
+// transaction is one mail transaction on a session: MAIL, one RCPT per pending recipient, DATA, the
+// body and its final reply. Pipelined (RFC 2920, when offered) and unpipelined sessions run the same
+// steps over the same protocol layer (the session's textproto.Conn); they differ only in when commands
+// are flushed: all at once, or each before its reply is read. After a refused MAIL a pipelined client
+// still reads the RCPT and DATA replies the server owes it (RFC 2920 §3.1), an unpipelined one sends
+// nothing more. Either way a transaction that did not end with its final reply is closed with RSET
+// before the session is pooled — mox's smtpclient keeps the same single "needs RSET" fact.
+type transaction struct {
+	t   *Transport
+	s   *session
+	tp  *textproto.Conn
+	m   *relay.Message
+	idx []int // the recipients of m this attempt sends to
+	res *relay.Result
+
+	state txState
+	// stale: the session died before the server answered anything (a dead pooled connection); the
+	// caller retries on a fresh one.
+	stale bool
+}
+
+// transact runs one transaction for the recipients idx on s and reports the outcome in res. healthy
+// says s is at a clean boundary and may be pooled; stale says a reused session was dead before the
+// server accepted anything.
+func (t *Transport) transact(ctx context.Context, s *session, m *relay.Message, body io.Reader, idx []int, res *relay.Result) (reply string, healthy, stale bool) {
+	stop := context.AfterFunc(ctx, func() { s.conn.Close() })
+	defer stop()
+	if s.maxSize > 0 && m.Size > s.maxSize {
+		failAll(res.Errs, idx, &relay.Error{Code: 552, Enhanced: relay.CodeTooBig, Reason: ReasonSize,
+			Msg: fmt.Sprintf("message size %d exceeds the SIZE %d advertised by upstream %s", m.Size, s.maxSize, t.o.Name)})
+		return "", true, false
+	}
+	utf8 := !isASCII(m.MailFrom)
+	for _, i := range idx {
+		utf8 = utf8 || !isASCII(m.Recipients[i])
+	}
+	if utf8 && !s.smtputf8 {
+		// RFC 6531 §3.2: without SMTPUTF8 a non-ASCII address cannot be sent at all.
+		failAll(res.Errs, idx, &relay.Error{Code: 553, Enhanced: "5.6.7", Reason: ReasonUpstream,
+			Msg: fmt.Sprintf("upstream %s does not support SMTPUTF8, needed for a non-ASCII address", t.o.Name)})
+		return "", true, false
+	}
+	s.uses++
+	if s.tp == nil {
+		s.tp = textproto.NewConn(s.base)
+	}
+	x := &transaction{t: t, s: s, tp: s.tp, m: m, idx: idx, res: res}
+	reply = x.run(body, utf8)
+	if x.state == txOpen {
+		x.reset()
+	}
+	_ = s.base.SetDeadline(time.Time{})
+	return reply, x.state == txClean, x.stale
+}
+
+// run sends the transaction and returns the final reply on success.
+func (x *transaction) run(body io.Reader, utf8 bool) string {
+	t := x.t
+	pipelined := x.s.pipelining
+	cmds := x.commands(utf8)
+
+	// MAIL (and, pipelined, every RCPT and DATA with it).
+	x.state = txOpen
+	group := cmds[:1]
+	if pipelined {
+		group = cmds
+	}
+	if err := x.send(group...); err != nil {
+		x.broken(x.idx, t.classify(err, relay.StageMail))
+		x.stale = x.s.uses > 1
+		return ""
+	}
+	mailRefused := false
+	if err := x.reply(250); err != nil {
+		if !x.clean(err) {
+			x.broken(x.idx, t.classify(err, relay.StageMail))
+			x.stale = !isSMTPReply(err) && x.s.uses > 1
+			return ""
+		}
+		x.fail(x.idx, t.classify(err, relay.StageMail))
+		if !pipelined {
+			return ""
+		}
+		mailRefused = true // its RCPT and DATA replies are still owed
+	}
+
+	// RCPT, one reply each.
+	var accepted []int
+	for k, i := range x.idx {
+		if !pipelined {
+			if err := x.send(cmds[1+k]); err != nil {
+				x.broken(append(accepted, x.idx[k:]...), t.classify(err, relay.StageRcpt))
+				return ""
+			}
+		}
+		err := x.reply(25)
+		switch {
+		case !x.clean(err):
+			x.broken(append(accepted, x.idx[k:]...), t.classify(err, relay.StageRcpt))
+			return ""
+		case mailRefused:
+		case err == nil:
+			accepted = append(accepted, i)
+		default:
+			x.fail([]int{i}, t.classify(err, relay.StageRcpt))
+		}
+	}
+
+	// DATA.
+	if !pipelined {
+		if len(accepted) == 0 {
+			return ""
+		}
+		if err := x.send("DATA"); err != nil {
+			x.broken(accepted, t.classify(err, relay.StageData))
+			return ""
+		}
+	}
+	if err := x.reply(354); err != nil {
+		if !x.clean(err) {
+			x.broken(accepted, t.classify(err, relay.StageData))
+			return ""
+		}
+		// Expected when no recipient was accepted (RFC 2920 §3.1); else every accepted one fails.
+		x.fail(accepted, t.classify(err, relay.StageData))
+		return ""
+	}
+	if len(accepted) == 0 {
+		// A server that starts DATA without a recipient (or after a refused MAIL) gets an empty
+		// message, which it must refuse; its final reply ends the transaction in step.
+		if err := x.send("."); err != nil {
+			x.broken(nil, nil)
+			return ""
+		}
+		if err := x.reply(250); !x.clean(err) {
+			x.broken(nil, nil)
+			return ""
+		}
+		x.state = txClean
+		return ""
+	}
+	dw := x.tp.DotWriter()
+	if re := t.copyBody(x.s, dw, body); re != nil {
+		x.broken(accepted, re)
+		return ""
+	}
+	if err := dw.Close(); err != nil {
+		x.broken(accepted, t.classify(err, relay.StageData))
+		return ""
+	}
+	code, msg, err := x.finalReply()
+	if !x.clean(err) {
+		x.broken(accepted, t.classify(err, relay.StageData))
+		return ""
+	}
+	x.state = txClean // the final reply ends the transaction, whatever it says (RFC 5321 §4.1.1.4)
+	if err != nil {
+		x.fail(accepted, t.classify(err, relay.StageData))
+		return ""
+	}
+	return fmt.Sprintf("%d %s", code, oneLine(msg))
+}
+
+// commands are the transaction's command lines: MAIL, one RCPT per recipient, DATA.
+func (x *transaction) commands(utf8 bool) []string {
+	var mail strings.Builder
+	fmt.Fprintf(&mail, "MAIL FROM:<%s>", x.m.MailFrom)
+	if x.s.ext8bit {
+		mail.WriteString(" BODY=8BITMIME")
+	}
+	if x.s.extSize && x.m.Size > 0 {
+		fmt.Fprintf(&mail, " SIZE=%d", x.m.Size)
+	}
+	if utf8 {
+		mail.WriteString(" SMTPUTF8")
+	}
+	cmds := make([]string, 0, len(x.idx)+2)
+	cmds = append(cmds, mail.String())
+	for _, i := range x.idx {
+		cmds = append(cmds, "RCPT TO:<"+x.m.Recipients[i]+">")
+	}
+	return append(cmds, "DATA")
+}
+
+// send writes command lines and flushes them as one segment.
+func (x *transaction) send(lines ...string) error {
+	for _, l := range lines {
+		if _, err := x.tp.W.WriteString(l); err != nil {
+			return err
+		}
+		if _, err := x.tp.W.WriteString("\r\n"); err != nil {
+			return err
+		}
+	}
+	return x.tp.W.Flush()
+}
+
+// reply reads one reply within CommandTimeout; a reply of another class than expect is returned as
+// the *gosmtp.SMTPError go-smtp itself would give.
+func (x *transaction) reply(expect int) error {
+	_ = x.s.base.SetReadDeadline(time.Now().Add(x.t.o.CommandTimeout))
+	_, _, err := x.tp.ReadResponse(expect)
+	return protoErr(err)
+}
+
+// finalReply reads the reply after the dot, within FinalReplyTimeout (RFC 5321 §4.5.3.2.6: the server
+// may take minutes to process the message).
+func (x *transaction) finalReply() (int, string, error) {
+	_ = x.s.base.SetReadDeadline(time.Now().Add(x.t.o.FinalReplyTimeout))
+	code, msg, err := x.tp.ReadResponse(250)
+	return code, msg, protoErr(err)
+}
+
+// clean reports whether the session is still in step after err: no error, or a reply other than 421
+// (which announces that the server closes the connection, RFC 5321 §3.8).
+func (x *transaction) clean(err error) bool {
+	return err == nil || (isSMTPReply(err) && !isReply(err, 421))
+}
+
+// fail gives the recipients idx the outcome err and checks it for a quota reply.
+func (x *transaction) fail(idx []int, err *relay.Error) {
+	failAll(x.res.Errs, idx, err)
+	x.t.checkQuota(err)
+}
+
+// broken marks the session unusable and fails idx with err (nil: nothing more to fail).
+func (x *transaction) broken(idx []int, err *relay.Error) {
+	x.state = txBroken
+	if err != nil {
+		x.fail(idx, err)
+	}
+}
+
+// reset sends RSET to close an open transaction; the session is clean only when it is answered 250.
+func (x *transaction) reset() {
+	if err := x.send("RSET"); err != nil {
+		x.state = txBroken
+		return
+	}
+	if err := x.reply(250); err != nil {
+		x.t.o.Logger.Debug("upstream refused RSET; closing the connection", "server", x.t.o.Name, "err", err)
+		x.state = txBroken
+		return
+	}
+	x.state = txClean
+}
