@@ -288,6 +288,19 @@ type NodeSMTPOptions struct {
 	// DisabledCommands, e.g. ["STARTTLS"], hides them; PlainAuth=false hides PLAIN as Exchange does.
 	DisabledCommands []string
 	NoPlain          bool
+	// HidePipelining stops the server advertising PIPELINING (RFC 2920).
+	HidePipelining bool
+	// Rules refuse chosen transactions with exact replies; see NodeRule.
+	Rules []NodeRule
+}
+
+// NodeRule makes the Node server refuse: at "mail" a sender matching Match, at "rcpt" a recipient
+// matching it, at "data" a message whose raw text matches it, with Reply (e.g. "553 5.7.1 Sender
+// address rejected"). The server adds no enhanced code of its own, so each reply is exact.
+type NodeRule struct {
+	At    string `json:"at"`
+	Match string `json:"match"`
+	Reply string `json:"reply"`
 }
 
 // NodeSMTP is a running Node smtp-server.
@@ -319,6 +332,16 @@ func NodeSMTPServer(t testing.TB, o NodeSMTPOptions) *NodeSMTP {
 	}
 	if o.NoPlain {
 		env = append(env, "NO_PLAIN=1")
+	}
+	if o.HidePipelining {
+		env = append(env, "HIDE_PIPELINING=1")
+	}
+	if len(o.Rules) > 0 {
+		rules, err := json.Marshal(o.Rules)
+		if err != nil {
+			t.Fatal(err)
+		}
+		env = append(env, "RULES="+string(rules))
 	}
 	if o.MaxSize > 0 {
 		env = append(env, "SMTP_MAX_SIZE="+strconv.FormatInt(o.MaxSize, 10))

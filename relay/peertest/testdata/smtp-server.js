@@ -3,8 +3,13 @@
 // XOAUTH2_TOKENS (static) or RS256 JWTs verified with the JWKS at JWKS_URL (and OAUTH_ISSUER). A refused
 // XOAUTH2 token gets the 334 JSON challenge, then 535, as Microsoft and Google answer.
 // Each accepted message is one JSON line on stdout and, with SAVE_DIR, a .eml file.
+// The server keeps real transaction state (a second MAIL without RSET gets "503 nested MAIL command"),
+// which is what makes it the peer for testing a client's transaction handling.
 // Env: HOST PORT TLS_KEY TLS_CERT SMTP_USER SMTP_PASS XOAUTH2_TOKENS JWKS_URL OAUTH_ISSUER SMTP_MAX_SIZE
-//      FAIL_RCPT_REGEX (550) TEMPFAIL_RCPT_REGEX (451) DISABLED_COMMANDS NO_PLAIN SAVE_DIR
+//      FAIL_RCPT_REGEX (550) TEMPFAIL_RCPT_REGEX (451) DISABLED_COMMANDS NO_PLAIN SAVE_DIR HIDE_PIPELINING
+//      RULES: a JSON list of {"at": "mail"|"rcpt"|"data", "match": regex, "reply": "553 5.7.1 text"};
+//        mail rules match the sender, rcpt rules the recipient, data rules the raw message. The server
+//        adds no enhanced codes of its own (smtp-server's default), so each rule's reply is exact.
 'use strict';
 const { SMTPServer } = require('smtp-server');
 const fs = require('fs');
@@ -35,6 +40,14 @@ async function verifyJWT(token) {
   return false;
 }
 
+const rules = JSON.parse(env.RULES || '[]');
+// ruled returns the Error of the first rule at stage `at` matching text, or undefined.
+const ruled = (at, text) => {
+  const r = rules.find((x) => x.at === at && new RegExp(x.match).test(text));
+  if (!r) return undefined;
+  return Object.assign(new Error(r.reply.slice(4)), { responseCode: Number(r.reply.slice(0, 3)) });
+};
+
 const methods = ['LOGIN', 'XOAUTH2'];
 if (!env.NO_PLAIN) methods.unshift('PLAIN');
 
@@ -47,6 +60,7 @@ const server = new SMTPServer({
   disabledCommands: (env.DISABLED_COMMANDS || '').split(',').filter(Boolean),
   size: Number(env.SMTP_MAX_SIZE || 36700160),
   banner: 'mailgate test upstream',
+  hidePIPELINING: !!env.HIDE_PIPELINING,
   logger: false,
   onAuth(auth, session, cb) {
     if (auth.method === 'XOAUTH2') {
@@ -60,10 +74,13 @@ const server = new SMTPServer({
     }
     return cb(new Error('Invalid username or password'));
   },
+  onMailFrom(addr, session, cb) {
+    cb(ruled('mail', addr.address));
+  },
   onRcptTo(addr, session, cb) {
     const rule = (code, re) => re && new RegExp(re).test(addr.address)
       && Object.assign(new Error(code + ' refused by test rule'), { responseCode: code });
-    cb(rule(550, env.FAIL_RCPT_REGEX) || rule(451, env.TEMPFAIL_RCPT_REGEX) || undefined);
+    cb(ruled('rcpt', addr.address) || rule(550, env.FAIL_RCPT_REGEX) || rule(451, env.TEMPFAIL_RCPT_REGEX) || undefined);
   },
   onData(stream, session, cb) {
     const chunks = [];
@@ -73,6 +90,8 @@ const server = new SMTPServer({
         return cb(Object.assign(new Error('552 message exceeds fixed maximum size'), { responseCode: 552 }));
       }
       const raw = Buffer.concat(chunks);
+      const refused = ruled('data', raw.toString('latin1'));
+      if (refused) return cb(refused);
       const m = /^Subject: (.*)$/im.exec(raw.toString('latin1'));
       const rec = {
         event: 'accepted', id: session.id,

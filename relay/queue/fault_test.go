@@ -1,0 +1,278 @@
+package queue_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mailgate/mailgate/relay"
+	"github.com/mailgate/mailgate/relay/deliver/smtp"
+	"github.com/mailgate/mailgate/relay/peertest"
+	"github.com/mailgate/mailgate/relay/queue"
+	"github.com/mailgate/mailgate/relay/store"
+)
+
+// The failure-semantics scenarios of DESIGN §4 ("Whose fault, and what follows") against a peer that
+// keeps SMTP transaction state: the real queue, the real SMTP transport (one pooled connection, so the
+// next message rides the session the failure left behind), the real SQLite store, and Node's
+// smtp-server with per-address rules. After each scenario an innocent customer, sent next on the same
+// connection, must be delivered and never suppressed; only an address fault suppresses.
+
+const ticket = "123456"
+
+var nodeRules = []peertest.NodeRule{
+	{At: "mail", Match: "^blocked-sender@", Reply: "553 5.7.1 Sender address rejected: not owned by user"},
+	{At: "rcpt", Match: "^nosuchuser@", Reply: "550 5.1.1 Recipient address rejected: User unknown"},
+	{At: "rcpt", Match: "^disabled@", Reply: "550 5.2.1 Mailbox disabled"},
+	{At: "rcpt", Match: "^busy@", Reply: "451 4.3.0 Try again later"},
+	{At: "rcpt", Match: "^elsewhere@", Reply: "554 5.7.1 Relay access denied"},
+	{At: "data", Match: "X-Test-Spam: yes", Reply: "554 5.7.1 Message rejected as spam"},
+	{At: "data", Match: "X-Test-Size: big", Reply: "552 5.3.4 Message size exceeds fixed limit"},
+}
+
+// outcome is what a scenario's first message must come to.
+type outcome int
+
+const (
+	bounced         outcome = iota // bounced, not suppressed
+	bouncedSuppress                // bounced and suppressed
+	deferred                       // still queued, not bounced
+)
+
+type scenario struct {
+	name    string
+	from    string
+	rcpt    string
+	headers string
+	want    outcome
+}
+
+var scenarios = []scenario{
+	{name: "rcpt 550 5.1.1", rcpt: "nosuchuser@example.net", want: bouncedSuppress},
+	{name: "rcpt 550 5.2.1 disabled", rcpt: "disabled@example.net", want: bouncedSuppress},
+	{name: "rcpt 451", rcpt: "busy@example.net", want: deferred},
+	{name: "rcpt 554 5.7.1 relay denied", rcpt: "elsewhere@example.net", want: deferred},
+	{name: "mail 553 5.7.1 sender refused", from: "blocked-sender@example.com", rcpt: "customer@example.net", want: deferred},
+	{name: "data 554 5.7.1 spam", rcpt: "customer@example.net", headers: "X-Test-Spam: yes\r\n", want: bounced},
+	{name: "data 552 5.3.4 size", rcpt: "customer@example.net", headers: "X-Test-Size: big\r\n", want: bounced},
+}
+
+func TestFailureSemanticsNodePipelining(t *testing.T)   { runScenarios(t, false) }
+func TestFailureSemanticsNodeUnpipelined(t *testing.T) { runScenarios(t, true) }
+
+func runScenarios(t *testing.T, hidePipelining bool) {
+	peer := peertest.NodeSMTPServer(t, peertest.NodeSMTPOptions{Rules: nodeRules, HidePipelining: hidePipelining})
+	for _, sc := range scenarios {
+		t.Run(sc.name, func(t *testing.T) {
+			r := newRig(t, peer)
+			first := r.enqueue(t, sc.from, sc.rcpt, sc.headers)
+			r.waitAttempted(t, first)
+			innocent := r.innocent()
+			second := r.enqueue(t, "", innocent, "")
+			r.waitGone(t, second)
+			r.assertDelivered(t, second, innocent)
+			r.assertNotSuppressed(t, innocent)
+
+			switch sc.want {
+			case deferred:
+				e, ok := r.q.Get(first)
+				if !ok || len(e.Pending()) != 1 {
+					t.Fatalf("first message: queued=%v %+v, want deferred", ok, e)
+				}
+				if bs := r.bounces(t, sc.rcpt); len(bs) != 0 {
+					t.Fatalf("bounced for a fault that is not the address's or the message's: %+v", bs)
+				}
+				// "queue retry" of the deferred message rides the pooled session too: the next innocent
+				// message after it must still be delivered.
+				if err := r.q.RetryNow(first); err != nil {
+					t.Fatal(err)
+				}
+				r.waitAttempts(t, first, 2)
+				again := r.innocent()
+				third := r.enqueue(t, "", again, "")
+				r.waitGone(t, third)
+				r.assertDelivered(t, third, again)
+			case bounced, bouncedSuppress:
+				r.waitGone(t, first)
+				bs := r.bounces(t, sc.rcpt)
+				if len(bs) != 1 || bs[0].Suppressed != (sc.want == bouncedSuppress) {
+					t.Fatalf("bounce records %+v, want one with suppressed=%v", bs, sc.want == bouncedSuppress)
+				}
+			}
+			_, suppressed, err := r.st.Suppressed(context.Background(), sc.rcpt)
+			if err != nil || suppressed != (sc.want == bouncedSuppress) {
+				t.Fatalf("%s suppressed=%v (%v), want %v", sc.rcpt, suppressed, err, sc.want == bouncedSuppress)
+			}
+			r.assertNotSuppressed(t, innocent)
+		})
+	}
+}
+
+// TestSetupFaultExpiresWithoutSuppression: mail that waits on the relay refusing mailgate's envelope
+// sender bounces 5.4.7 when its lifetime ends, and the address is not suppressed: a long outage of
+// mailgate's own setup must not blacklist the queued customers.
+func TestSetupFaultExpiresWithoutSuppression(t *testing.T) {
+	peer := peertest.NodeSMTPServer(t, peertest.NodeSMTPOptions{Rules: nodeRules})
+	r := newRig(t, peer, func(o *queue.Options) { o.MaxLifetime = 300 * time.Millisecond })
+	id := r.enqueue(t, "blocked-sender@example.com", "customer@example.net", "")
+	r.waitGone(t, id)
+	bs := r.bounces(t, "customer@example.net")
+	if len(bs) != 1 || bs[0].Enhanced != relay.CodeExpired || bs[0].Suppressed || bs[0].Fault != relay.FaultSetup {
+		t.Fatalf("bounces %+v, want one 5.4.7 setup bounce without suppression", bs)
+	}
+	r.assertNotSuppressed(t, "customer@example.net")
+	if a := r.q.Alerts(); len(a) != 1 || a[0].Fault != relay.FaultSetup || !strings.Contains(a[0].Msg, "553") {
+		t.Fatalf("alerts %+v, want the setup fault raised", a)
+	}
+}
+
+// rig is a queue delivering through the real SMTP transport to the Node peer, with the real store.
+type rig struct {
+	q         *queue.Queue
+	st        *store.Store
+	peer      *peertest.NodeSMTP
+	innocents int
+}
+
+// innocent is a new customer address no other message of the test went to.
+func (r *rig) innocent() string {
+	r.innocents++
+	return fmt.Sprintf("innocent-%d-%d@example.net", time.Now().UnixNano(), r.innocents)
+}
+
+func newRig(t *testing.T, peer *peertest.NodeSMTP, tweaks ...func(*queue.Options)) *rig {
+	t.Helper()
+	host, portStr, _ := net.SplitHostPort(peer.Addr)
+	port, _ := strconv.Atoi(portStr)
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if testing.Verbose() {
+		logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	tr, err := smtp.New(smtp.Options{Name: "upstream", Host: host, Port: port, RootCAs: peer.Cert.Pool,
+		Auth: smtp.AuthLogin, Username: "user", Password: "pass", MaxConnections: 1, Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	st, err := store.Open(filepath.Join(t.TempDir(), "mailgate.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	o := queue.Options{
+		Dir: t.TempDir(), Transports: queue.TransportMap{"upstream": tr}, Bounces: st, Logger: logger,
+		Workers: 1, Retry: queue.Backoff{Schedule: []time.Duration{time.Hour}, Jitter: -1},
+	}
+	for _, tw := range tweaks {
+		tw(&o)
+	}
+	if o.MaxLifetime > 0 {
+		o.Retry.Schedule = []time.Duration{50 * time.Millisecond}
+	}
+	q, err := queue.New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- q.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		q.Close()
+	})
+	return &rig{q: q, st: st, peer: peer}
+}
+
+func (r *rig) enqueue(t *testing.T, from, rcpt, headers string) string {
+	t.Helper()
+	if from == "" {
+		from = "support@example.com"
+	}
+	d, err := r.q.Create()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(d, "From: Support <support@example.com>\r\nTo: <%s>\r\nSubject: Your order [#%s]\r\n%s\r\nHello.\r\n", rcpt, ticket, headers)
+	id, err := d.Commit(context.Background(), relay.Envelope{Channel: "Support", Transport: "upstream", MailFrom: from,
+		Recipients: []string{rcpt}, MessageID: "m@example.com", Ticket: ticket, Received: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func (r *rig) waitAttempted(t *testing.T, id string) { r.waitAttempts(t, id, 1) }
+
+// waitAttempts waits until the entry has had n attempts or is gone.
+func (r *rig) waitAttempts(t *testing.T, id string, n int) {
+	t.Helper()
+	waitUntil(t, fmt.Sprintf("%d attempt(s) of %s", n, id), func() bool {
+		e, ok := r.q.Get(id)
+		return !ok || e.Attempts >= n
+	})
+}
+
+func (r *rig) waitGone(t *testing.T, id string) {
+	t.Helper()
+	waitUntil(t, "message "+id+" finished", func() bool {
+		_, ok := r.q.Get(id)
+		return !ok
+	})
+}
+
+// assertDelivered checks that the upstream accepted a message for rcpt after id left the queue
+// undelivered to nobody: the queue has it gone and no bounce names it.
+func (r *rig) assertDelivered(t *testing.T, id, rcpt string) {
+	t.Helper()
+	if bs, _ := r.st.Bounces(context.Background(), store.BounceFilter{Address: rcpt}); len(bs) != 0 {
+		t.Fatalf("innocent %s bounced: %+v", rcpt, bs)
+	}
+	for _, a := range r.peer.Accepted(t) {
+		if to, _ := a["to"].([]any); len(to) == 1 && to[0] == rcpt {
+			return
+		}
+	}
+	t.Fatalf("the upstream never accepted the message %s for %s", id, rcpt)
+}
+
+func (r *rig) assertNotSuppressed(t *testing.T, addr string) {
+	t.Helper()
+	if reason, ok, err := r.st.Suppressed(context.Background(), addr); ok || err != nil {
+		t.Fatalf("%s is suppressed (%q, %v)", addr, reason, err)
+	}
+}
+
+func (r *rig) bounces(t *testing.T, addr string) []relay.Bounce {
+	t.Helper()
+	bs, err := r.st.Bounces(context.Background(), store.BounceFilter{Address: addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bs
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
