@@ -64,7 +64,7 @@ var scenarios = []scenario{
 	{name: "data 552 5.3.4 size", rcpt: "customer@example.net", headers: "X-Test-Size: big\r\n", want: bounced},
 }
 
-func TestFailureSemanticsNodePipelining(t *testing.T)   { runScenarios(t, false) }
+func TestFailureSemanticsNodePipelining(t *testing.T)  { runScenarios(t, false) }
 func TestFailureSemanticsNodeUnpipelined(t *testing.T) { runScenarios(t, true) }
 
 func runScenarios(t *testing.T, hidePipelining bool) {
