@@ -90,6 +90,7 @@ type daemon struct {
 	spoolDir string
 	mu       sync.Mutex // serializes reloads
 	cfg      *config.Config
+	gen      *generation // the running generation, replaced on reload
 }
 
 func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error {
@@ -117,6 +118,8 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error
 	d.transports = &transportSet{}
 	d.transports.swap(gen.transports)
 	defer d.transports.close()
+	d.gen = gen
+	defer func() { d.gen.close() }()
 
 	q, err := queue.New(queue.Options{
 		Dir: cfg.Spool.Dir, Transports: d.transports, Bounces: st, DeliveryLog: st,
@@ -250,6 +253,8 @@ func (d *daemon) reload(ctx context.Context) {
 			d.submit.SetRules(gen.rules)
 			old := d.transports.swap(gen.transports)
 			d.admin.SetChecks(d.checks(gen))
+			d.gen.close()
+			d.gen = gen
 			go func() { time.Sleep(time.Minute); closeTransports(old) }() // let attempts in flight finish
 			if fixed := fixedChanges(d.cfg, cfg); fixed != "" {
 				d.log.Warn("reload: these settings need a restart and were not changed", "settings", fixed)

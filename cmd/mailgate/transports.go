@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/credentials"
 
@@ -71,6 +72,18 @@ type generation struct {
 	checks     map[string]admin.Check
 	oauth      map[string]*oauth.Source
 	ses        *ses.Transport
+	stop       context.CancelFunc // ends the generation's background work (SES policy re-checks)
+}
+
+// sesRecheck is how often the SES account and the Force TLS channels' policies are read again, so a
+// configuration set switched to OPTIONAL in the console holds Force TLS mail within this long.
+const sesRecheck = 5 * time.Minute
+
+// close stops the generation's background work; its transports are closed by whoever swapped them out.
+func (g *generation) close() {
+	if g.stop != nil {
+		g.stop()
+	}
 }
 
 // build makes a generation from cfg. Secrets are decrypted here, once; an error leaves nothing running.
@@ -87,7 +100,8 @@ func (d *daemon) build(ctx context.Context, cfg *config.Config) (*generation, er
 	if err != nil {
 		return nil, err
 	}
-	g := &generation{transports: map[string]relay.Transport{}, checks: map[string]admin.Check{}, oauth: map[string]*oauth.Source{}}
+	g := &generation{transports: map[string]relay.Transport{}, checks: map[string]admin.Check{}, oauth: map[string]*oauth.Source{},
+		stop: func() {}}
 	if cfg.Outbox != nil {
 		g.transports[config.TransportOutbox] = &outbox.Outbox{Dir: cfg.Outbox.Dir}
 	}
@@ -129,6 +143,9 @@ func (d *daemon) build(ctx context.Context, cfg *config.Config) (*generation, er
 		}
 		g.transports[config.TransportSES] = t
 		g.ses = t
+		watch, stop := context.WithCancel(context.WithoutCancel(ctx))
+		go t.Watch(watch, sesRecheck)
+		g.stop = stop
 		g.checks["ses"] = func(context.Context) error {
 			if ps := t.Problems(); len(ps) > 0 {
 				msgs := make([]string, len(ps))
@@ -245,6 +262,18 @@ func (d *daemon) checks(g *generation) map[string]admin.Check {
 		"store": func(ctx context.Context) error {
 			_, _, err := d.store.Suppressed(ctx, "readiness-check@invalid")
 			return err
+		},
+		// Setup and Force TLS faults the queue has seen: mail waiting (or bounced) on an operator.
+		"delivery": func(context.Context) error {
+			alerts := d.queue.Alerts()
+			if len(alerts) == 0 {
+				return nil
+			}
+			msgs := make([]string, len(alerts))
+			for i, a := range alerts {
+				msgs[i] = a.String()
+			}
+			return errors.New(strings.Join(msgs, "; "))
 		},
 	}
 	for k, v := range g.checks {

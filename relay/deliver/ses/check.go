@@ -113,7 +113,16 @@ func (t *Transport) checkTLSPolicy(ctx context.Context, name string, ch Channel,
 		}
 		t.log.Warn("ses configuration set not checked", "channel", name, "configuration_set", ch.ConfigurationSet,
 			"reason", rerr.Reason, "err", err)
-		return Problem{}, true
+		t.mu.Lock()
+		require, known := t.policies[ch.ConfigurationSet]
+		t.mu.Unlock()
+		if known && require {
+			return Problem{}, true // confirmed before; a failed re-check does not un-confirm it
+		}
+		// Fail closed: a policy mailgate could not read is not a policy it may rely on.
+		return Problem{Channel: name, Reason: "tls_policy", Since: now,
+			Msg: fmt.Sprintf("the TLS policy of configuration set %q could not be confirmed (%s); Force TLS mail waits until SES answers",
+				ch.ConfigurationSet, rerr.Msg)}, false
 	}
 	var policy types.TlsPolicy
 	if out.DeliveryOptions != nil {
@@ -137,6 +146,34 @@ func (t *Transport) setPolicy(set string, require bool) {
 	t.mu.Lock()
 	t.policies[set] = require
 	t.mu.Unlock()
+}
+
+// Watch re-runs Check every interval until ctx ends, and soon after Deliver found a Force TLS channel
+// whose policy is not confirmed (at most once per minRecheck): a configuration set changed to
+// OPTIONAL in the console stops Force TLS mail within one interval, and mail held because SES was
+// unreachable at start goes once SES answers, without a reload.
+func (t *Transport) Watch(ctx context.Context, interval time.Duration) {
+	const minRecheck = 30 * time.Second
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	var last time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		case <-t.recheck:
+			if wait := minRecheck - time.Since(last); wait > 0 {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(wait):
+				}
+			}
+		}
+		last = time.Now()
+		t.Check(ctx)
+	}
 }
 
 // Problems returns what the last Check found plus the live alerts raised by SES answers since
@@ -175,6 +212,8 @@ func (t *Transport) noteAlert(channel string, rerr *relay.Error) {
 		k, msg = alertKey{channel, rerr.Reason}, "SES sending is paused; mail is deferred: "+rerr.Msg
 	case ReasonNotFound:
 		k, msg = alertKey{channel, rerr.Reason}, "SES does not know this channel's configuration set; mail is deferred: "+rerr.Msg
+	case ReasonIdentity, ReasonMailFrom:
+		k, msg = alertKey{channel, rerr.Reason}, "SES refuses this channel's sending identity; verify it (or leave the sandbox); mail is deferred: "+rerr.Msg
 	default:
 		return
 	}

@@ -18,6 +18,7 @@ const (
 	codeNotAccepting relay.EnhancedCode = "4.3.2"  // X.3.2 system not accepting network messages: paused, suspended
 	codeUpstream     relay.EnhancedCode = "4.4.0"  // X.4.0 other network or routing status: SES 5xx
 	codeTLSPolicy    relay.EnhancedCode = "4.7.10" // X.7.10 encryption needed (RFC 5248), deferred
+	codeIdentity     relay.EnhancedCode = "4.7.1"  // X.7.1 delivery not authorized: the sending identity
 )
 
 // Reasons (relay.Error.Reason) this transport produces: short fixed words for metrics and logs.
@@ -28,6 +29,7 @@ const (
 	ReasonUnavailable      = "ses_unavailable"
 	ReasonRejected         = "ses_rejected"
 	ReasonMailFrom         = "ses_mail_from_not_verified"
+	ReasonIdentity         = "ses_identity_not_verified"
 	ReasonBadRequest       = "ses_bad_request"
 	ReasonAuth             = "upstream_auth"
 	ReasonNotFound         = "ses_not_found"
@@ -40,29 +42,34 @@ const (
 // maxDiagnostic bounds the SES text kept in an error and a bounce record.
 const maxDiagnostic = 300
 
-// classify maps an error from SendEmail to a *relay.Error. It is the SES error table:
+// classify maps an error from SendEmail to a *relay.Error. SES answers are not SMTP replies, so each
+// one states its relay.Fault (DESIGN §4) explicitly; relay.Classify then honours it. The SES table:
 //
-//	throttling, TooManyRequests, LimitExceeded, HTTP 429  → 451 4.4.5 (retried by the queue)
-//	SendingPaused                                         → 451 4.3.2 (retried; alert)
-//	AccountSuspended                                      → 451 4.3.2 (deferred, never bounced; alert)
-//	any HTTP 5xx (InternalServiceError, 503, ...)         → 451 4.4.0
-//	MessageRejected                                       → 554 5.7.1 bounce, SES text as diagnostic
-//	MailFromDomainNotVerified                             → 550 5.7.1 bounce
-//	BadRequest                                            → 554 5.6.0 bounce
-//	HTTP 413 (request too large)                          → 552 5.3.4 bounce
-//	403 / signature / token errors, no credentials        → 451 4.7.0 (deferred; alert: credentials)
-//	NotFound (e.g. configuration set)                     → 451 4.3.0 (deferred; alert: configuration)
-//	anything else, network errors, timeouts               → 451 (retried)
+//	throttling, TooManyRequests, LimitExceeded, HTTP 429  → 451 4.4.5 temporary (retried by the queue)
+//	any HTTP 5xx (InternalServiceError, 503, ...)         → 451 4.4.0 temporary
+//	SendingPaused                                         → 451 4.3.2 setup (deferred; alert)
+//	AccountSuspended                                      → 451 4.3.2 setup (deferred, never bounced; alert)
+//	MessageRejected: identity/address "not verified",
+//	  not authorized, sandbox                             → 451 4.7.1 setup (deferred; alert)
+//	MessageRejected, any other text (content, virus)      → 554 5.7.1 message (bounce, not suppressed)
+//	MailFromDomainNotVerified                             → 451 4.7.1 setup (deferred; alert)
+//	BadRequest                                            → 554 5.6.0 message (bounce, not suppressed)
+//	HTTP 413 (request too large)                          → 552 5.3.4 message (bounce, not suppressed)
+//	403 / signature / token errors, no credentials        → 451 4.7.0 setup (deferred; alert: credentials)
+//	NotFound (e.g. configuration set)                     → 451 4.3.0 setup (deferred; alert: configuration)
+//	anything else, network errors, timeouts               → 451 temporary (retried)
 //
-// Unknown answers are temporary: a late bounce after the queue lifetime is better than losing a
-// customer's mail to an answer mailgate did not understand.
+// SES never refuses a recipient at send time for being a bad address: an address fault only ever comes
+// back as a bounce event (the events package), which is the one SES source of suppression. Unknown
+// answers are temporary: a late bounce after the queue lifetime is better than losing a customer's mail
+// to an answer mailgate did not understand.
 func classify(err error) *relay.Error {
 	if re, ok := relay.AsError(err); ok {
 		return re
 	}
 	var credErr *credentialsError
 	if errors.As(err, &credErr) {
-		return relay.Wrap(err, 451, relay.CodeTempAuth, ReasonAuth, "no usable AWS credentials for SES")
+		return setup(relay.Wrap(err, 451, relay.CodeTempAuth, ReasonAuth, "no usable AWS credentials for SES"))
 	}
 	status := httpStatus(err)
 	var apiErr smithy.APIError
@@ -96,27 +103,52 @@ func classify(err error) *relay.Error {
 	)
 	switch {
 	case errors.As(err, &suspended) || code == "AccountSuspendedException":
-		return relay.Wrap(err, 451, codeNotAccepting, ReasonAccountSuspended, diag)
+		return setup(relay.Wrap(err, 451, codeNotAccepting, ReasonAccountSuspended, diag))
 	case errors.As(err, &paused) || code == "SendingPausedException":
-		return relay.Wrap(err, 451, codeNotAccepting, ReasonSendingPaused, diag)
+		return setup(relay.Wrap(err, 451, codeNotAccepting, ReasonSendingPaused, diag))
 	case errors.As(err, &tooMany), errors.As(err, &limit), status == 429, isThrottleCode(code):
 		return relay.Wrap(err, 451, codeCongestion, ReasonThrottled, diag)
 	case status == 413:
-		return relay.Wrap(err, 552, relay.CodeTooBig, ReasonSize, diag)
+		return message(relay.Wrap(err, 552, relay.CodeTooBig, ReasonSize, diag))
 	case status >= 500:
 		return relay.Wrap(err, 451, codeUpstream, ReasonUnavailable, diag)
+	case (errors.As(err, &rejected) || code == "MessageRejected") && identityProblem(apiErr.ErrorMessage()):
+		return setup(relay.Wrap(err, 451, codeIdentity, ReasonIdentity, diag))
 	case errors.As(err, &rejected) || code == "MessageRejected":
-		return relay.Wrap(err, 554, relay.CodePolicy, ReasonRejected, diag)
+		return message(relay.Wrap(err, 554, relay.CodePolicy, ReasonRejected, diag))
 	case errors.As(err, &mailFrom) || code == "MailFromDomainNotVerifiedException":
-		return relay.Wrap(err, 550, relay.CodePolicy, ReasonMailFrom, diag)
+		return setup(relay.Wrap(err, 451, codeIdentity, ReasonMailFrom, diag))
 	case errors.As(err, &badReq) || code == "BadRequestException":
-		return relay.Wrap(err, 554, relay.CodeMalformed, ReasonBadRequest, diag)
+		return message(relay.Wrap(err, 554, relay.CodeMalformed, ReasonBadRequest, diag))
 	case status == 401 || status == 403 || isAuthCode(code):
-		return relay.Wrap(err, 451, relay.CodeTempAuth, ReasonAuth, diag)
+		return setup(relay.Wrap(err, 451, relay.CodeTempAuth, ReasonAuth, diag))
 	case errors.As(err, &notFound) || code == "NotFoundException":
-		return relay.Wrap(err, 451, relay.CodeTempLocal, ReasonNotFound, diag)
+		return setup(relay.Wrap(err, 451, relay.CodeTempLocal, ReasonNotFound, diag))
 	}
 	return relay.Wrap(err, 451, relay.CodeTempLocal, ReasonError, diag)
+}
+
+func setup(re *relay.Error) *relay.Error {
+	re.Fault = relay.FaultSetup
+	return re
+}
+
+func message(re *relay.Error) *relay.Error {
+	re.Fault = relay.FaultMessage
+	return re
+}
+
+// identityProblem recognises a MessageRejected that is about the account, not the message: "Email
+// address is not verified. The following identities failed the check ..." (an unverified sender, or
+// any recipient while the account is in the sandbox), "not authorized to send from".
+func identityProblem(msg string) bool {
+	m := strings.ToLower(msg)
+	for _, s := range []string{"not verified", "not authorized", "sandbox", "identit"} {
+		if strings.Contains(m, s) {
+			return true
+		}
+	}
+	return false
 }
 
 func isThrottleCode(code string) bool {

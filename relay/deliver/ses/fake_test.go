@@ -44,7 +44,7 @@ type fakeSES struct {
 	mu       sync.Mutex
 	sends    []sendRequest
 	answer   func(n int, req sendRequest) sesAnswer // n counts SendEmail calls from 1
-	policies map[string]string                      // configuration set → TLS policy ("" = absent)
+	policies map[string]string                      // configuration set → TLS policy ("" = absent, "UNAVAILABLE" = HTTP 503)
 	account  string                                 // GetAccount JSON; "" = BadRequest like the emulator
 }
 
@@ -89,6 +89,10 @@ func newFakeSES(t testing.TB) *fakeSES {
 		f.mu.Unlock()
 		if !ok {
 			writeSESError(w, sesAnswer{Status: 404, ErrorType: "NotFoundException", Message: "Configuration set <" + name + "> does not exist."})
+			return
+		}
+		if policy == "UNAVAILABLE" {
+			writeSESError(w, sesAnswer{Status: 503, Message: "Service Unavailable"})
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")

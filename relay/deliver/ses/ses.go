@@ -114,6 +114,7 @@ type Transport struct {
 	checked  []Problem            // found by the last Check
 	alerts   map[alertKey]Problem // live alerts raised by SES answers, cleared by a successful send
 	policies map[string]bool      // configuration set → TLS policy confirmed REQUIRE (false = mismatch)
+	recheck  chan struct{}        // Deliver asks Watch for an early Check (buffered 1)
 }
 
 // New builds a Transport. Unless opts.Client is set it loads the AWS configuration (region, credentials)
@@ -150,6 +151,7 @@ func New(ctx context.Context, opts Options) (*Transport, error) {
 		now:      now,
 		alerts:   map[alertKey]Problem{},
 		policies: map[string]bool{},
+		recheck:  make(chan struct{}, 1),
 	}
 	if opts.MaxSendRate > 0 {
 		t.bucket = newBucket(opts.MaxSendRate)
@@ -252,23 +254,32 @@ func (t *Transport) Deliver(ctx context.Context, m *relay.Message) relay.Result 
 	return res
 }
 
-// tlsGuard refuses to hand a Force TLS message to SES when SES has not been told to require TLS for it.
-// Both cases are operator configuration errors, so the message is deferred (and the operator alerted
-// through Problems) rather than bounced.
+// tlsGuard refuses to hand a Force TLS message to SES unless SES was confirmed to require TLS for it: a
+// policy that is OPTIONAL, or that could not be read (SES unreachable at start), holds the message
+// (fail closed). These are operator or account problems, so the message is deferred as a setup fault
+// (the operator alerted through Problems and the queue's alert), never bounced.
 func (t *Transport) tlsGuard(m *relay.Message, ch Channel) error {
 	if !m.ForceTLS && !ch.ForceTLS {
 		return nil
 	}
 	if ch.ConfigurationSet == "" {
-		return relay.Errorf(451, codeTLSPolicy, "tls_policy",
-			"SES channel %q requires TLS but has no configuration set", m.Channel)
+		return setup(relay.Errorf(451, codeTLSPolicy, "tls_policy",
+			"SES channel %q requires TLS but has no configuration set", m.Channel))
 	}
 	t.mu.Lock()
-	ok, known := t.policies[ch.ConfigurationSet]
+	require, known := t.policies[ch.ConfigurationSet]
 	t.mu.Unlock()
-	if known && !ok {
-		return relay.Errorf(451, codeTLSPolicy, "tls_policy",
-			"SES configuration set %q does not require TLS", ch.ConfigurationSet)
+	switch {
+	case !known:
+		select {
+		case t.recheck <- struct{}{}:
+		default:
+		}
+		return setup(relay.Errorf(451, codeTLSPolicy, "tls_policy",
+			"the TLS policy of SES configuration set %q is not confirmed yet; Force TLS mail waits", ch.ConfigurationSet))
+	case !require:
+		return setup(relay.Errorf(451, codeTLSPolicy, "tls_policy",
+			"SES configuration set %q does not require TLS", ch.ConfigurationSet))
 	}
 	return nil
 }

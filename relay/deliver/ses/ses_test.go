@@ -15,7 +15,8 @@ import (
 )
 
 // TestErrorTable drives every row of the SES error table through the real SDK against a server that
-// answers in SES's own error shapes.
+// answers in SES's own error shapes, and through relay.Classify: whose fault each answer is (DESIGN §4).
+// No SES answer at send time is the address's fault (that comes only as a bounce event).
 func TestErrorTable(t *testing.T) {
 	rows := []struct {
 		name      string
@@ -23,24 +24,26 @@ func TestErrorTable(t *testing.T) {
 		code      int
 		enhanced  relay.EnhancedCode
 		reason    string
-		permanent bool
+		fault     relay.Fault
 		alert     bool
 	}{
-		{"Throttling", sesAnswer{400, "ThrottlingException", "Maximum sending rate exceeded.", ""}, 451, "4.4.5", ReasonThrottled, false, false},
-		{"TooManyRequests", sesAnswer{429, "TooManyRequestsException", "Too many requests.", ""}, 451, "4.4.5", ReasonThrottled, false, false},
-		{"LimitExceeded", sesAnswer{400, "LimitExceededException", "Daily message quota exceeded.", ""}, 451, "4.4.5", ReasonThrottled, false, false},
-		{"SendingPaused", sesAnswer{400, "SendingPausedException", "Sending is paused for this account.", ""}, 451, "4.3.2", ReasonSendingPaused, false, true},
-		{"InternalServiceError", sesAnswer{500, "InternalServiceErrorException", "Internal failure.", ""}, 451, "4.4.0", ReasonUnavailable, false, false},
-		{"ServiceUnavailable503", sesAnswer{503, "", "Service Unavailable", ""}, 451, "4.4.0", ReasonUnavailable, false, false},
-		{"BadGateway502HTML", sesAnswer{502, "", "", "<html>502 Bad Gateway</html>"}, 451, "4.4.0", ReasonUnavailable, false, false},
-		{"MessageRejected", sesAnswer{400, "MessageRejected", "Email address is not verified. The following identities failed the check in region EU-WEST-1: support@example.com", ""}, 554, relay.CodePolicy, ReasonRejected, true, false},
-		{"MailFromDomainNotVerified", sesAnswer{400, "MailFromDomainNotVerifiedException", "MAIL FROM domain mail.example.com is not verified.", ""}, 550, relay.CodePolicy, ReasonMailFrom, true, false},
-		{"BadRequest", sesAnswer{400, "BadRequestException", "Illegal address", ""}, 554, relay.CodeMalformed, ReasonBadRequest, true, false},
-		{"AccountSuspended", sesAnswer{400, "AccountSuspendedException", "Your account has been suspended.", ""}, 451, "4.3.2", ReasonAccountSuspended, false, true},
-		{"RequestTooLarge413", sesAnswer{413, "", "", "<html><head><title>413 Request Entity Too Large</title></head></html>"}, 552, relay.CodeTooBig, ReasonSize, true, false},
-		{"AccessDenied", sesAnswer{403, "AccessDeniedException", "User is not authorized to perform ses:SendEmail", ""}, 451, relay.CodeTempAuth, ReasonAuth, false, true},
-		{"ConfigurationSetNotFound", sesAnswer{404, "NotFoundException", "Configuration set <cs> does not exist.", ""}, 451, relay.CodeTempLocal, ReasonNotFound, false, true},
-		{"UnknownError", sesAnswer{400, "SomethingNewException", "something new", ""}, 451, relay.CodeTempLocal, ReasonError, false, false},
+		{"Throttling", sesAnswer{400, "ThrottlingException", "Maximum sending rate exceeded.", ""}, 451, "4.4.5", ReasonThrottled, relay.FaultTemporary, false},
+		{"TooManyRequests", sesAnswer{429, "TooManyRequestsException", "Too many requests.", ""}, 451, "4.4.5", ReasonThrottled, relay.FaultTemporary, false},
+		{"LimitExceeded", sesAnswer{400, "LimitExceededException", "Daily message quota exceeded.", ""}, 451, "4.4.5", ReasonThrottled, relay.FaultTemporary, false},
+		{"SendingPaused", sesAnswer{400, "SendingPausedException", "Sending is paused for this account.", ""}, 451, "4.3.2", ReasonSendingPaused, relay.FaultSetup, true},
+		{"InternalServiceError", sesAnswer{500, "InternalServiceErrorException", "Internal failure.", ""}, 451, "4.4.0", ReasonUnavailable, relay.FaultTemporary, false},
+		{"ServiceUnavailable503", sesAnswer{503, "", "Service Unavailable", ""}, 451, "4.4.0", ReasonUnavailable, relay.FaultTemporary, false},
+		{"BadGateway502HTML", sesAnswer{502, "", "", "<html>502 Bad Gateway</html>"}, 451, "4.4.0", ReasonUnavailable, relay.FaultTemporary, false},
+		{"MessageRejectedUnverifiedSender", sesAnswer{400, "MessageRejected", "Email address is not verified. The following identities failed the check in region EU-WEST-1: support@example.com", ""}, 451, "4.7.1", ReasonIdentity, relay.FaultSetup, true},
+		{"MessageRejectedSandboxRecipient", sesAnswer{400, "MessageRejected", "Email address is not verified. The following identities failed the check in region EU-WEST-1: a@example.org", ""}, 451, "4.7.1", ReasonIdentity, relay.FaultSetup, true},
+		{"MessageRejectedContent", sesAnswer{400, "MessageRejected", "Message rejected: Virus detected", ""}, 554, relay.CodePolicy, ReasonRejected, relay.FaultMessage, false},
+		{"MailFromDomainNotVerified", sesAnswer{400, "MailFromDomainNotVerifiedException", "MAIL FROM domain mail.example.com is not verified.", ""}, 451, "4.7.1", ReasonMailFrom, relay.FaultSetup, true},
+		{"BadRequest", sesAnswer{400, "BadRequestException", "Illegal address", ""}, 554, relay.CodeMalformed, ReasonBadRequest, relay.FaultMessage, false},
+		{"AccountSuspended", sesAnswer{400, "AccountSuspendedException", "Your account has been suspended.", ""}, 451, "4.3.2", ReasonAccountSuspended, relay.FaultSetup, true},
+		{"RequestTooLarge413", sesAnswer{413, "", "", "<html><head><title>413 Request Entity Too Large</title></head></html>"}, 552, relay.CodeTooBig, ReasonSize, relay.FaultMessage, false},
+		{"AccessDenied", sesAnswer{403, "AccessDeniedException", "User is not authorized to perform ses:SendEmail", ""}, 451, relay.CodeTempAuth, ReasonAuth, relay.FaultSetup, true},
+		{"ConfigurationSetNotFound", sesAnswer{404, "NotFoundException", "Configuration set <cs> does not exist.", ""}, 451, relay.CodeTempLocal, ReasonNotFound, relay.FaultSetup, true},
+		{"UnknownError", sesAnswer{400, "SomethingNewException", "something new", ""}, 451, relay.CodeTempLocal, ReasonError, relay.FaultTemporary, false},
 	}
 	for _, row := range rows {
 		t.Run(row.name, func(t *testing.T) {
@@ -58,8 +61,8 @@ func TestErrorTable(t *testing.T) {
 			if re.Code != row.code || re.Enhanced != row.enhanced || re.Reason != row.reason {
 				t.Errorf("got %d %s %s, want %d %s %s (%v)", re.Code, re.Enhanced, re.Reason, row.code, row.enhanced, row.reason, re)
 			}
-			if relay.IsPermanent(res.Errs[0]) != row.permanent {
-				t.Errorf("permanent = %v, want %v", relay.IsPermanent(res.Errs[0]), row.permanent)
+			if got := relay.Classify(res.Errs[0]); got != row.fault {
+				t.Errorf("fault = %s, want %s", got, row.fault)
 			}
 			if row.answer.Message != "" && row.answer.ErrorType != "" && !strings.Contains(re.Msg, row.answer.Message) {
 				t.Errorf("diagnostic %q does not carry SES's message %q", re.Msg, row.answer.Message)
@@ -335,23 +338,56 @@ func TestValidateChannel(t *testing.T) {
 	}
 }
 
-// TestCheckUnreachable: an unreachable SES is logged, not a Problem, and Check does not hang.
-func TestCheckUnreachable(t *testing.T) {
+// TestForceTLSFailsClosed: SES unreachable at start leaves a Force TLS channel's policy unconfirmed;
+// that is a Problem (/readyz fails) and its mail waits as a setup fault without reaching SES. Watch
+// confirms REQUIRE once SES answers (the mail goes), and notices a later change to OPTIONAL (it waits
+// again) — without a reload.
+func TestForceTLSFailsClosed(t *testing.T) {
 	f := newFakeSES(t)
-	url := f.URL
-	f.Close()
-	tr := newTestTransport(t, url, Options{Channels: map[string]Channel{"S": {ConfigurationSet: "s", ForceTLS: true}}})
+	f.policies["s"] = "UNAVAILABLE"
+	tr := newTestTransport(t, f.URL, Options{Channels: map[string]Channel{"S": {ConfigurationSet: "s", ForceTLS: true}}})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if p := tr.Check(ctx); len(p) != 0 {
-		t.Fatalf("problems %v", p)
+	if p := tr.Check(ctx); len(p) != 1 || p[0].Reason != "tls_policy" {
+		t.Fatalf("problems %v, want the unconfirmed TLS policy", p)
 	}
-	// The policy is unknown, not known-bad: the message goes to SES (and fails there, temporarily).
-	m := testMessage(composed("s", "b"), "a@example.org")
-	m.Channel = "S"
-	err := tr.Deliver(ctx, m).Errs[0]
-	if re, ok := relay.AsError(err); !ok || re.Reason != ReasonNetwork || relay.IsPermanent(err) {
-		t.Fatalf("want a temporary network error, got %v", err)
+	send := func() error {
+		m := testMessage(composed("s", "b"), "a@example.org")
+		m.Channel, m.ForceTLS = "S", true
+		return tr.Deliver(ctx, m).Errs[0]
+	}
+	if err := send(); relay.Classify(err) != relay.FaultSetup || len(f.sends) != 0 {
+		t.Fatalf("Force TLS mail with an unconfirmed policy: %v (fault %s), %d sent", err, relay.Classify(err), len(f.sends))
+	}
+
+	watch, stop := context.WithCancel(ctx)
+	defer stop()
+	go tr.Watch(watch, 20*time.Millisecond)
+	f.mu.Lock()
+	f.policies["s"] = "REQUIRE"
+	f.mu.Unlock()
+	waitFor(t, func() bool { return len(tr.Problems()) == 0 })
+	if err := send(); err != nil {
+		t.Fatalf("after SES confirmed REQUIRE: %v", err)
+	}
+	f.mu.Lock()
+	f.policies["s"] = "OPTIONAL"
+	f.mu.Unlock()
+	waitFor(t, func() bool { return len(tr.Problems()) == 1 })
+	sent := len(f.sends)
+	if err := send(); relay.Classify(err) != relay.FaultSetup || len(f.sends) != sent {
+		t.Fatalf("after the policy became OPTIONAL: %v (fault %s)", err, relay.Classify(err))
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in time")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
