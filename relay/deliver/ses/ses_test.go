@@ -19,13 +19,13 @@ import (
 // No SES answer at send time is the address's fault (that comes only as a bounce event).
 func TestErrorTable(t *testing.T) {
 	rows := []struct {
-		name      string
-		answer    sesAnswer
-		code      int
-		enhanced  relay.EnhancedCode
-		reason    string
-		fault     relay.Fault
-		alert     bool
+		name     string
+		answer   sesAnswer
+		code     int
+		enhanced relay.EnhancedCode
+		reason   string
+		fault    relay.Fault
+		alert    bool
 	}{
 		{"Throttling", sesAnswer{400, "ThrottlingException", "Maximum sending rate exceeded.", ""}, 451, "4.4.5", ReasonThrottled, relay.FaultTemporary, false},
 		{"TooManyRequests", sesAnswer{429, "TooManyRequestsException", "Too many requests.", ""}, 451, "4.4.5", ReasonThrottled, relay.FaultTemporary, false},
