@@ -168,6 +168,7 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error
 			return err
 		}
 		d.admin.Handle("POST /ses/events", h)
+		go h.Run(ctx) // prunes old notification claims
 	}
 	d.admin.SetChecks(d.checks(gen))
 	if err := d.admin.Listen(cfg.Admin.Address); err != nil {

@@ -291,7 +291,7 @@ func sesEvents(cfg *config.Config, st *store.Store, d *daemon) (*events.Handler,
 		}
 	}
 	return events.New(events.Options{
-		Bounces: st, Suppressions: st, Processed: st, TopicARNs: cfg.SES.EventTopics, Channels: sets,
+		Store: st, TopicARNs: cfg.SES.EventTopics, Channels: sets,
 		Logger: d.log.With("component", "ses-events"), Metrics: d.metrics,
 	})
 }

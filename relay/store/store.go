@@ -499,22 +499,37 @@ func (s *Store) DeleteSecret(ctx context.Context, key string) error {
 	return storeErr(err)
 }
 
-// MarkProcessed records an SNS notification id and reports whether this is its first delivery: SNS
-// delivers at least once, so the SES event handler acts only when first is true.
-func (s *Store) MarkProcessed(ctx context.Context, notificationID string) (first bool, err error) {
-	if notificationID == "" {
+// RecordNotification applies one SES notification (SNS delivers at least once) in one transaction:
+// it claims id and records its bounces — suppressing the addresses of those marked Suppressed — or, on
+// any failure, does neither, so SNS's redelivery is processed rather than skipped as a duplicate.
+// first is false when id was claimed before (nothing is recorded again).
+func (s *Store) RecordNotification(ctx context.Context, id string, bounces []relay.Bounce) (first bool, err error) {
+	if id == "" {
 		return false, badInput("empty notification id")
 	}
-	res, err := s.durable.ExecContext(ctx, `INSERT INTO processed_notifications (id, time_ms) VALUES ($1, $2)
-		ON CONFLICT (id) DO NOTHING`, notificationID, ms(time.Time{}))
+	tx, err := s.durable.BeginTx(ctx, nil)
 	if err != nil {
 		return false, storeErr(err)
 	}
-	n, err := res.RowsAffected()
+	defer tx.Rollback()
+	res, err := tx.ExecContext(ctx, `INSERT INTO processed_notifications (id, time_ms) VALUES ($1, $2)
+		ON CONFLICT (id) DO NOTHING`, id, ms(time.Time{}))
 	if err != nil {
 		return false, storeErr(err)
 	}
-	return n == 1, nil
+	if n, err := res.RowsAffected(); err != nil || n == 0 {
+		return false, storeErr(err)
+	}
+	for _, b := range bounces {
+		if err := s.recordBounce(ctx, tx, b); err != nil {
+			return false, err
+		}
+	}
+	defer s.suppressions.invalidate()
+	if err := tx.Commit(); err != nil {
+		return false, storeErr(err)
+	}
+	return true, nil
 }
 
 // PruneProcessed forgets notification ids older than before (SNS retries end within hours), returning

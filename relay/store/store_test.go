@@ -281,9 +281,11 @@ func TestSecrets(t *testing.T) {
 	}
 }
 
-func TestMarkProcessed(t *testing.T) {
+func TestRecordNotification(t *testing.T) {
 	ctx := context.Background()
 	s, _ := openStore(t)
+	b := bounce("gone@example.net", time.Now())
+	b.Reason = "ses_bounce"
 	var firsts int
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -291,7 +293,7 @@ func TestMarkProcessed(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			first, err := s.MarkProcessed(ctx, "sns-0001")
+			first, err := s.RecordNotification(ctx, "sns-0001", []relay.Bounce{b})
 			if err != nil {
 				t.Error(err)
 			}
@@ -306,14 +308,34 @@ func TestMarkProcessed(t *testing.T) {
 	if firsts != 1 {
 		t.Errorf("%d callers saw the notification as first, want exactly 1", firsts)
 	}
-	if first, _ := s.MarkProcessed(ctx, "sns-0002"); !first {
-		t.Error("a new id is not first")
+	if got, _ := s.Bounces(ctx, BounceFilter{Address: "gone@example.net"}); len(got) != 1 {
+		t.Errorf("a notification delivered 8 times recorded %d bounces", len(got))
 	}
+	if _, ok, _ := s.Suppressed(ctx, "gone@example.net"); !ok {
+		t.Error("the bounced address is not suppressed")
+	}
+
+	// A failure part way (the second bounce has no address) keeps nothing: not the claim, not the
+	// first bounce, not its suppression. The redelivery then records everything.
+	ok := bounce("second@example.net", time.Now())
+	if first, err := s.RecordNotification(ctx, "sns-0002", []relay.Bounce{ok, {}}); err == nil || first {
+		t.Fatalf("RecordNotification with a bad bounce = %v %v", first, err)
+	}
+	if _, sup, _ := s.Suppressed(ctx, "second@example.net"); sup {
+		t.Fatal("a failed notification left a suppression behind")
+	}
+	if first, err := s.RecordNotification(ctx, "sns-0002", []relay.Bounce{ok}); err != nil || !first {
+		t.Fatalf("the redelivery after a failure = %v %v, want it processed", first, err)
+	}
+	if _, sup, _ := s.Suppressed(ctx, "second@example.net"); !sup {
+		t.Fatal("the redelivery did not suppress")
+	}
+
 	n, err := s.PruneProcessed(ctx, time.Now().Add(time.Minute))
 	if err != nil || n != 2 {
 		t.Errorf("PruneProcessed = %d %v", n, err)
 	}
-	if first, _ := s.MarkProcessed(ctx, "sns-0001"); !first {
+	if first, _ := s.RecordNotification(ctx, "sns-0001", nil); !first {
 		t.Error("a pruned id is not first again")
 	}
 }

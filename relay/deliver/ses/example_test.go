@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/prometheus/client_golang/prometheus"
@@ -15,12 +16,8 @@ import (
 	"github.com/mailgate/mailgate/relay/metrics"
 )
 
-// store stands for relay/store: it records bounces, suppresses addresses and remembers notifications.
-type store interface {
-	events.Bounces
-	events.Suppressions
-	events.Processed
-}
+// store stands for relay/store: it records a notification's bounces and its claim in one transaction.
+type store = events.Store
 
 // Example shows how cmd/mailgate wires the SES transport and its events endpoint.
 func Example() {
@@ -45,8 +42,9 @@ func Example() {
 	for _, p := range tr.Check(ctx) { // at start-up; tr.Problems() feeds /readyz afterwards
 		log.Error("not ready", "problem", p.String())
 	}
+	go tr.Watch(ctx, 5*time.Minute) // re-reads the Force TLS policies
 
-	// The queue calls Deliver; a 5xx error bounces, a 4xx is retried.
+	// The queue calls Deliver; relay.Classify says what each error means (retry, bounce, alert).
 	var msg *relay.Message
 	if msg != nil {
 		res := tr.Deliver(ctx, msg)
@@ -56,13 +54,14 @@ func Example() {
 	var st store // relay/store
 	if st != nil {
 		h, err := events.New(events.Options{
-			Bounces: st, Suppressions: st, Processed: st,
+			Store:     st,
 			TopicARNs: []string{"arn:aws:sns:eu-west-1:111122223333:mailgate-ses-events"},
 			Channels:  map[string]string{"support-events": "Support"},
 			Logger:    log, Metrics: m,
 		})
 		if err == nil {
 			http.NewServeMux().Handle("POST /ses/events", h)
+			go h.Run(ctx) // prunes old notification claims
 		}
 	}
 }

@@ -14,14 +14,16 @@
 //     SNS host) or a Notification acted on.
 //
 // Refusals answer 4xx, are logged and counted in mailgate_ses_events_total{type,result="refused"}.
-// Notifications are idempotent: each is claimed with MarkProcessed before it changes anything, keyed by
-// SES's feedback id when it has one (the same bounce published through two topics is recorded once) and
-// SNS's MessageId otherwise. A failure of the store answers 500 so SNS redelivers; the claim is released
-// first if the store supports ForgetProcessed.
+// Notifications are idempotent: each is keyed by SES's feedback id when it has one (the same bounce
+// published through two topics is recorded once) and SNS's MessageId otherwise, and the store claims the
+// key and records what the notification causes in one transaction (Store.RecordNotification). A failure
+// of the store answers 500 and leaves nothing claimed, so SNS's redelivery is processed. Run prunes
+// claims older than Options.Retention (SNS stops retrying within an hour).
 //
-// What each SES event does: Bounce Permanent → relay.Bounce recorded (the store also suppresses the
-// address); Bounce Transient/Undetermined → logged; Complaint → address suppressed; DeliveryDelay →
-// logged; other SES events (Delivery, Send, Open, ...) → logged as ignored.
+// What each SES event does (DESIGN §4, an address fault): Bounce Permanent → a relay.Bounce that
+// suppresses the address; Complaint → a relay.Bounce (reason ses_complaint) that suppresses it; Bounce
+// Transient/Undetermined → logged (the address may work later); DeliveryDelay → logged; other SES
+// events (Delivery, Send, Open, ...) → logged as ignored.
 package events
 
 import (
@@ -41,39 +43,27 @@ import (
 	"github.com/mailgate/mailgate/relay/metrics"
 )
 
-// Bounces records permanently bounced recipients. Per relay.Bounce, recording also puts the address on
-// the suppression list.
-type Bounces interface {
-	RecordBounce(ctx context.Context, b relay.Bounce) error
+// Store applies a notification: RecordNotification claims id and records its bounces (suppressing the
+// addresses marked Suppressed) in one transaction, or does neither; first is false for an id claimed
+// before. PruneProcessed forgets claims older than before. relay/store implements it.
+type Store interface {
+	RecordNotification(ctx context.Context, id string, bounces []relay.Bounce) (first bool, err error)
+	PruneProcessed(ctx context.Context, before time.Time) (int, error)
 }
 
-// Suppressions puts an address on the suppression list (complaints: the recipient did not bounce but
-// must not be mailed again).
-type Suppressions interface {
-	Suppress(ctx context.Context, addr, reason, source string) error
-}
-
-// Processed remembers which notifications were handled, so SNS's at-least-once delivery never records a
-// bounce twice. MarkProcessed must be atomic: first is true for exactly one caller per id.
-type Processed interface {
-	MarkProcessed(ctx context.Context, notificationID string) (first bool, err error)
-}
-
-// Forgetter is optionally implemented by a Processed store: the handler releases its claim when acting
-// on a notification failed, so SNS's redelivery is processed instead of skipped.
-type Forgetter interface {
-	ForgetProcessed(ctx context.Context, notificationID string) error
-}
+// DefaultRetention is how long a notification's claim is kept: far beyond SNS's retry window (at most
+// an hour for HTTP endpoints), so a late redelivery is still recognised.
+const DefaultRetention = 14 * 24 * time.Hour
 
 // DefaultMaxBodyBytes bounds a request body: SNS messages are at most 256 KiB, and JSON escaping of the
 // embedded SES event can double that.
 const DefaultMaxBodyBytes = 1 << 20
 
-// Options configure a Handler. Bounces, Suppressions and Processed are required.
+// Options configure a Handler. Store is required.
 type Options struct {
-	Bounces      Bounces
-	Suppressions Suppressions
-	Processed    Processed
+	Store Store
+	// Retention is how long claims on processed notifications are kept; 0 means DefaultRetention.
+	Retention time.Duration
 	// TopicARNs are the SNS topics whose messages are accepted. Anyone with an AWS account can sign SNS
 	// messages from a topic of their own, so production configurations should list the topics their
 	// SES identities or configuration sets publish to; empty accepts every topic (logged at New).
@@ -103,8 +93,11 @@ type Handler struct {
 
 // New builds a Handler.
 func New(opts Options) (*Handler, error) {
-	if opts.Bounces == nil || opts.Suppressions == nil || opts.Processed == nil {
-		return nil, errors.New("ses events: Bounces, Suppressions and Processed are required")
+	if opts.Store == nil {
+		return nil, errors.New("ses events: Store is required")
+	}
+	if opts.Retention <= 0 {
+		opts.Retention = DefaultRetention
 	}
 	if opts.MaxBodyBytes <= 0 {
 		opts.MaxBodyBytes = DefaultMaxBodyBytes
@@ -254,9 +247,15 @@ func (h *Handler) notification(ctx context.Context, env *Envelope, log *slog.Log
 	if id := feedbackID(ev); id != "" {
 		key = "ses-feedback:" + id
 	}
-	first, err := h.opts.Processed.MarkProcessed(ctx, key)
+	var bounces []relay.Bounce
+	if kind == "Bounce" {
+		bounces = h.bounces(ev)
+	} else {
+		bounces = h.complaints(ev)
+	}
+	first, err := h.opts.Store.RecordNotification(ctx, key, bounces)
 	if err != nil {
-		log.Error("ses events store failed", "err", err)
+		log.Error("ses events store failed; SNS will redeliver", "event", kind, "key", key, "err", err)
 		h.count(typ, "error")
 		return http.StatusInternalServerError
 	}
@@ -265,23 +264,35 @@ func (h *Handler) notification(ctx context.Context, env *Envelope, log *slog.Log
 		h.count(typ, "duplicate")
 		return http.StatusOK
 	}
-	if kind == "Bounce" {
-		err = h.recordBounces(ctx, ev, log)
-	} else {
-		err = h.suppressComplaints(ctx, ev, log)
-	}
-	if err != nil {
-		log.Error("ses events store failed", "event", kind, "err", err)
-		h.count(typ, "error")
-		if f, ok := h.opts.Processed.(Forgetter); ok {
-			if ferr := f.ForgetProcessed(ctx, key); ferr != nil {
-				log.Error("ses events could not release the notification; SNS's redelivery will be skipped", "key", key, "err", ferr)
-			}
+	for _, b := range bounces {
+		if h.opts.Metrics != nil {
+			h.opts.Metrics.Bounces.WithLabelValues(b.Reason).Inc()
 		}
-		return http.StatusInternalServerError
+		log.Info("suppressed", "event", kind, "address", b.Address, "channel", b.Channel, "queue_id", b.QueueID,
+			"code", b.Code, "enhanced", string(b.Enhanced), "reason", b.Reason, "ses_message_id", ev.Mail.MessageID)
 	}
 	h.count(typ, "recorded")
 	return http.StatusOK
+}
+
+// Run prunes the claims of processed notifications older than the retention, hourly, until ctx ends.
+func (h *Handler) Run(ctx context.Context) {
+	tick := time.NewTicker(time.Hour)
+	defer tick.Stop()
+	for {
+		n, err := h.opts.Store.PruneProcessed(ctx, h.now().Add(-h.opts.Retention))
+		switch {
+		case err != nil && ctx.Err() == nil:
+			h.log.Warn("ses events prune failed", "err", err)
+		case n > 0:
+			h.log.Info("ses events pruned processed notifications", "count", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
 }
 
 func eventMetricType(kind string) string {
@@ -315,8 +326,10 @@ func (h *Handler) channel(m *Mail) string {
 	return h.opts.Channels[m.Tag("ses:configuration-set")]
 }
 
-func (h *Handler) recordBounces(ctx context.Context, ev *Event, log *slog.Logger) error {
+// bounces are a permanent bounce's recipients as suppressing bounce records.
+func (h *Handler) bounces(ev *Event) []relay.Bounce {
 	when := parseTime(ev.Bounce.Timestamp, h.now())
+	var out []relay.Bounce
 	for _, r := range ev.Bounce.BouncedRecipients {
 		if r.EmailAddress == "" {
 			continue
@@ -326,45 +339,43 @@ func (h *Handler) recordBounces(ctx context.Context, ev *Event, log *slog.Logger
 		if diag == "" {
 			diag = "SES bounce: " + ev.Bounce.BounceType + "/" + ev.Bounce.BounceSubType
 		}
-		b := relay.Bounce{
-			Address:    r.EmailAddress,
-			Channel:    h.channel(&ev.Mail),
-			Time:       when,
-			Code:       code,
-			Enhanced:   enhanced,
-			Diagnostic: diag,
-			MessageID:  ev.Mail.HeaderMessageID(),
-			QueueID:    ev.Mail.Tag(ses.TagQueueID),
-			Reason:     "ses_bounce",
-		}
-		if err := h.opts.Bounces.RecordBounce(ctx, b); err != nil {
-			return err
-		}
-		if h.opts.Metrics != nil {
-			h.opts.Metrics.Bounces.WithLabelValues("ses_bounce").Inc()
-		}
-		log.Info("bounced", "address", r.EmailAddress, "channel", b.Channel, "queue_id", b.QueueID,
-			"code", code, "enhanced", enhanced, "subtype", ev.Bounce.BounceSubType, "ses_message_id", ev.Mail.MessageID)
+		out = append(out, h.record(ev, r.EmailAddress, when, code, enhanced, diag, "ses_bounce"))
 	}
-	return nil
+	return out
 }
 
-func (h *Handler) suppressComplaints(ctx context.Context, ev *Event, log *slog.Logger) error {
-	reason := "SES complaint"
+// complaints are a complaint's recipients as suppressing records: the recipient did not bounce, but
+// told its provider the mail is unwanted, which is the address's own verdict (DESIGN §4).
+func (h *Handler) complaints(ev *Event) []relay.Bounce {
+	when := parseTime(ev.Complaint.Timestamp, h.now())
+	diag := "SES complaint"
 	if t := ev.Complaint.ComplaintFeedbackType; t != "" {
-		reason += ": " + t
+		diag += ": " + t
 	}
+	var out []relay.Bounce
 	for _, r := range ev.Complaint.ComplainedRecipients {
 		if r.EmailAddress == "" {
 			continue
 		}
-		if err := h.opts.Suppressions.Suppress(ctx, r.EmailAddress, reason, "ses_complaint"); err != nil {
-			return err
-		}
-		log.Info("suppressed after complaint", "address", r.EmailAddress, "channel", h.channel(&ev.Mail),
-			"queue_id", ev.Mail.Tag(ses.TagQueueID), "feedback_type", ev.Complaint.ComplaintFeedbackType)
+		out = append(out, h.record(ev, r.EmailAddress, when, 550, relay.CodePolicy, diag, "ses_complaint"))
 	}
-	return nil
+	return out
+}
+
+func (h *Handler) record(ev *Event, addr string, when time.Time, code int, enhanced relay.EnhancedCode, diag, reason string) relay.Bounce {
+	return relay.Bounce{
+		Address:    addr,
+		Channel:    h.channel(&ev.Mail),
+		Time:       when,
+		Code:       code,
+		Enhanced:   enhanced,
+		Diagnostic: diag,
+		MessageID:  ev.Mail.HeaderMessageID(),
+		QueueID:    ev.Mail.Tag(ses.TagQueueID),
+		Reason:     reason,
+		Fault:      relay.FaultAddress,
+		Suppressed: true,
+	}
 }
 
 // logOnly logs events that change nothing in the store: transient bounces (SES retried and gave up on

@@ -19,6 +19,7 @@ import (
 	"math/big"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -29,6 +30,7 @@ import (
 
 	"github.com/mailgate/mailgate/relay"
 	"github.com/mailgate/mailgate/relay/metrics"
+	sqlitestore "github.com/mailgate/mailgate/relay/store"
 )
 
 const (
@@ -109,52 +111,44 @@ func (f *fetcher) called() []string {
 	return append([]string(nil), f.calls...)
 }
 
-// store fakes the bounce store, suppression list and processed-notification set.
+// store fakes relay/store's RecordNotification with its contract: the claim and the records commit
+// together or not at all. (TestWithSQLiteStore runs the handler on the real store.)
 type store struct {
 	mu         sync.Mutex
 	bounces    []relay.Bounce
 	suppressed map[string]string
 	processed  map[string]bool
 	failNext   bool
-	forgotten  []string
+	pruned     []time.Time
 }
 
 func newStore() *store { return &store{suppressed: map[string]string{}, processed: map[string]bool{}} }
 
-func (s *store) RecordBounce(_ context.Context, b relay.Bounce) error {
+func (s *store) RecordNotification(_ context.Context, id string, bs []relay.Bounce) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.failNext {
 		s.failNext = false
-		return errors.New("database is locked")
+		return false, errors.New("database is locked")
 	}
-	s.bounces = append(s.bounces, b)
-	return nil
-}
-
-func (s *store) Suppress(_ context.Context, addr, reason, source string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.suppressed[addr] = reason + " (" + source + ")"
-	return nil
-}
-
-func (s *store) MarkProcessed(_ context.Context, id string) (bool, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.processed[id] {
 		return false, nil
 	}
 	s.processed[id] = true
+	for _, b := range bs {
+		s.bounces = append(s.bounces, b)
+		if b.Suppressed {
+			s.suppressed[b.Address] = b.Diagnostic + " (" + b.Reason + ")"
+		}
+	}
 	return true, nil
 }
 
-func (s *store) ForgetProcessed(_ context.Context, id string) error {
+func (s *store) PruneProcessed(_ context.Context, before time.Time) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	delete(s.processed, id)
-	s.forgotten = append(s.forgotten, id)
-	return nil
+	s.pruned = append(s.pruned, before)
+	return 0, nil
 }
 
 func (s *store) snapshot() ([]relay.Bounce, map[string]string) {
@@ -187,7 +181,7 @@ func newHarness(t testing.TB) *harness {
 		logs:    &bytes.Buffer{},
 	}
 	h, err := New(Options{
-		Bounces: x.store, Suppressions: x.store, Processed: x.store,
+		Store:     x.store,
 		TopicARNs: []string{topic},
 		Fetcher:   x.fetch,
 		Roots:     p.roots,
@@ -300,7 +294,7 @@ func TestBouncePermanentV1AndV2(t *testing.T) {
 	want := relay.Bounce{
 		Address: "gone0@example.org", Channel: "Support", Time: time.Date(2026, 11, 27, 5, 0, 0, 250e6, time.UTC),
 		Code: 550, Enhanced: "5.1.1", Diagnostic: "smtp; 550 5.1.1 <gone0@example.org>: Recipient address rejected: User unknown",
-		MessageID: "ticket-123456.abc@example.com", QueueID: "q0001", Reason: "ses_bounce",
+		MessageID: "ticket-123456.abc@example.com", QueueID: "q0001", Reason: "ses_bounce", Fault: relay.FaultAddress, Suppressed: true,
 	}
 	if !b.Time.Equal(want.Time) {
 		t.Errorf("time %v", b.Time)
@@ -377,8 +371,8 @@ func TestComplaintSuppressed(t *testing.T) {
 		}
 	}
 	bounces, sup := x.store.snapshot()
-	if len(bounces) != 0 {
-		t.Errorf("a complaint recorded a bounce: %v", bounces)
+	if len(bounces) != 1 || bounces[0].Reason != "ses_complaint" || bounces[0].Fault != relay.FaultAddress || !bounces[0].Suppressed {
+		t.Errorf("a complaint is recorded once as a suppressing address fault: %+v", bounces)
 	}
 	if sup["angry@example.org"] != "SES complaint: abuse (ses_complaint)" {
 		t.Errorf("suppression %v", sup)
@@ -422,7 +416,7 @@ func TestLoggedOnly(t *testing.T) {
 	}
 }
 
-// TestStoreFailureRedelivered: when the store fails, SNS gets a 500, the claim is released, and the
+// TestStoreFailureRedelivered: when the store fails, SNS gets a 500, nothing is claimed, and the
 // redelivery records the bounce.
 func TestStoreFailureRedelivered(t *testing.T) {
 	x := newHarness(t)
@@ -436,9 +430,53 @@ func TestStoreFailureRedelivered(t *testing.T) {
 		t.Fatalf("redelivery: %d", rec.Code)
 	}
 	bounces, _ := x.store.snapshot()
-	if len(bounces) != 1 || len(x.store.forgotten) != 1 {
-		t.Fatalf("bounces %d, forgotten %v", len(bounces), x.store.forgotten)
+	if len(bounces) != 1 {
+		t.Fatalf("bounces %d", len(bounces))
 	}
+}
+
+// TestWithSQLiteStore runs the handler on the real store: a signed permanent bounce suppresses the
+// address, its duplicate changes nothing, and Run prunes old claims.
+func TestWithSQLiteStore(t *testing.T) {
+	x := newHarness(t)
+	st, err := sqlitestore.Open(filepath.Join(t.TempDir(), "mailgate.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	x.h.opts.Store = st
+	e := notification("sns-real", bounceEvent("notificationType", "Bounce", "Permanent", "fb-real", "gone@example.org"))
+	sign(t, e, "2", x.pki.key, certURL)
+	for range 2 {
+		if rec := x.post(t, e); rec.Code != http.StatusOK {
+			t.Fatalf("%d %s", rec.Code, rec.Body)
+		}
+	}
+	ctx := context.Background()
+	bs, err := st.Bounces(ctx, sqlitestore.BounceFilter{Address: "gone@example.org"})
+	if err != nil || len(bs) != 1 || !bs[0].Suppressed || bs[0].Reason != "ses_bounce" {
+		t.Fatalf("bounces %+v %v", bs, err)
+	}
+	if _, ok, _ := st.Suppressed(ctx, "GONE@example.org"); !ok {
+		t.Fatal("not suppressed")
+	}
+	x.h.opts.Retention = time.Nanosecond
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { x.h.Run(runCtx); close(done) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		// Once pruned, the same notification counts as new again.
+		if first, _ := st.RecordNotification(ctx, "ses-feedback:fb-real", nil); first {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("Run did not prune the claim")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	<-done
 }
 
 // TestRefused: tampered messages, certificates from anywhere but an SNS host, untrusted or expired
