@@ -3,12 +3,12 @@ package config
 import (
 	"fmt"
 	"net"
-	"net/mail"
 	"net/netip"
 	"net/url"
 	"strings"
 	"time"
 
+	"github.com/mailgate/mailgate/relay"
 	"github.com/mailgate/mailgate/templates"
 )
 
@@ -306,7 +306,7 @@ func validateOAuth(ps *Problems, p string, o *OAuth) {
 	if o.ClientSecret == "" {
 		ps.add(p+".client_secret", "required: a secret reference (kms:, local:, env:NAME, file:PATH)")
 	}
-	if _, err := mail.ParseAddress(o.Mailbox); err != nil {
+	if !relay.ValidAddress(o.Mailbox) {
 		ps.add(p+".mailbox", "required: the mailbox address mail is sent as (got %q)", o.Mailbox)
 	}
 	switch o.Flow {
@@ -336,17 +336,15 @@ func (c *Config) validateChannels(ps *Problems, bus map[string]bool, servers map
 	for i, ch := range c.Channels {
 		p := fmt.Sprintf("channels[%d]", i)
 		unique(ps, p+".name", "channel", ch.Name, channels)
-		if a, err := mail.ParseAddress(ch.From); err != nil || a.Name != "" {
+		if !relay.ValidAddress(ch.From) {
 			ps.add(p+".from", "must be a bare address such as support@example.com (got %q)", ch.From)
-		} else if other, dup := froms[strings.ToLower(a.Address)]; dup {
-			ps.add(p+".from", "%s is already the address of channel %q; a From address picks exactly one channel", a.Address, other)
+		} else if other, dup := froms[strings.ToLower(ch.From)]; dup {
+			ps.add(p+".from", "%s is already the address of channel %q; a From address picks exactly one channel", ch.From, other)
 		} else {
-			froms[strings.ToLower(a.Address)] = ch.Name
+			froms[strings.ToLower(ch.From)] = ch.Name
 		}
-		if ch.MailFrom != "" {
-			if a, err := mail.ParseAddress(ch.MailFrom); err != nil || a.Name != "" {
-				ps.add(p+".mail_from", "must be a bare address (got %q)", ch.MailFrom)
-			}
+		if ch.MailFrom != "" && !relay.ValidAddress(ch.MailFrom) {
+			ps.add(p+".mail_from", "must be a bare address such as bounces@example.com (got %q)", ch.MailFrom)
 		}
 		if !bus[ch.BusinessUnit] {
 			ps.add(p+".business_unit", "unknown business unit %q (define it under business_units)", ch.BusinessUnit)
