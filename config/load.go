@@ -59,6 +59,8 @@ func Parse(data []byte) (*Config, error) {
 	if err := dec.Decode(&root); err != nil {
 		return nil, Problems{{Msg: "invalid YAML: " + strings.TrimPrefix(err.Error(), "yaml: ")}}
 	}
+	// Unknown keys and values of the wrong type are problems like any other: decoding and validation
+	// go on, so one run lists everything (a typo must not hide the real mistakes behind it).
 	var ps Problems
 	if len(root.Content) == 1 {
 		unknownKeys(root.Content[0], reflect.TypeOf(Config{}), "", &ps)
@@ -74,12 +76,13 @@ func Parse(data []byte) (*Config, error) {
 			ps.add("", "%v", err)
 		}
 	}
-	if len(ps) > 0 {
-		return nil, ps
-	}
 	c.ApplyDefaults()
-	if err := c.Validate(); err != nil {
+	var vs Problems
+	if err := c.Validate(); err != nil && !errors.As(err, &vs) {
 		return nil, err
+	}
+	if ps = append(ps, vs...); len(ps) > 0 {
+		return nil, ps
 	}
 	return &c, nil
 }
