@@ -73,7 +73,10 @@ func Parse(data []byte) (*Config, error) {
 				ps.add("", "%s", strings.TrimPrefix(e, "yaml: "))
 			}
 		} else {
-			ps.add("", "%v", err)
+			// Nothing was decoded (e.g. a key defined twice): validating the empty rest would only
+			// list consequences.
+			ps.add("", "%s", strings.TrimPrefix(err.Error(), "yaml: "))
+			return nil, ps
 		}
 	}
 	c.ApplyDefaults()
