@@ -178,25 +178,28 @@ func TestCheckConfigRefusesHardening(t *testing.T) {
 	}
 }
 
-// TestSIGHUPRestartNeeded: a reload that changes limits.* or queue.* (read only at start) logs at warn
-// which keys need a restart and counts them in mailgate_config_restart_needed_total; the reload of the
-// rest still succeeds.
+// TestSIGHUPRestartNeeded: a reload that changes limits.* or queue.workers_per_transport (read only at
+// start) logs at warn which keys need a restart and counts them in mailgate_config_restart_needed_total;
+// the queue's retry schedule is applied live and not listed; the reload of the rest succeeds.
 func TestSIGHUPRestartNeeded(t *testing.T) {
 	sink := peertest.SMTPSink(t, "-a")
 	in := newInstance(t, sinkChannels(sink.Addr))
 	in.start()
-	in.rewriteConfig("queue:\n  retry_initial: 300ms\n", "limits:\n  max_recipients: 7\nqueue:\n  retry_initial: 400ms\n")
+	in.rewriteConfig("queue:\n  retry_initial: 300ms\n", "limits:\n  max_recipients: 7\nqueue:\n  workers_per_transport: 3\n  retry_initial: 400ms\n")
 	in.sighup(1)
 	logs := in.logs()
 	if !strings.Contains(logs, `msg="config reloaded"`) || !strings.Contains(logs, "level=WARN") ||
-		!strings.Contains(logs, "settings=limits.max_recipients,queue.retry_initial") {
+		!strings.Contains(logs, "settings=limits.max_recipients,queue.workers_per_transport\n") {
 		t.Errorf("reload log does not name the keys that need a restart:\n%s", logs)
 	}
 	_, metrics := httpGet(t, "http://"+in.admin+"/metrics")
-	for _, want := range []string{`mailgate_config_restart_needed_total{key="limits.max_recipients"} 1`, `mailgate_config_restart_needed_total{key="queue.retry_initial"} 1`} {
+	for _, want := range []string{`mailgate_config_restart_needed_total{key="limits.max_recipients"} 1`, `mailgate_config_restart_needed_total{key="queue.workers_per_transport"} 1`} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
+	}
+	if strings.Contains(metrics, `key="queue.retry_initial"`) {
+		t.Error("queue.retry_initial is applied live but counted as needing a restart")
 	}
 }
 
@@ -207,4 +210,20 @@ func readFile(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// TestTestSendAddressValidator: test-send refuses the recipient addresses submission would refuse at
+// RCPT (the one validator, relay.ValidAddress), before building any transport.
+func TestTestSendAddressValidator(t *testing.T) {
+	sink := peertest.SMTPSink(t, "-a")
+	in := newInstance(t, sinkChannels(sink.Addr))
+	for _, to := range []string{"customer@localhost", "a..b@example.net", "x@[192.0.2.1]"} {
+		out, code := in.mailgate("test-send", "--config", in.config, "--channel", "Support", "--to", to)
+		if code != 2 || !strings.Contains(out, "is not a mail address") {
+			t.Errorf("test-send --to %s: exit %d\n%s", to, code, out)
+		}
+	}
+	if n := sink.Count(); n != 0 {
+		t.Errorf("the sink received %d messages", n)
+	}
 }

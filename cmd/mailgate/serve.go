@@ -132,10 +132,11 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error
 	q, err := queue.New(queue.Options{
 		Dir: cfg.Spool.Dir, Transports: d.transports, Bounces: st, DeliveryLog: st,
 		Metrics: d.metrics, Logger: d.log,
-		Workers:     cfg.Queue.WorkersPerTransport,
-		Retry:       queue.Backoff{Initial: cfg.Queue.RetryInitial.D(), Max: cfg.Queue.RetryMax.D()},
-		MaxLifetime: cfg.Queue.MaxLifetime.D(), AttemptTimeout: cfg.Queue.AttemptTimeout.D(),
+		Workers: cfg.Queue.WorkersPerTransport,
 	})
+	if err == nil {
+		q.SetPolicy(queuePolicy(cfg))
+	}
 	if err != nil {
 		return fmt.Errorf("spool %s: %w", cfg.Spool.Dir, err)
 	}
@@ -281,8 +282,9 @@ func listenerTLS(cfg *config.Config) (*tls.Config, string, error) {
 }
 
 // reload re-reads the configuration; an invalid file keeps the running one. Rules, transports,
-// readiness checks and the admin token change at once; listeners, TLS, spool, store, the admin and
-// events listeners and the limits and queue settings taken at start are fixed for the life of the
+// readiness checks, the admin token and the queue's retry schedule, lifetime and attempt timeout change
+// at once; listeners, TLS, spool, store, the admin and events listeners, limits.* (taken by the
+// submission server when it is built) and queue.workers_per_transport are fixed for the life of the
 // process: a change to them is logged at warn, naming the keys, and counted in
 // mailgate_config_restart_needed_total{key}, so an operator (or an alert) knows a restart is due.
 func (d *daemon) reload(ctx context.Context) {
@@ -302,6 +304,7 @@ func (d *daemon) reload(ctx context.Context) {
 			d.admin.SetChecks(d.checks(gen))
 			d.admin.SetToken(token)
 			clear(token)
+			d.queue.SetPolicy(queuePolicy(cfg))
 			go func() { time.Sleep(time.Minute); closeTransports(old) }() // let attempts in flight finish
 			if fixed := fixedChanges(d.cfg, cfg); len(fixed) > 0 {
 				for _, k := range fixed {
@@ -319,13 +322,24 @@ func (d *daemon) reload(ctx context.Context) {
 	d.log.Error("config reload failed; the running configuration stays", "file", d.configPath, "err", strings.ReplaceAll(err.Error(), "\n", "; "))
 }
 
+// queuePolicy is the part of the queue settings a reload applies live.
+func queuePolicy(cfg *config.Config) queue.Policy {
+	return queue.Policy{
+		Retry:       queue.Backoff{Initial: cfg.Queue.RetryInitial.D(), Max: cfg.Queue.RetryMax.D()},
+		MaxLifetime: cfg.Queue.MaxLifetime.D(), AttemptTimeout: cfg.Queue.AttemptTimeout.D(),
+	}
+}
+
 // fixedChanges names the settings that differ between the running configuration and the reloaded
-// one but are only read at start: limits.* and queue.* key by key (the submission server and the
-// queue take them when they are built), the rest by section.
+// one but are only read at start: limits.* key by key (the submission server takes them when it is
+// built), queue.workers_per_transport (the worker pools), the rest by section. queue's retry
+// schedule, lifetime and attempt timeout are applied live (queuePolicy) and not listed.
 func fixedChanges(old, cur *config.Config) []string {
 	var f []string
 	f = append(f, changedFields("limits", old.Limits, cur.Limits)...)
-	f = append(f, changedFields("queue", old.Queue, cur.Queue)...)
+	if old.Queue.WorkersPerTransport != cur.Queue.WorkersPerTransport {
+		f = append(f, "queue.workers_per_transport")
+	}
 	for _, s := range []struct {
 		key      string
 		old, cur any

@@ -206,7 +206,7 @@ func (q *Queue) deliver(ctx context.Context, cur *Entry, rcpts []string) relay.R
 		Size:       cur.Size,
 		Open:       func() (io.ReadCloser, error) { return openFile(body, syscall.O_RDONLY, 0) },
 	}
-	ctx, cancel := context.WithTimeout(ctx, q.opts.AttemptTimeout)
+	ctx, cancel := context.WithTimeout(ctx, q.policy.Load().AttemptTimeout)
 	defer cancel()
 	res := t.Deliver(ctx, m)
 	if len(res.Errs) != len(rcpts) {
@@ -281,7 +281,8 @@ func (q *Queue) attempt(runCtx context.Context, e *entry, cur Entry) {
 		if next.FirstError == "" {
 			next.FirstError = next.LastError
 		}
-		expiry := next.Created.Add(q.opts.MaxLifetime)
+		policy := q.policy.Load()
+		expiry := next.Created.Add(policy.MaxLifetime)
 		if !now.Before(expiry) {
 			// RFC 3463 X.4.7: delivery time expired. The diagnostic keeps the last upstream answer.
 			diag := fmt.Sprintf("delivery time expired after %d attempts; last error: %s",
@@ -295,7 +296,7 @@ func (q *Queue) attempt(runCtx context.Context, e *entry, cur Entry) {
 			}
 			deferred = nil
 		} else {
-			at := now.Add(max(q.opts.Retry.Delay(next.Attempts), retryAfter))
+			at := now.Add(max(policy.Retry.Delay(next.Attempts), retryAfter))
 			if at.After(expiry) {
 				at = expiry // one last attempt when the lifetime ends, then the bounce
 			}
