@@ -3,8 +3,10 @@
 // (`channels[1].transport: unknown server "m365" (define it under smtp_servers, or use ses or outbox)`).
 //
 // Design: Load decodes into plain structs and never stops at the first problem. Unknown keys are found
-// by walking the YAML tree against the struct tags (yaml.v3's KnownFields stops at the first one), then
-// Validate checks every object and every cross-reference. The result is a value: the daemon builds its
+// by walking the YAML tree against the struct tags (yaml.v3's KnownFields stops at the first one) and
+// reported with everything else; then Validate checks every object and every cross-reference, and the
+// files the configuration names (certificates and keys, CA files, the admin token, file: secrets) as
+// the daemon will read them, so `check-config` and `serve` agree. The result is a value: the daemon builds its
 // runtime objects from a *Config and, on SIGHUP, swaps them only if the new file loads cleanly. Only
 // cmd/mailgate reads these types; every other package takes option structs of its own. Secrets are
 // stored here as references (kms:, local:, env:, file:); kms resolves them.

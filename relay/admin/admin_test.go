@@ -38,12 +38,18 @@ func (f *fakeQueue) droppedIDs() []string {
 
 const token = "0123456789abcdef0123456789abcdef"
 
-// serve starts s on a loopback port until the test ends and returns its address.
+// serve starts l on a loopback port until the test ends and returns its address.
 func serve(t *testing.T, l *listener) string {
 	t.Helper()
 	if err := l.Listen("127.0.0.1:0", nil); err != nil {
 		t.Fatal(err)
 	}
+	return serveListening(t, l)
+}
+
+// serveListening serves l, already listening, until the test ends and returns its address.
+func serveListening(t *testing.T, l *listener) string {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = l.Serve(ctx) }()

@@ -1,7 +1,8 @@
 // Package events receives SES bounce, complaint and delivery-delay notifications through an Amazon SNS
 // HTTP(S) subscription and feeds them to mailgate's bounce store and suppression list.
 //
-// Design: the Handler is an http.Handler the lead mounts on the admin listener (e.g. /ses/events).
+// Design: the Handler is an http.Handler served alone on the events listener (relay/admin.Events, at
+// /ses/events), never beside the operator API: SNS must reach it from the internet.
 // Every request is treated as hostile until proven otherwise:
 //
 //  1. the body is bounded (SNS messages are at most 256 KiB, JSON escaping can double that);
