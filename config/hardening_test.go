@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -80,7 +81,7 @@ func TestConfigAgreesWithServe(t *testing.T) {
 		"colour: unknown key",
 		"listeners[1].address: 127.0.0.1:587 is also the address of listeners[0].address",
 		`listeners[2].address: invalid port in "127.0.0.1:http"`,
-		"tls.cert_file: cannot load the certificate and key (testdata/tls/missing.pem, testdata/tls/key.pem): open testdata/tls/missing.pem: no such file",
+		"tls.cert_file: cannot load the certificate and key (testdata/tls/missing.pem, testdata/tls/key.pem): stat testdata/tls/missing.pem: no such file",
 		"limits.max_connections: must not be negative",
 		"limits.max_recipients: must not be negative",
 		"limits.read_timeout: must not be negative",
@@ -176,4 +177,16 @@ func TestFileSecretChecked(t *testing.T) {
 	wantProblems(t, problems(t, y), "smtp_servers[0].password: "+open+" has mode 0644: a secret file must not be readable by group or others; run chmod 600 "+open)
 	y = edit(t, baseConfig(t), "    port: 587\n", "    port: 587\n    auth: login\n    username: u\n    password: file:/dev/zero\n")
 	wantProblems(t, problems(t, y), "smtp_servers[0].password: /dev/zero is not a regular file")
+	// A FIFO is refused without being opened (opening it would wait for a writer), as are
+	// certificate and CA files that are not regular files.
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	y = edit(t, baseConfig(t), "    port: 587\n", "    port: 587\n    ca_file: /dev/zero\n    auth: login\n    username: u\n    password: file:"+fifo+"\n")
+	y = edit(t, y, "cert_file: testdata/tls/cert.pem", "cert_file: "+fifo)
+	wantProblems(t, problems(t, y),
+		"tls.cert_file: cannot load the certificate and key ("+fifo+", testdata/tls/key.pem): "+fifo+" is not a regular file",
+		"smtp_servers[0].ca_file: /dev/zero is not a regular file",
+		"smtp_servers[0].password: "+fifo+" is not a regular file")
 }

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"net/url"
@@ -363,9 +364,44 @@ func checkCertPair(ps *Problems, path, certFile, keyFile string) {
 	if certFile == "" {
 		return
 	}
-	if _, err := tls.LoadX509KeyPair(certFile, keyFile); err != nil {
+	certPEM, err := readPEMFile(certFile)
+	var keyPEM []byte
+	if err == nil {
+		keyPEM, err = readPEMFile(keyFile)
+	}
+	if err == nil {
+		_, err = tls.X509KeyPair(certPEM, keyPEM)
+		clear(keyPEM)
+	}
+	if err != nil {
 		ps.add(path+".cert_file", "cannot load the certificate and key (%s, %s): %v", certFile, keyFile, err)
 	}
+}
+
+// maxPEMFileBytes bounds a certificate, key or CA file read at validation: a chain is a few KiB, a CA
+// bundle a few hundred.
+const maxPEMFileBytes = 4 << 20
+
+// readPEMFile reads a certificate, key or CA file, refusing what is not a regular file (a FIFO would
+// block, /dev/zero would never end) and reading at most maxPEMFileBytes.
+func readPEMFile(path string) ([]byte, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxPEMFileBytes+1))
+	if err == nil && len(b) > maxPEMFileBytes {
+		err = fmt.Errorf("%s is larger than %d MiB", path, maxPEMFileBytes>>20)
+	}
+	return b, err
 }
 
 func (c *Config) validateBusinessUnits(ps *Problems) map[string]bool {
@@ -431,7 +467,7 @@ func (c *Config) validateSMTPServers(ps *Problems) map[string]*SMTPServer {
 			ps.add(p+".oauth", "only used with auth: microsoft-oauth")
 		}
 		if s.CAFile != "" {
-			if pem, err := os.ReadFile(s.CAFile); err != nil {
+			if pem, err := readPEMFile(s.CAFile); err != nil {
 				ps.add(p+".ca_file", "%v", err)
 			} else if !x509.NewCertPool().AppendCertsFromPEM(pem) {
 				ps.add(p+".ca_file", "%s holds no PEM certificate", s.CAFile)

@@ -16,19 +16,15 @@ const MaxSecretFileBytes = 64 << 10
 // owner's execute bit is tolerated). Errors name the path and the fix. Configuration validation and
 // ReadSecretFile both use it, so check-config refuses exactly what the daemon would.
 func CheckSecretFile(path string) error {
-	f, err := os.Open(path)
+	// Stat before opening: opening a FIFO for reading would wait for a writer.
+	fi, err := os.Stat(path)
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	return checkSecretFile(f, path)
+	return checkSecretFileInfo(fi, path)
 }
 
-func checkSecretFile(f *os.File, path string) error {
-	fi, err := f.Stat()
-	if err != nil {
-		return err
-	}
+func checkSecretFileInfo(fi os.FileInfo, path string) error {
 	switch {
 	case !fi.Mode().IsRegular():
 		return fmt.Errorf("%s is not a regular file (%s); write the secret to a file of its own", path, fi.Mode().Type())
@@ -43,12 +39,20 @@ func checkSecretFile(f *os.File, path string) error {
 // ReadSecretFile reads a file: secret after CheckSecretFile's checks, reading at most
 // MaxSecretFileBytes+1 bytes whatever the file claims.
 func ReadSecretFile(path string) ([]byte, error) {
+	if err := CheckSecretFile(path); err != nil {
+		return nil, err
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	if err := checkSecretFile(f, path); err != nil {
+	// Checked again on what was opened, in case the path changed in between.
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if err := checkSecretFileInfo(fi, path); err != nil {
 		return nil, err
 	}
 	b, err := io.ReadAll(io.LimitReader(f, MaxSecretFileBytes+1))
