@@ -23,14 +23,7 @@ import (
 // httpGet returns the status and body of a GET on the admin listener.
 func httpGet(t *testing.T, url string) (int, string) {
 	t.Helper()
-	c := &http.Client{Timeout: 10 * time.Second}
-	resp, err := c.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return adminRequest(t, "GET", url, "", "")
 }
 
 // rewriteConfig replaces old with new in the instance's config file; old must occur.

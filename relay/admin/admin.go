@@ -234,28 +234,22 @@ func eventLimits() Limits {
 }
 
 func (l Limits) withDefaults(d Limits) Limits {
-	if l.MaxConnections <= 0 {
-		l.MaxConnections = d.MaxConnections
+	return Limits{
+		MaxConnections:    orDefault(l.MaxConnections, d.MaxConnections),
+		ReadHeaderTimeout: orDefault(l.ReadHeaderTimeout, d.ReadHeaderTimeout),
+		ReadTimeout:       orDefault(l.ReadTimeout, d.ReadTimeout),
+		WriteTimeout:      orDefault(l.WriteTimeout, d.WriteTimeout),
+		IdleTimeout:       orDefault(l.IdleTimeout, d.IdleTimeout),
+		MaxHeaderBytes:    orDefault(l.MaxHeaderBytes, d.MaxHeaderBytes),
+		MaxBodyBytes:      orDefault(l.MaxBodyBytes, d.MaxBodyBytes),
 	}
-	if l.ReadHeaderTimeout <= 0 {
-		l.ReadHeaderTimeout = d.ReadHeaderTimeout
+}
+
+func orDefault[T int | int64 | time.Duration](v, d T) T {
+	if v <= 0 {
+		return d
 	}
-	if l.ReadTimeout <= 0 {
-		l.ReadTimeout = d.ReadTimeout
-	}
-	if l.WriteTimeout <= 0 {
-		l.WriteTimeout = d.WriteTimeout
-	}
-	if l.IdleTimeout <= 0 {
-		l.IdleTimeout = d.IdleTimeout
-	}
-	if l.MaxHeaderBytes <= 0 {
-		l.MaxHeaderBytes = d.MaxHeaderBytes
-	}
-	if l.MaxBodyBytes <= 0 {
-		l.MaxBodyBytes = d.MaxBodyBytes
-	}
-	return l
+	return v
 }
 
 // listener is what the admin and events listeners share: binding, limits, serving, shutdown.
