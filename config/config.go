@@ -3,8 +3,10 @@
 // (`channels[1].transport: unknown server "m365" (define it under smtp_servers, or use ses or outbox)`).
 //
 // Design: Load decodes into plain structs and never stops at the first problem. Unknown keys are found
-// by walking the YAML tree against the struct tags (yaml.v3's KnownFields stops at the first one), then
-// Validate checks every object and every cross-reference. The result is a value: the daemon builds its
+// by walking the YAML tree against the struct tags (yaml.v3's KnownFields stops at the first one) and
+// reported with everything else; then Validate checks every object and every cross-reference, and the
+// files the configuration names (certificates and keys, CA files, the admin token, file: secrets) as
+// the daemon will read them, so `check-config` and `serve` agree. The result is a value: the daemon builds its
 // runtime objects from a *Config and, on SIGHUP, swaps them only if the new file loads cleanly. Only
 // cmd/mailgate reads these types; every other package takes option structs of its own. Secrets are
 // stored here as references (kms:, local:, env:, file:); kms resolves them.
@@ -24,6 +26,7 @@ type Config struct {
 	Listeners []Listener `yaml:"listeners"`
 	TLS       TLS        `yaml:"tls"`
 	Admin     Admin      `yaml:"admin"`
+	Events    Events     `yaml:"events"`
 	Limits    Limits     `yaml:"limits"`
 	Spool     Spool      `yaml:"spool"`
 	Store     Store      `yaml:"store"`
@@ -59,9 +62,25 @@ type TLS struct {
 	KeyFile  string `yaml:"key_file"`
 }
 
-// Admin is the HTTP listener for /metrics, /healthz, /readyz and SES events.
+// Admin is the operator HTTP listener: /metrics, /healthz and /readyz open; the queue API and
+// /debug/pprof need the bearer token in TokenFile.
 type Admin struct {
 	Address string `yaml:"address"`
+	// TokenFile holds the operator API's bearer token (mode 0600, at least 16 characters; e.g. from
+	// `openssl rand -hex 32`). Required when Address is not loopback; without it the operator API is off.
+	TokenFile string `yaml:"token_file"`
+	// AllowedHosts are extra host names requests may carry in their Host header (e.g. the name
+	// Prometheus scrapes); localhost and IP literals are always accepted. Any other Host is refused,
+	// so a web page cannot reach the API through DNS rebinding.
+	AllowedHosts []string `yaml:"allowed_hosts"`
+}
+
+// Events is the listener SNS posts SES bounce and complaint notifications to (POST /ses/events, and
+// nothing else). It may face the internet: give it a certificate, or put a TLS proxy in front.
+type Events struct {
+	Address  string `yaml:"address"`
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
 }
 
 // Limits bound what one client can make mailgate do.
@@ -182,8 +201,8 @@ type SES struct {
 	AccessKeyID     string  `yaml:"access_key_id"`
 	SecretAccessKey string  `yaml:"secret_access_key"`
 	MaxSendRate     float64 `yaml:"max_send_rate"` // messages per second; 0 = unlimited
-	// EventTopics are the SNS topic ARNs whose bounce and complaint notifications the admin listener's
-	// /ses/events endpoint accepts (anyone can sign SNS messages from a topic of their own).
+	// EventTopics are the SNS topic ARNs whose bounce and complaint notifications the events listener
+	// accepts (required: anyone can sign SNS messages from a topic of their own).
 	EventTopics []string `yaml:"event_topics"`
 }
 

@@ -17,17 +17,10 @@ func TestBrokenConfigListsEveryProblem(t *testing.T) {
 	if !errors.As(err, &ps) {
 		t.Fatalf("Load = %v, want Problems", err)
 	}
-	// Unknown keys are reported before decoding goes on; fix that one and everything else appears.
-	if len(ps) != 1 || ps[0].Path != "admin.colour" {
-		t.Fatalf("problems = %v, want only the unknown key admin.colour", ps)
-	}
-	data, _ := os.ReadFile("testdata/broken.yaml")
-	_, err = Parse([]byte(strings.Replace(string(data), "  colour: blue\n", "", 1)))
-	if !errors.As(err, &ps) {
-		t.Fatalf("Parse = %v, want Problems", err)
-	}
+	// An unknown key is one problem among the others: it does not hide them.
 	got := err.Error()
 	want := []string{
+		"admin.colour: unknown key (line 7)",
 		"listeners[0].address: invalid address",
 		"listeners[0].tls: must be starttls or implicit",
 		"listeners[0].allow_insecure_auth: only allowed in a development config",
@@ -74,11 +67,28 @@ func TestUnknownKeysEverywhere(t *testing.T) {
 	}
 }
 
+// TestExampleAndDevelopmentAreValid: the example is valid but for the files it names under
+// /etc/mailgate, which this machine lacks; the development default is valid once serve has written its
+// admin token.
 func TestExampleAndDevelopmentAreValid(t *testing.T) {
-	if _, err := Load("../examples/mailgate.yaml"); err != nil {
-		t.Fatalf("examples/mailgate.yaml: %v", err)
+	_, err := Load("../examples/mailgate.yaml")
+	var ps Problems
+	if err != nil && !errors.As(err, &ps) {
+		t.Fatal(err)
 	}
-	dev := Development(DevelopmentOptions{DemoPasswordHash: "$2a$10$abcdefghijklmnopqrstuv"})
+	for _, p := range ps {
+		if !strings.Contains(p.Msg, "/etc/mailgate/") || !strings.Contains(p.Msg, "no such file") {
+			t.Errorf("examples/mailgate.yaml: %s", p)
+		}
+	}
+	dir := t.TempDir()
+	dev := Development(DevelopmentOptions{DataDir: dir, DemoPasswordHash: "$2a$10$abcdefghijklmnopqrstuv"})
+	if err := dev.Validate(); err == nil || !strings.Contains(err.Error(), "admin.token_file") {
+		t.Fatalf("development default without its token: %v", err)
+	}
+	if err := os.WriteFile(dev.Admin.TokenFile, []byte("0123456789abcdef0123456789abcdef\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if err := dev.Validate(); err != nil {
 		t.Fatalf("development default: %v", err)
 	}

@@ -59,6 +59,8 @@ func Parse(data []byte) (*Config, error) {
 	if err := dec.Decode(&root); err != nil {
 		return nil, Problems{{Msg: "invalid YAML: " + strings.TrimPrefix(err.Error(), "yaml: ")}}
 	}
+	// Unknown keys and values of the wrong type are problems like any other: decoding and validation
+	// go on, so one run lists everything (a typo must not hide the real mistakes behind it).
 	var ps Problems
 	if len(root.Content) == 1 {
 		unknownKeys(root.Content[0], reflect.TypeOf(Config{}), "", &ps)
@@ -71,15 +73,19 @@ func Parse(data []byte) (*Config, error) {
 				ps.add("", "%s", strings.TrimPrefix(e, "yaml: "))
 			}
 		} else {
-			ps.add("", "%v", err)
+			// Nothing was decoded (e.g. a key defined twice): validating the empty rest would only
+			// list consequences.
+			ps.add("", "%s", strings.TrimPrefix(err.Error(), "yaml: "))
+			return nil, ps
 		}
 	}
-	if len(ps) > 0 {
-		return nil, ps
-	}
 	c.ApplyDefaults()
-	if err := c.Validate(); err != nil {
+	var vs Problems
+	if err := c.Validate(); err != nil && !errors.As(err, &vs) {
 		return nil, err
+	}
+	if ps = append(ps, vs...); len(ps) > 0 {
+		return nil, ps
 	}
 	return &c, nil
 }

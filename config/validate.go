@@ -1,14 +1,21 @@
 package config
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
+	"io"
 	"net"
-	"net/mail"
 	"net/netip"
 	"net/url"
+	"os"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/mailgate/mailgate/kms"
+
+	"github.com/mailgate/mailgate/relay"
 	"github.com/mailgate/mailgate/templates"
 )
 
@@ -36,7 +43,7 @@ func (c *Config) ApplyDefaults() {
 	}
 	l := &c.Limits
 	setInt(&l.MaxConnections, 500)
-	setInt(&l.MaxConnectionsPerClient, min(100, l.MaxConnections))
+	setInt(&l.MaxConnectionsPerClient, min(100, max(l.MaxConnections, 1)))
 	if l.MaxMessageBytes == 0 {
 		l.MaxMessageBytes = 60 << 20 // raw DATA; the composed size is checked against the transport
 	}
@@ -135,8 +142,10 @@ func (c *Config) Validate() error {
 	principals := map[string]bool{}
 	for i, tn := range c.TrustedNetworks {
 		p := fmt.Sprintf("trusted_networks[%d]", i)
-		if _, err := netip.ParsePrefix(tn.CIDR); err != nil {
+		if pfx, err := netip.ParsePrefix(tn.CIDR); err != nil {
 			ps.add(p+".cidr", "invalid CIDR %q (write e.g. 10.1.0.0/16)", tn.CIDR)
+		} else if why := tooWide(pfx); why != "" {
+			ps.add(p+".cidr", "%s %s: mail from it needs no password, so list the application servers' own network (loopback and private ranges of any size, public ranges of at most /24 for IPv4 or /48 for IPv6)", tn.CIDR, why)
 		}
 		if tn.Principal == "" {
 			ps.add(p+".principal", "required: the service principal name mail from this network is sent as")
@@ -174,6 +183,17 @@ func (c *Config) Validate() error {
 		if (c.SES.AccessKeyID == "") != (c.SES.SecretAccessKey == "") {
 			ps.add("ses", "access_key_id and secret_access_key go together (or leave both out for the AWS default credential chain)")
 		}
+		if c.SES.MaxSendRate < 0 {
+			ps.add("ses.max_send_rate", "must not be negative (0 = no limit)")
+		}
+		if len(c.SES.EventTopics) == 0 {
+			ps.add("ses.event_topics", "required: the SNS topic ARNs your SES identities or configuration sets publish bounces and complaints to; without them any AWS account's topic could post signed fake bounces and suppress arbitrary addresses")
+		}
+		for i, t := range c.SES.EventTopics {
+			if !validTopicARN(t) {
+				ps.add(fmt.Sprintf("ses.event_topics[%d]", i), "%q is not an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)", t)
+			}
+		}
 	}
 	if c.KMS.Endpoint != "" {
 		if _, err := url.ParseRequestURI(c.KMS.Endpoint); err != nil {
@@ -189,6 +209,7 @@ func (c *Config) Validate() error {
 	if c.Queue.RetryMax < c.Queue.RetryInitial {
 		ps.add("queue.retry_max", "must not be shorter than queue.retry_initial")
 	}
+	c.validateLimits(&ps)
 	if len(ps) > 0 {
 		return ps
 	}
@@ -199,31 +220,188 @@ func (c *Config) validateListeners(ps *Problems) {
 	if len(c.Listeners) == 0 {
 		ps.add("listeners", "at least one submission listener is required")
 	}
+	var bound []boundAddress
 	for i, l := range c.Listeners {
 		p := fmt.Sprintf("listeners[%d]", i)
-		host, _, err := net.SplitHostPort(l.Address)
-		if err != nil {
-			ps.add(p+".address", "invalid address %q (write host:port, e.g. 0.0.0.0:587)", l.Address)
-		}
+		host, ok := listenAddress(ps, p+".address", l.Address, "0.0.0.0:587", &bound)
 		if l.TLS != "starttls" && l.TLS != "implicit" {
 			ps.add(p+".tls", "must be starttls or implicit, not %q", l.TLS)
 		}
-		if l.AllowInsecureAuth {
-			ip, _ := netip.ParseAddr(host)
-			if !c.Development || !(ip.IsLoopback() || host == "localhost") {
-				ps.add(p+".allow_insecure_auth", "only allowed in a development config on a loopback address: AUTH must use TLS")
-			}
+		if l.AllowInsecureAuth && (!ok || !c.Development || !isLoopbackHost(host)) {
+			ps.add(p+".allow_insecure_auth", "only allowed in a development config on a loopback address: AUTH must use TLS")
 		}
 	}
-	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
-		ps.add("tls", "cert_file and key_file go together")
-	}
+	checkCertPair(ps, "tls", c.TLS.CertFile, c.TLS.KeyFile)
 	if c.TLS.CertFile == "" && !c.Development {
 		ps.add("tls.cert_file", "required: submission needs TLS (a self-signed certificate is generated only in development)")
 	}
-	if _, _, err := net.SplitHostPort(c.Admin.Address); err != nil {
-		ps.add("admin.address", "invalid address %q (write host:port, e.g. 127.0.0.1:9465)", c.Admin.Address)
+
+	adminHost, ok := listenAddress(ps, "admin.address", c.Admin.Address, "127.0.0.1:9465", &bound)
+	if ok && !isLoopbackHost(adminHost) && c.Admin.TokenFile == "" {
+		ps.add("admin.token_file", "required when admin.address (%s) is not loopback: the queue API and profiler must not be open to the network (write a random token, e.g. openssl rand -hex 32 > /etc/mailgate/admin.token; chmod 600 it)", c.Admin.Address)
 	}
+	if c.Admin.TokenFile != "" {
+		if tok, err := kms.ReadSecretFile(c.Admin.TokenFile); err != nil {
+			ps.add("admin.token_file", "%v", err)
+		} else {
+			if len(strings.TrimSpace(string(tok))) < MinAdminTokenBytes {
+				ps.add("admin.token_file", "%s holds fewer than %d characters: write a random token (openssl rand -hex 32)", c.Admin.TokenFile, MinAdminTokenBytes)
+			}
+			clear(tok)
+		}
+	}
+	for i, h := range c.Admin.AllowedHosts {
+		if !validHostName(h) {
+			ps.add(fmt.Sprintf("admin.allowed_hosts[%d]", i), "%q is not a host name (write the name alone, e.g. mailgate-1.internal, without scheme or port)", h)
+		}
+	}
+
+	if c.SES == nil {
+		if c.Events != (Events{}) {
+			ps.add("events", "only used with ses: (the listener of SES bounce and complaint notifications)")
+		}
+		return
+	}
+	if c.Events.Address == "" {
+		ps.add("events.address", "required with ses: the listener SNS posts bounce and complaint notifications to (e.g. 0.0.0.0:8443 with cert_file and key_file, or a loopback address behind a TLS proxy)")
+	} else {
+		listenAddress(ps, "events.address", c.Events.Address, "0.0.0.0:8443", &bound)
+	}
+	checkCertPair(ps, "events", c.Events.CertFile, c.Events.KeyFile)
+}
+
+// MinAdminTokenBytes is the shortest admin token accepted: 16 random characters are beyond guessing
+// over HTTP; `openssl rand -hex 32` gives 64.
+const MinAdminTokenBytes = 16
+
+// boundAddress is a listener address already claimed, for the one-address-one-listener check.
+type boundAddress struct {
+	path, host, port string
+}
+
+// listenAddress checks a listen address — host:port with a port of 1-65535 and a host that is empty
+// (every interface), an IP literal or a host name — and that no other listener (submission, admin,
+// events) claims it: two listeners on one address would fail at start, or one would shadow the other.
+// It returns the host and whether the address is valid.
+func listenAddress(ps *Problems, path, addr, example string, bound *[]boundAddress) (string, bool) {
+	host, port, err := net.SplitHostPort(addr)
+	n, perr := strconv.Atoi(port)
+	switch {
+	case err != nil:
+		ps.add(path, "invalid address %q (write host:port, e.g. %s)", addr, example)
+		return "", false
+	case perr != nil || n < 1 || n > 65535:
+		ps.add(path, "invalid port in %q (write host:port with a port of 1-65535, e.g. %s)", addr, example)
+		return "", false
+	case host != "" && !validHostName(host):
+		if _, err := netip.ParseAddr(host); err != nil {
+			ps.add(path, "invalid host in %q (an IP address, a host name, or nothing for every interface)", addr)
+			return "", false
+		}
+	}
+	for _, b := range *bound {
+		if b.port == port && overlaps(b.host, host) {
+			ps.add(path, "%s is also the address of %s: each listener needs its own address", addr, b.path)
+			return host, true
+		}
+	}
+	*bound = append(*bound, boundAddress{path: path, host: host, port: port})
+	return host, true
+}
+
+// overlaps reports whether two listen hosts on one port collide: the same address, or either one
+// every interface.
+func overlaps(a, b string) bool {
+	norm := func(h string) string {
+		if h == "localhost" {
+			return "127.0.0.1"
+		}
+		if ip, err := netip.ParseAddr(h); err == nil {
+			if ip.IsUnspecified() {
+				return ""
+			}
+			return ip.Unmap().String()
+		}
+		return strings.ToLower(h)
+	}
+	a, b = norm(a), norm(b)
+	return a == "" || b == "" || a == b
+}
+
+func isLoopbackHost(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
+// validHostName: LDH labels separated by dots (RFC 1123 §2.1), at most 253 octets.
+func validHostName(h string) bool {
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	for _, l := range strings.Split(h, ".") {
+		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+			return false
+		}
+		for _, c := range []byte(l) {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// checkCertPair loads a configured certificate and key as the listeners will, so a missing, unreadable
+// or mismatched pair is found by check-config, not at start.
+func checkCertPair(ps *Problems, path, certFile, keyFile string) {
+	if (certFile == "") != (keyFile == "") {
+		ps.add(path, "cert_file and key_file go together")
+		return
+	}
+	if certFile == "" {
+		return
+	}
+	certPEM, err := readPEMFile(certFile)
+	var keyPEM []byte
+	if err == nil {
+		keyPEM, err = readPEMFile(keyFile)
+	}
+	if err == nil {
+		_, err = tls.X509KeyPair(certPEM, keyPEM)
+		clear(keyPEM)
+	}
+	if err != nil {
+		ps.add(path+".cert_file", "cannot load the certificate and key (%s, %s): %v", certFile, keyFile, err)
+	}
+}
+
+// maxPEMFileBytes bounds a certificate, key or CA file read at validation: a chain is a few KiB, a CA
+// bundle a few hundred.
+const maxPEMFileBytes = 4 << 20
+
+// readPEMFile reads a certificate, key or CA file, refusing what is not a regular file (a FIFO would
+// block, /dev/zero would never end) and reading at most maxPEMFileBytes.
+func readPEMFile(path string) ([]byte, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxPEMFileBytes+1))
+	if err == nil && len(b) > maxPEMFileBytes {
+		err = fmt.Errorf("%s is larger than %d MiB", path, maxPEMFileBytes>>20)
+	}
+	return b, err
 }
 
 func (c *Config) validateBusinessUnits(ps *Problems) map[string]bool {
@@ -237,7 +415,7 @@ func (c *Config) validateBusinessUnits(ps *Problems) map[string]bool {
 			ps.add(p+".time_zone", "unknown time zone %q (use an IANA name such as America/New_York)", b.TimeZone)
 		}
 		for j, e := range b.AcceptedExtensions {
-			if !strings.HasPrefix(e, ".") || len(e) < 2 || strings.ContainsAny(e, "/\\ ") {
+			if !validExtension(e) {
 				ps.add(fmt.Sprintf("%s.accepted_extensions[%d]", p, j), "write the extension with its period, e.g. .png (got %q)", e)
 			}
 		}
@@ -288,6 +466,13 @@ func (c *Config) validateSMTPServers(ps *Problems) map[string]*SMTPServer {
 		if s.Auth != "microsoft-oauth" && s.OAuth != nil {
 			ps.add(p+".oauth", "only used with auth: microsoft-oauth")
 		}
+		if s.CAFile != "" {
+			if pem, err := readPEMFile(s.CAFile); err != nil {
+				ps.add(p+".ca_file", "%v", err)
+			} else if !x509.NewCertPool().AppendCertsFromPEM(pem) {
+				ps.add(p+".ca_file", "%s holds no PEM certificate", s.CAFile)
+			}
+		}
 	}
 	return servers
 }
@@ -306,7 +491,7 @@ func validateOAuth(ps *Problems, p string, o *OAuth) {
 	if o.ClientSecret == "" {
 		ps.add(p+".client_secret", "required: a secret reference (kms:, local:, env:NAME, file:PATH)")
 	}
-	if _, err := mail.ParseAddress(o.Mailbox); err != nil {
+	if !relay.ValidAddress(o.Mailbox) {
 		ps.add(p+".mailbox", "required: the mailbox address mail is sent as (got %q)", o.Mailbox)
 	}
 	switch o.Flow {
@@ -336,17 +521,15 @@ func (c *Config) validateChannels(ps *Problems, bus map[string]bool, servers map
 	for i, ch := range c.Channels {
 		p := fmt.Sprintf("channels[%d]", i)
 		unique(ps, p+".name", "channel", ch.Name, channels)
-		if a, err := mail.ParseAddress(ch.From); err != nil || a.Name != "" {
+		if !relay.ValidAddress(ch.From) {
 			ps.add(p+".from", "must be a bare address such as support@example.com (got %q)", ch.From)
-		} else if other, dup := froms[strings.ToLower(a.Address)]; dup {
-			ps.add(p+".from", "%s is already the address of channel %q; a From address picks exactly one channel", a.Address, other)
+		} else if other, dup := froms[strings.ToLower(ch.From)]; dup {
+			ps.add(p+".from", "%s is already the address of channel %q; a From address picks exactly one channel", ch.From, other)
 		} else {
-			froms[strings.ToLower(a.Address)] = ch.Name
+			froms[strings.ToLower(ch.From)] = ch.Name
 		}
-		if ch.MailFrom != "" {
-			if a, err := mail.ParseAddress(ch.MailFrom); err != nil || a.Name != "" {
-				ps.add(p+".mail_from", "must be a bare address (got %q)", ch.MailFrom)
-			}
+		if ch.MailFrom != "" && !relay.ValidAddress(ch.MailFrom) {
+			ps.add(p+".mail_from", "must be a bare address such as bounces@example.com (got %q)", ch.MailFrom)
 		}
 		if !bus[ch.BusinessUnit] {
 			ps.add(p+".business_unit", "unknown business unit %q (define it under business_units)", ch.BusinessUnit)
@@ -434,6 +617,11 @@ func (c *Config) validateSecrets(ps *Problems) {
 			if strings.HasPrefix(v, k) {
 				if len(v) == len(k) {
 					ps.add(path, "empty %s reference", strings.TrimSuffix(k, ":"))
+				} else if k == "file:" {
+					// The daemon reads it with the same rules (kms.ReadSecretFile).
+					if err := kms.CheckSecretFile(v[len(k):]); err != nil {
+						ps.add(path, "%v", err)
+					}
 				}
 				return
 			}
@@ -451,6 +639,93 @@ func (c *Config) validateSecrets(ps *Problems) {
 		if s.OAuth != nil {
 			check(p+".oauth.client_secret", s.OAuth.ClientSecret)
 		}
+	}
+}
+
+// validExtension accepts what composition matches attachment names against: a period, then 1-32
+// letters, digits, '-', '_' or '+' (one extension: ".gz", not ".tar.gz").
+func validExtension(e string) bool {
+	rest, ok := strings.CutPrefix(e, ".")
+	if !ok || rest == "" || len(rest) > 32 {
+		return false
+	}
+	for _, c := range []byte(rest) {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '+') {
+			return false
+		}
+	}
+	return true
+}
+
+// tooWide says why a trusted network is refused, or "" if it is not: it covers the whole internet, or
+// it is a public range wider than /24 (IPv4) or /48 (IPv6, a site's allocation). Loopback and private
+// ranges (RFC 1918, RFC 6598 shared, RFC 4193 unique local, link-local) may be any size: they cannot be
+// reached from the internet.
+func tooWide(p netip.Prefix) string {
+	p = p.Masked()
+	if p.Addr().Is4In6() && p.Bits() >= 96 {
+		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+	}
+	if p.Bits() == 0 {
+		return "covers the whole internet"
+	}
+	private := []netip.Prefix{
+		netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("172.16.0.0/12"),
+		netip.MustParsePrefix("192.168.0.0/16"), netip.MustParsePrefix("100.64.0.0/10"), netip.MustParsePrefix("169.254.0.0/16"),
+		netip.MustParsePrefix("::1/128"), netip.MustParsePrefix("fc00::/7"), netip.MustParsePrefix("fe80::/10"),
+	}
+	for _, r := range private {
+		if r.Addr().BitLen() == p.Addr().BitLen() && r.Bits() <= p.Bits() && r.Contains(p.Addr()) {
+			return ""
+		}
+	}
+	if limit := map[bool]int{true: 24, false: 48}[p.Addr().Is4()]; p.Bits() < limit {
+		return fmt.Sprintf("is a public range wider than /%d", limit)
+	}
+	return ""
+}
+
+// validTopicARN: arn:<partition>:sns:<region>:<12-digit account>:<topic name>.
+func validTopicARN(s string) bool {
+	f := strings.Split(s, ":")
+	if len(f) != 6 || f[0] != "arn" || !strings.HasPrefix(f[1], "aws") || f[2] != "sns" || f[3] == "" || f[5] == "" || len(f[4]) != 12 {
+		return false
+	}
+	_, err := strconv.ParseUint(f[4], 10, 64)
+	return err == nil
+}
+
+// validateLimits refuses negative numbers and durations: a negative limit is a mistake, and silently
+// taking the default instead would run with a limit the operator did not choose.
+func (c *Config) validateLimits(ps *Problems) {
+	type num struct {
+		path string
+		v    int64
+	}
+	l, q := c.Limits, c.Queue
+	nums := []num{
+		{"limits.max_connections", int64(l.MaxConnections)}, {"limits.max_connections_per_client", int64(l.MaxConnectionsPerClient)},
+		{"limits.max_message_bytes", l.MaxMessageBytes}, {"limits.max_recipients", int64(l.MaxRecipients)},
+		{"limits.auth_failures", int64(l.AuthFailures)}, {"limits.auth_failure_window", int64(l.AuthFailureWindow)},
+		{"limits.read_timeout", int64(l.ReadTimeout)},
+		{"queue.retry_initial", int64(q.RetryInitial)}, {"queue.retry_max", int64(q.RetryMax)},
+		{"queue.max_lifetime", int64(q.MaxLifetime)}, {"queue.workers_per_transport", int64(q.WorkersPerTransport)},
+		{"queue.attempt_timeout", int64(q.AttemptTimeout)},
+	}
+	for i, s := range c.SMTPServers {
+		p := fmt.Sprintf("smtp_servers[%d].", i)
+		nums = append(nums, num{p + "max_connections", int64(s.MaxConnections)}, num{p + "messages_per_minute", int64(s.MessagesPerMinute)},
+			num{p + "recipients_per_day", int64(s.RecipientsPerDay)}, num{p + "max_message_bytes", s.MaxMessageBytes},
+			num{p + "timeouts.connect", int64(s.Timeouts.Connect)}, num{p + "timeouts.command", int64(s.Timeouts.Command)},
+			num{p + "timeouts.data", int64(s.Timeouts.Data)}, num{p + "timeouts.idle", int64(s.Timeouts.Idle)})
+	}
+	for _, n := range nums {
+		if n.v < 0 {
+			ps.add(n.path, "must not be negative (leave it out for the default)")
+		}
+	}
+	if l.MaxConnectionsPerClient > l.MaxConnections && l.MaxConnections > 0 {
+		ps.add("limits.max_connections_per_client", "%d is more than limits.max_connections (%d)", l.MaxConnectionsPerClient, l.MaxConnections)
 	}
 }
 

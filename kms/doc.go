@@ -16,6 +16,9 @@
 //	               key; older keys stay in the file, so rotation (Keygen) is transparent.
 //	env:NAME       An environment variable.
 //	file:PATH      A file's content, with one trailing newline removed (what `echo` and editors add).
+//	               The file must be a regular file that group and others cannot access (0600, 0400)
+//	               of at most 64 KiB, and is read bounded (ReadSecretFile), so a world-readable
+//	               secret or file:/dev/zero is refused by check-config and by the daemon alike.
 //
 // Anything else is a plain-text value, accepted only when the Resolver is told the configuration is a
 // development one.

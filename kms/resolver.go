@@ -26,7 +26,7 @@ type Resolver struct {
 	Development bool
 	// LookupEnv reads env: references; nil = os.LookupEnv.
 	LookupEnv func(name string) (string, bool)
-	// ReadFile reads file: references; nil = os.ReadFile.
+	// ReadFile reads file: references; nil = ReadSecretFile (mode 0600/0400, at most 64 KiB).
 	ReadFile func(path string) ([]byte, error)
 }
 
@@ -60,7 +60,7 @@ func (r *Resolver) Resolve(ctx context.Context, ref string) (Secret, error) {
 		}
 		read := r.ReadFile
 		if read == nil {
-			read = os.ReadFile
+			read = ReadSecretFile
 		}
 		b, err := read(body)
 		if err != nil {

@@ -23,7 +23,7 @@ func cmdCheckConfig(_ context.Context, env *cliEnv, args []string) error {
 		return &exitError{code: 2}
 	}
 	path := pos[0]
-	_, err = config.Load(path)
+	_, err = loadConfig(path)
 	var ps config.Problems
 	if errors.As(err, &ps) {
 		for _, p := range ps {

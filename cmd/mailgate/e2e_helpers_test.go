@@ -43,13 +43,15 @@ type instance struct {
 	config   string
 	smtp     string // submission address
 	admin    string
+	events   string // events listener address ({{EVENTS}} in an ses: configuration)
+	token    string // the admin bearer token, in {{DIR}}/admin.token
 	cert     peertest.Cert
 	proc     *peertest.Process
 	extraEnv []string
 }
 
 // e2eConfig is the YAML of a production-style (non-development) configuration. {{SMTP}}, {{ADMIN}},
-// {{DIR}}, {{CERT}}, {{KEY}}, {{HASH}} are filled in by newInstance.
+// {{EVENTS}}, {{DIR}}, {{CERT}}, {{KEY}}, {{HASH}} are filled in by newInstance.
 const e2eConfigHead = `
 hostname: mailgate.test
 listeners:
@@ -61,6 +63,7 @@ tls:
   key_file: {{KEY}}
 admin:
   address: {{ADMIN}}
+  token_file: {{DIR}}/admin.token
 spool:
   dir: {{DIR}}/spool
 store:
@@ -106,8 +109,13 @@ func newInstance(t *testing.T, yamlBody string) *instance {
 	in := &instance{t: t, dir: t.TempDir(), cert: peertest.SelfSignedCert(t)}
 	in.smtp = "127.0.0.1:" + strconv.Itoa(peertest.FreePort(t))
 	in.admin = "127.0.0.1:" + strconv.Itoa(peertest.FreePort(t))
+	in.events = "127.0.0.1:" + strconv.Itoa(peertest.FreePort(t))
+	in.token = "e2e-admin-token-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	if err := os.WriteFile(filepath.Join(in.dir, "admin.token"), []byte(in.token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	hash := hashPassword(t, alicePassword)
-	r := strings.NewReplacer("{{SMTP}}", in.smtp, "{{ADMIN}}", in.admin, "{{DIR}}", in.dir,
+	r := strings.NewReplacer("{{SMTP}}", in.smtp, "{{ADMIN}}", in.admin, "{{EVENTS}}", in.events, "{{DIR}}", in.dir,
 		"{{CERT}}", in.cert.CertFile, "{{KEY}}", in.cert.KeyFile, "{{HASH}}", hash)
 	in.config = filepath.Join(in.dir, "mailgate.yaml")
 	if err := os.WriteFile(in.config, []byte(r.Replace(e2eConfigHead+yamlBody)), 0o600); err != nil {

@@ -23,14 +23,7 @@ import (
 // httpGet returns the status and body of a GET on the admin listener.
 func httpGet(t *testing.T, url string) (int, string) {
 	t.Helper()
-	c := &http.Client{Timeout: 10 * time.Second}
-	resp, err := c.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return adminRequest(t, "GET", url, "", "")
 }
 
 // rewriteConfig replaces old with new in the instance's config file; old must occur.
@@ -186,6 +179,8 @@ ses:
   region: eu-west-1
   endpoint: ` + endpoint + `
   event_topics: [arn:aws:sns:eu-west-1:123456789012:mailgate-events]
+events:
+  address: {{EVENTS}}
 channels:
   - name: Secure
     from: secure@example.com
@@ -261,9 +256,9 @@ func TestReadyzAndHealthz(t *testing.T) {
 	})
 }
 
-// TestSESEventsEndpoint: /ses/events is mounted on the admin listener of a daemon with an ses: section;
-// garbage, an unsigned notification, a forged one and one from a foreign topic are refused with 4xx and
-// record nothing.
+// TestSESEventsEndpoint: /ses/events is served on the events listener of a daemon with an ses: section,
+// and not on the admin listener (404), nor anything of the admin listener on it; garbage, an unsigned
+// notification, a forged one and one from a foreign topic are refused with 4xx and record nothing.
 func TestSESEventsEndpoint(t *testing.T) {
 	ses := newFakeSES(t, map[string]string{"secure-set": "REQUIRE", "strict-set": "REQUIRE"})
 	in := newInstance(t, sesForceTLSConfig(ses.URL))
@@ -287,7 +282,7 @@ func TestSESEventsEndpoint(t *testing.T) {
 	}
 	c := &http.Client{Timeout: 10 * time.Second}
 	for _, tc := range cases {
-		req, _ := http.NewRequest("POST", "http://"+in.admin+"/ses/events", strings.NewReader(tc.body))
+		req, _ := http.NewRequest("POST", "http://"+in.events+"/ses/events", strings.NewReader(tc.body))
 		req.Header.Set("Content-Type", "text/plain; charset=UTF-8")
 		req.Header.Set("X-Amz-Sns-Message-Type", "Notification")
 		if tc.name == "garbage" {
@@ -304,8 +299,21 @@ func TestSESEventsEndpoint(t *testing.T) {
 			t.Errorf("%s: %d %q, want %d", tc.name, resp.StatusCode, strings.TrimSpace(string(b)), tc.want)
 		}
 	}
-	if code, _ := httpGet(t, "http://"+in.admin+"/ses/events"); code != http.StatusMethodNotAllowed {
+	if code, _ := httpGet(t, "http://"+in.events+"/ses/events"); code != http.StatusMethodNotAllowed {
 		t.Errorf("GET /ses/events = %d, want 405 (the endpoint is POST only)", code)
+	}
+	resp, err := c.Post("http://"+in.admin+"/ses/events", "text/plain", strings.NewReader(notification(topic, forged)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("POST /ses/events on the admin listener = %d, want 404", resp.StatusCode)
+	}
+	for _, p := range []string{"/metrics", "/healthz", "/queue", "/debug/pprof/"} {
+		if code, _ := httpGet(t, "http://"+in.events+p); code != http.StatusNotFound {
+			t.Errorf("GET %s on the events listener = %d, want 404", p, code)
+		}
 	}
 	out, code := in.mailgate("bounces", "list", "--config", in.config)
 	if code != 0 || strings.Contains(out, "victim@example.net") || strings.Count(strings.TrimSpace(out), "\n") != 0 {
@@ -402,7 +410,7 @@ func TestQueueRetryDropThroughAdmin(t *testing.T) {
 	drop := queueID(t, out)
 
 	list := func() string {
-		out, code := in.mailgate("queue", "list", "--admin", in.admin)
+		out, code := in.mailgate("queue", "list", "--config", in.config)
 		if code != 0 {
 			t.Fatalf("queue list: exit %d\n%s", code, out)
 		}
@@ -428,14 +436,14 @@ func TestQueueRetryDropThroughAdmin(t *testing.T) {
 		t.Errorf("queue list:\n%s", l)
 	}
 
-	out, code = in.mailgate("queue", "drop", drop, "--admin", in.admin)
+	out, code = in.mailgate("queue", "drop", drop, "--config", in.config)
 	if code != 0 || !strings.Contains(out, "drop "+drop+": ok") {
 		t.Fatalf("queue drop: exit %d\n%s", code, out)
 	}
 	if l := list(); row(l, drop) != "" || row(l, keep) == "" {
 		t.Fatalf("after drop, queue list:\n%s", l)
 	}
-	if out, code := in.mailgate("queue", "drop", drop, "--admin", in.admin); code != 1 || !strings.Contains(out, drop) {
+	if out, code := in.mailgate("queue", "drop", drop, "--config", in.config); code != 1 || !strings.Contains(out, drop) {
 		t.Errorf("dropping it again: exit %d, want 1 naming it\n%s", code, out)
 	}
 
@@ -444,7 +452,7 @@ func TestQueueRetryDropThroughAdmin(t *testing.T) {
 	if n := sink.Count(); n != 0 {
 		t.Fatalf("the sink got %d messages before retry: the retry schedule was not in force", n)
 	}
-	out, code = in.mailgate("queue", "retry", keep, "--admin", in.admin)
+	out, code = in.mailgate("queue", "retry", keep, "--config", in.config)
 	if code != 0 || !strings.Contains(out, "retry "+keep+": ok") {
 		t.Fatalf("queue retry: exit %d\n%s", code, out)
 	}
@@ -483,20 +491,21 @@ func TestQueueRetryDropThroughAdmin(t *testing.T) {
 // TestCheckConfigBrokenSet runs check-config on two of config/testdata/broken: exit 1, every problem
 // printed with the file and its path.
 func TestCheckConfigBrokenSet(t *testing.T) {
-	in := &instance{t: t}
 	for file, wants := range map[string][]string{
-		"../../config/testdata/broken/oauth-missing-fields.yaml": {
+		"testdata/broken/oauth-missing-fields.yaml": {
 			"smtp_servers[0].oauth.client_id: required",
 			"smtp_servers[0].oauth.client_secret: required",
 			`smtp_servers[0].oauth.mailbox: required: the mailbox address mail is sent as (got "")`,
 			"3 problem(s)",
 		},
-		"../../config/testdata/broken/signature-user-twice.yaml": {
+		"testdata/broken/signature-user-twice.yaml": {
 			`signatures[1].users[0]: user "alice" is in signatures "short" and "long"; a user can have only one signature`,
 			"1 problem(s)",
 		},
 	} {
-		out, code := in.mailgate("check-config", file)
+		// From the config package's directory, where the files' certificate paths (testdata/tls) lead.
+		stdout, stderr, code := runIn(t, "../../config", "check-config", file)
+		out := stdout + stderr
 		if code != 1 {
 			t.Errorf("%s: exit %d, want 1\n%s", file, code, out)
 		}

@@ -6,6 +6,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -399,7 +401,28 @@ func TestCheckConfigBroken(t *testing.T) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
 	}
-	out, code = in.mailgate("check-config", "../../examples/mailgate.yaml")
+	// The example is valid once the files it names under /etc/mailgate exist (as they would on a server).
+	example, err := os.ReadFile("../../examples/mailgate.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	etc := t.TempDir()
+	cert := peertest.SelfSignedCert(t)
+	for name, content := range map[string]string{"tls/cert.pem": readFile(t, cert.CertFile), "tls/key.pem": readFile(t, cert.KeyFile),
+		"secrets/m365-client-secret": "client-secret\n", "admin.token": "0123456789abcdef0123456789abcdef\n"} {
+		p := filepath.Join(etc, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	exampleFile := filepath.Join(etc, "mailgate.yaml")
+	if err := os.WriteFile(exampleFile, []byte(strings.ReplaceAll(string(example), "/etc/mailgate/", etc+"/")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, code = in.mailgate("check-config", exampleFile)
 	if code != 0 || !strings.Contains(out, "ok") {
 		t.Fatalf("example config: exit %d\n%s", code, out)
 	}

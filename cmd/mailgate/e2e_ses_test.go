@@ -18,6 +18,9 @@ func sesConfig(endpoint string) string {
 ses:
   region: eu-west-1
   endpoint: ` + endpoint + `
+  event_topics: [arn:aws:sns:eu-west-1:123456789012:mailgate-events]
+events:
+  address: {{EVENTS}}
 channels:
   - name: Support
     from: support@example.com

@@ -3,68 +3,66 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/mailgate/mailgate/config"
 	"github.com/mailgate/mailgate/relay/queue"
 )
 
-// queueAPI serves the running daemon's queue on the admin listener, so `mailgate queue` acts on the
-// live scheduler instead of racing it on the spool files.
-type queueAPI struct{ q *queue.Queue }
-
-func (a queueAPI) register(mux interface {
-	Handle(string, http.Handler)
-}) {
-	mux.Handle("GET /queue", http.HandlerFunc(a.list))
-	mux.Handle("POST /queue/{id}/retry", http.HandlerFunc(a.retry))
-	mux.Handle("POST /queue/{id}/drop", http.HandlerFunc(a.drop))
-}
-
-func (a queueAPI) list(w http.ResponseWriter, _ *http.Request) {
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(a.q.List())
-}
-
-func (a queueAPI) retry(w http.ResponseWriter, r *http.Request) {
-	a.act(w, a.q.RetryNow(r.PathValue("id")))
-}
-func (a queueAPI) drop(w http.ResponseWriter, r *http.Request) { a.act(w, a.q.Drop(r.PathValue("id"))) }
-
-func (a queueAPI) act(w http.ResponseWriter, err error) {
-	switch {
-	case err == nil:
-		fmt.Fprintln(w, "ok")
-	case errors.Is(err, queue.ErrNoEntry):
-		http.Error(w, err.Error(), http.StatusNotFound)
-	default:
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-	}
-}
-
 func cmdQueue(ctx context.Context, env *cliEnv, args []string) error {
 	if len(args) == 0 || (args[0] != "list" && args[0] != "retry" && args[0] != "drop") {
-		return &exitError{code: 2, msg: "usage: mailgate queue list | retry ID | drop ID [--admin ADDR]"}
+		return &exitError{code: 2, msg: "usage: mailgate queue list | retry ID | drop ID [--config FILE | --data-dir DIR] [--admin ADDR] [--token-file FILE]"}
 	}
 	sub := args[0]
 	fs := newFlags(env, "queue "+sub, map[string]string{"list": "", "retry": "ID", "drop": "ID"}[sub])
-	adminAddr := fs.String("admin", "127.0.0.1:9465", "admin listener of the running daemon")
+	adminAddr := fs.String("admin", "", "admin listener of the running daemon (default: --config's admin.address, else the one the development daemon recorded in --data-dir, else 127.0.0.1:9465)")
+	cfgPath := fs.String("config", "", "configuration file: its admin.address and admin.token_file")
+	dataDir := fs.String("data-dir", "mailgate-data", "data directory of the development default (admin.token, admin.address)")
+	tokenFile := fs.String("token-file", "", "file holding the admin bearer token (default: --config's admin.token_file, else --data-dir's admin.token)")
 	ids, err := parseArgs(fs, args[1:])
 	if err != nil {
 		return err
 	}
+	addr, tokenPath, err := adminTarget(*adminAddr, *cfgPath, *dataDir, *tokenFile)
+	if err != nil {
+		return err
+	}
+	token, err := readAdminToken(tokenPath)
+	if err != nil {
+		return fmt.Errorf("%w (give the token's file with --token-file, or --config)", err)
+	}
 	client := &http.Client{Timeout: 10 * time.Second}
-	base := "http://" + *adminAddr
-	if sub == "list" {
-		resp, err := client.Get(base + "/queue")
+	base := "http://" + addr
+	call := func(method, path string) (*http.Response, error) {
+		req, err := http.NewRequestWithContext(ctx, method, base+path, nil)
 		if err != nil {
-			return fmt.Errorf("is mailgate serve running? %w", err)
+			return nil, err
+		}
+		req.Header.Set("Authorization", "Bearer "+string(token))
+		resp, err := client.Do(req)
+		if err != nil {
+			return nil, fmt.Errorf("is mailgate serve running? %w", err)
+		}
+		if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden || resp.StatusCode == http.StatusMisdirectedRequest {
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+			return nil, fmt.Errorf("admin listener %s refused the request (%s): %s; is %s the daemon's admin.token_file?",
+				addr, resp.Status, strings.TrimSpace(string(body)), tokenPath)
+		}
+		return resp, nil
+	}
+	if sub == "list" {
+		resp, err := call(http.MethodGet, "/queue")
+		if err != nil {
+			return err
 		}
 		defer resp.Body.Close()
 		var entries []queue.Entry
@@ -85,9 +83,9 @@ func cmdQueue(ctx context.Context, env *cliEnv, args []string) error {
 		return &exitError{code: 2}
 	}
 	id := ids[0]
-	resp, err := client.Post(base+"/queue/"+url.PathEscape(id)+"/"+sub, "text/plain", nil)
+	resp, err := call(http.MethodPost, "/queue/"+url.PathEscape(id)+"/"+sub)
 	if err != nil {
-		return fmt.Errorf("is mailgate serve running? %w", err)
+		return err
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
@@ -96,4 +94,34 @@ func cmdQueue(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	fmt.Fprintf(env.stdout, "%s %s: ok\n", sub, id)
 	return nil
+}
+
+// adminTarget works out which daemon a CLI command talks to and where its token is: flags first, then
+// the configuration file, then the development data directory (where `mailgate serve` with no config
+// records its admin address and token).
+func adminTarget(addrFlag, cfgPath, dataDir, tokenFlag string) (addr, tokenFile string, err error) {
+	addr, tokenFile = addrFlag, tokenFlag
+	if cfgPath != "" {
+		cfg, err := loadConfig(cfgPath)
+		if err != nil {
+			return "", "", fmt.Errorf("%s:\n%w", cfgPath, err)
+		}
+		if addr == "" {
+			addr = cfg.Admin.Address
+		}
+		if tokenFile == "" {
+			tokenFile = cfg.Admin.TokenFile
+		}
+	}
+	if tokenFile == "" {
+		tokenFile = filepath.Join(dataDir, config.DevelopmentTokenFile)
+	}
+	if addr == "" {
+		b, err := os.ReadFile(filepath.Join(dataDir, developmentAdminAddressFile))
+		addr = strings.TrimSpace(string(b))
+		if err != nil || addr == "" {
+			addr = "127.0.0.1:9465"
+		}
+	}
+	return addr, tokenFile, nil
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"syscall"
@@ -41,14 +42,23 @@ func cmdServe(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	load := func() (*config.Config, error) { return config.Load(*cfgPath) }
+	load := func() (*config.Config, error) { return loadConfig(*cfgPath) }
 	if *cfgPath == "" {
 		hash, err := bcrypt.GenerateFromPassword([]byte("demo"), bcrypt.DefaultCost)
 		if err != nil {
 			return err
 		}
 		dev := config.Development(config.DevelopmentOptions{DataDir: *dataDir, SubmissionAddr: *listen, AdminAddr: *adminAddr, DemoPasswordHash: string(hash)})
-		load = func() (*config.Config, error) { return dev, nil }
+		if err := ensureDevelopmentToken(dev.Admin.TokenFile); err != nil {
+			return fmt.Errorf("development admin token: %w", err)
+		}
+		// The development default goes through the same validation as a file.
+		load = func() (*config.Config, error) {
+			if err := dev.Validate(); err != nil {
+				return nil, err
+			}
+			return dev, checkBuild(dev)
+		}
 	}
 	cfg, err := load()
 	if err != nil {
@@ -85,6 +95,7 @@ type daemon struct {
 	queue      *queue.Queue
 	submit     *submit.Server
 	admin      *admin.Server
+	events     *admin.Events
 	transports *transportSet
 
 	spoolDir string
@@ -124,10 +135,11 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error
 	q, err := queue.New(queue.Options{
 		Dir: cfg.Spool.Dir, Transports: d.transports, Bounces: st, DeliveryLog: st,
 		Metrics: d.metrics, Logger: d.log,
-		Workers:     cfg.Queue.WorkersPerTransport,
-		Retry:       queue.Backoff{Initial: cfg.Queue.RetryInitial.D(), Max: cfg.Queue.RetryMax.D()},
-		MaxLifetime: cfg.Queue.MaxLifetime.D(), AttemptTimeout: cfg.Queue.AttemptTimeout.D(),
+		Workers: cfg.Queue.WorkersPerTransport,
 	})
+	if err == nil {
+		q.SetPolicy(queuePolicy(cfg))
+	}
 	if err != nil {
 		return fmt.Errorf("spool %s: %w", cfg.Spool.Dir, err)
 	}
@@ -160,26 +172,54 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error
 	defer sub.Close()
 	d.submit = sub
 
-	d.admin = admin.New(reg, d.log)
-	queueAPI{q}.register(d.admin)
+	token, err := readAdminToken(cfg.Admin.TokenFile)
+	if err != nil {
+		return err
+	}
+	d.admin = admin.New(admin.Options{Gatherer: reg, Logger: d.log.With("component", "admin"), Token: token,
+		AllowedHosts: cfg.Admin.AllowedHosts, Queue: q})
+	clear(token)
+	if cfg.Admin.TokenFile == "" {
+		d.log.Warn("the operator API (queue, pprof) is off: configure admin.token_file")
+	}
+	d.admin.SetChecks(d.checks(gen))
+	if err := d.admin.Listen(cfg.Admin.Address, nil); err != nil {
+		return err
+	}
 	if cfg.SES != nil {
 		h, err := sesEvents(cfg, st, d)
 		if err != nil {
 			return err
 		}
-		d.admin.Handle("POST /ses/events", h)
 		go h.Run(ctx) // prunes old notification claims
+		d.events = admin.NewEvents("/ses/events", h, admin.Limits{})
+		var eventsTLS *tls.Config
+		if cfg.Events.CertFile != "" {
+			cert, err := tls.LoadX509KeyPair(cfg.Events.CertFile, cfg.Events.KeyFile)
+			if err != nil {
+				return fmt.Errorf("events tls: %w", err)
+			}
+			eventsTLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		}
+		if err := d.events.Listen(cfg.Events.Address, eventsTLS); err != nil {
+			return err
+		}
 	}
-	d.admin.SetChecks(d.checks(gen))
-	if err := d.admin.Listen(cfg.Admin.Address); err != nil {
-		return err
+	if cfg.Development {
+		// Where `mailgate queue` looks when given no --admin (next to the token).
+		if err := os.WriteFile(filepath.Join(filepath.Dir(cfg.Admin.TokenFile), developmentAdminAddressFile), []byte(d.admin.Addr()+"\n"), 0o600); err != nil {
+			return err
+		}
 	}
 	d.cfg = cfg
 
 	for _, l := range cfg.Listeners {
 		fmt.Fprintf(env.stdout, "mailgate: submission %s (%s) on %s\n", l.Name, l.TLS, sub.Addr(l.Name))
 	}
-	fmt.Fprintf(env.stdout, "mailgate: admin on http://%s (/metrics /healthz /readyz)\n", d.admin.Addr())
+	fmt.Fprintf(env.stdout, "mailgate: admin on http://%s (/metrics /healthz /readyz; queue and pprof with the token in %s)\n", d.admin.Addr(), cfg.Admin.TokenFile)
+	if d.events != nil {
+		fmt.Fprintf(env.stdout, "mailgate: SES events on %s (POST /ses/events)\n", d.events.Addr())
+	}
 	if cfg.Development {
 		fmt.Fprintf(env.stdout, "mailgate: development default: user demo / password demo, channel Support <support@example.com>\n")
 		fmt.Fprintf(env.stdout, "mailgate: TLS certificate %s\n", devCert)
@@ -204,13 +244,17 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error
 		}
 	}()
 
-	errc := make(chan error, 3)
-	go func() { errc <- q.Run(ctx) }()
-	go func() { errc <- sub.Serve(ctx) }()
-	go func() { errc <- d.admin.Serve(ctx) }()
+	runners := []func(context.Context) error{q.Run, sub.Serve, d.admin.Serve}
+	if d.events != nil {
+		runners = append(runners, d.events.Serve)
+	}
+	errc := make(chan error, len(runners))
+	for _, run := range runners {
+		go func() { errc <- run(ctx) }()
+	}
 	d.log.Info("started", "listeners", len(cfg.Listeners), "spool", cfg.Spool.Dir, "store", cfg.Store.Path)
 	var first error
-	for i := 0; i < 3; i++ {
+	for i := 0; i < len(runners); i++ {
 		err := <-errc
 		if err != nil && !errors.Is(err, context.Canceled) && first == nil {
 			first = err
@@ -241,12 +285,20 @@ func listenerTLS(cfg *config.Config) (*tls.Config, string, error) {
 	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, where, nil
 }
 
-// reload re-reads the configuration; an invalid file keeps the running one. Listeners, spool, store
-// and admin address are fixed for the life of the process (changing them needs a restart).
+// reload re-reads the configuration; an invalid file keeps the running one. Rules, transports,
+// readiness checks, the admin token and the queue's retry schedule, lifetime and attempt timeout change
+// at once; listeners, TLS, spool, store, the admin and events listeners, limits.* (taken by the
+// submission server when it is built) and queue.workers_per_transport are fixed for the life of the
+// process: a change to them is logged at warn, naming the keys, and counted in
+// mailgate_config_restart_needed_total{key}, so an operator (or an alert) knows a restart is due.
 func (d *daemon) reload(ctx context.Context) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	cfg, err := d.load()
+	var token []byte
+	if err == nil {
+		token, err = readAdminToken(cfg.Admin.TokenFile)
+	}
 	if err == nil {
 		var gen *generation
 		gen, err = d.build(ctx, cfg)
@@ -256,9 +308,15 @@ func (d *daemon) reload(ctx context.Context) {
 			d.admin.SetChecks(d.checks(gen))
 			d.gen.close()
 			d.gen = gen
+			d.admin.SetToken(token)
+			clear(token)
+			d.queue.SetPolicy(queuePolicy(cfg))
 			go func() { time.Sleep(time.Minute); closeTransports(old) }() // let attempts in flight finish
-			if fixed := fixedChanges(d.cfg, cfg); fixed != "" {
-				d.log.Warn("reload: these settings need a restart and were not changed", "settings", fixed)
+			if fixed := fixedChanges(d.cfg, cfg); len(fixed) > 0 {
+				for _, k := range fixed {
+					d.metrics.ConfigRestartNeeded.WithLabelValues(k).Inc()
+				}
+				d.log.Warn("reload: these settings take effect only after a restart and were not changed", "settings", strings.Join(fixed, ","))
 			}
 			d.cfg = cfg
 			d.metrics.ConfigReloads.WithLabelValues("success").Inc()
@@ -267,19 +325,51 @@ func (d *daemon) reload(ctx context.Context) {
 		}
 	}
 	d.metrics.ConfigReloads.WithLabelValues("failure").Inc()
-	d.log.Error("config reload failed; the running configuration stays", "file", d.configPath, "error", strings.ReplaceAll(err.Error(), "\n", "; "))
+	d.log.Error("config reload failed; the running configuration stays", "file", d.configPath, "err", strings.ReplaceAll(err.Error(), "\n", "; "))
 }
 
-func fixedChanges(old, cur *config.Config) string {
+// queuePolicy is the part of the queue settings a reload applies live.
+func queuePolicy(cfg *config.Config) queue.Policy {
+	return queue.Policy{
+		Retry:       queue.Backoff{Initial: cfg.Queue.RetryInitial.D(), Max: cfg.Queue.RetryMax.D()},
+		MaxLifetime: cfg.Queue.MaxLifetime.D(), AttemptTimeout: cfg.Queue.AttemptTimeout.D(),
+	}
+}
+
+// fixedChanges names the settings that differ between the running configuration and the reloaded
+// one but are only read at start: limits.* key by key (the submission server takes them when it is
+// built), queue.workers_per_transport (the worker pools), the rest by section. queue's retry
+// schedule, lifetime and attempt timeout are applied live (queuePolicy) and not listed.
+func fixedChanges(old, cur *config.Config) []string {
 	var f []string
-	if fmt.Sprint(old.Listeners) != fmt.Sprint(cur.Listeners) || old.TLS != cur.TLS {
-		f = append(f, "listeners/tls")
+	f = append(f, changedFields("limits", old.Limits, cur.Limits)...)
+	if old.Queue.WorkersPerTransport != cur.Queue.WorkersPerTransport {
+		f = append(f, "queue.workers_per_transport")
 	}
-	if old.Spool != cur.Spool || old.Store != cur.Store {
-		f = append(f, "spool/store")
+	for _, s := range []struct {
+		key      string
+		old, cur any
+	}{
+		{"listeners", old.Listeners, cur.Listeners}, {"tls", old.TLS, cur.TLS}, {"spool", old.Spool, cur.Spool},
+		{"store", old.Store, cur.Store}, {"admin.address", old.Admin.Address, cur.Admin.Address},
+		{"admin.allowed_hosts", old.Admin.AllowedHosts, cur.Admin.AllowedHosts}, {"events", old.Events, cur.Events},
+	} {
+		if !reflect.DeepEqual(s.old, s.cur) {
+			f = append(f, s.key)
+		}
 	}
-	if old.Admin != cur.Admin {
-		f = append(f, "admin")
+	return f
+}
+
+// changedFields lists prefix.<yaml key> for each field of two structs of one type that differs.
+func changedFields(prefix string, old, cur any) []string {
+	var f []string
+	ov, cv := reflect.ValueOf(old), reflect.ValueOf(cur)
+	for i := 0; i < ov.NumField(); i++ {
+		if !reflect.DeepEqual(ov.Field(i).Interface(), cv.Field(i).Interface()) {
+			name, _, _ := strings.Cut(ov.Type().Field(i).Tag.Get("yaml"), ",")
+			f = append(f, prefix+"."+name)
+		}
 	}
-	return strings.Join(f, ",")
+	return f
 }

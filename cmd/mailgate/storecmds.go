@@ -23,7 +23,7 @@ func openStore(configPath, dataDir string) (*store.Store, error) {
 // loadOrDevelopment loads a file, or with none the development default under dataDir.
 func loadOrDevelopment(configPath, dataDir string) (*config.Config, error) {
 	if configPath != "" {
-		return config.Load(configPath)
+		return loadConfig(configPath)
 	}
 	return config.Development(config.DevelopmentOptions{DataDir: dataDir}), nil
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/mail"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -33,8 +32,8 @@ func cmdTestSend(ctx context.Context, env *cliEnv, args []string) error {
 		fs.Usage()
 		return &exitError{code: 2}
 	}
-	if _, err := mail.ParseAddress(*to); err != nil {
-		return fmt.Errorf("--to %q: %w", *to, err)
+	if !relay.ValidAddress(*to) {
+		return &exitError{code: 2, msg: fmt.Sprintf("test-send: --to %q is not a mail address (local@domain.example)", *to)}
 	}
 	cfg, err := loadOrDevelopment(*cfgPath, "mailgate-data")
 	if err != nil {

@@ -39,7 +39,6 @@ import (
 	"fmt"
 	"io"
 	"mime"
-	"net/mail"
 	"strings"
 	"time"
 
@@ -73,7 +72,7 @@ type Channel struct {
 // the channel (ticket.style, threading, from_address, allowed_extensions[i]).
 func (c *Channel) Validate() []error {
 	var errs []error
-	if a, err := mail.ParseAddress(c.FromAddress); err != nil || a.Address != c.FromAddress || !strings.Contains(c.FromAddress, "@") {
+	if !relay.ValidAddress(c.FromAddress) {
 		errs = append(errs, &FieldError{"from_address", fmt.Sprintf("%q is not a plain mail address (local@domain)", c.FromAddress)})
 	}
 	errs = append(errs, c.Ticket.Validate(c.Threading)...)

@@ -33,6 +33,7 @@ type Metrics struct {
 	SESEvents            *prometheus.CounterVec   // type (bounce, complaint, delivery_delay, ...), result
 	UpstreamConnections  *prometheus.CounterVec   // server, tls (none, starttls, implicit)
 	ConfigReloads        *prometheus.CounterVec   // result
+	ConfigRestartNeeded  *prometheus.CounterVec   // key (a configuration key, e.g. limits.max_connections)
 	ComposeDuration      prometheus.Histogram
 	ComposedMessageBytes prometheus.Histogram
 }
@@ -96,6 +97,10 @@ func New(reg prometheus.Registerer) *Metrics {
 		ConfigReloads: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "mailgate_config_reloads_total", Help: "Configuration reloads by result.",
 		}, []string{"result"}),
+		ConfigRestartNeeded: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "mailgate_config_restart_needed_total",
+			Help: "Reloads that changed a setting read only at start (by configuration key): a restart is needed to apply it.",
+		}, []string{"key"}),
 		ComposeDuration: f.NewHistogram(prometheus.HistogramOpts{
 			Name: "mailgate_compose_duration_seconds", Help: "Time to compose one message.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 3, 10),

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -74,6 +75,32 @@ type Options struct {
 	ShutdownGrace time.Duration
 }
 
+// Policy is the part of Options a configuration reload may change while the queue runs. A new policy
+// applies from the next scheduling decision: an attempt in flight keeps its timeout, and a message
+// already waiting keeps the next-attempt time it was given.
+type Policy struct {
+	Retry          Backoff
+	MaxLifetime    time.Duration
+	AttemptTimeout time.Duration
+}
+
+func (p Policy) withDefaults() Policy {
+	p.Retry = p.Retry.withDefaults()
+	if p.MaxLifetime <= 0 {
+		p.MaxLifetime = 5 * 24 * time.Hour
+	}
+	if p.AttemptTimeout <= 0 {
+		p.AttemptTimeout = 10 * time.Minute
+	}
+	return p
+}
+
+// SetPolicy replaces the retry schedule, the maximum lifetime and the attempt timeout (on SIGHUP).
+func (q *Queue) SetPolicy(p Policy) {
+	p = p.withDefaults()
+	q.policy.Store(&p)
+}
+
 // ErrNoEntry is wrapped by the operator API when no queued message has the given id.
 var ErrNoEntry = errors.New("no such queue entry")
 
@@ -97,6 +124,7 @@ type entry struct {
 // List, RetryNow and Drop may be called from any goroutine, before or during Run.
 type Queue struct {
 	opts    Options
+	policy  atomic.Pointer[Policy] // Retry, MaxLifetime and AttemptTimeout in force (opts' are the first)
 	log     *slog.Logger
 	metrics *metrics.Metrics
 	spool   *spool
@@ -138,13 +166,8 @@ func New(opts Options) (*Queue, error) {
 	if opts.Workers <= 0 {
 		opts.Workers = 16
 	}
-	opts.Retry = opts.Retry.withDefaults()
-	if opts.MaxLifetime <= 0 {
-		opts.MaxLifetime = 5 * 24 * time.Hour
-	}
-	if opts.AttemptTimeout <= 0 {
-		opts.AttemptTimeout = 10 * time.Minute
-	}
+	policy := Policy{Retry: opts.Retry, MaxLifetime: opts.MaxLifetime, AttemptTimeout: opts.AttemptTimeout}.withDefaults()
+	opts.Retry, opts.MaxLifetime, opts.AttemptTimeout = policy.Retry, policy.MaxLifetime, policy.AttemptTimeout
 	if opts.ShutdownGrace <= 0 {
 		opts.ShutdownGrace = 10 * time.Second
 	}
@@ -170,6 +193,7 @@ func New(opts Options) (*Queue, error) {
 		pools:   map[string]*pool{},
 		wake:    make(chan struct{}, 1),
 	}
+	q.policy.Store(&policy)
 	if err := q.load(); err != nil {
 		lock.Close()
 		return nil, err

@@ -699,3 +699,24 @@ func TestShutdownWaitsForAttemptInFlight(t *testing.T) {
 		t.Errorf("finished attempt not recorded: %v", err)
 	}
 }
+
+// TestSetPolicyApplies: a policy set while the queue runs governs the next scheduling decision: with a
+// lifetime of a week nothing expires, then a lifetime shortened by SetPolicy bounces the message.
+func TestSetPolicyApplies(t *testing.T) {
+	dir := t.TempDir()
+	tr := TransportMap{"upstream": transportFunc(func(ctx context.Context, m *relay.Message) relay.Result {
+		return relay.Failed(len(m.Recipients), tempFail("try again later"))
+	})}
+	h := open(t, dir, tr, func(o *Options) { o.MaxLifetime = 7 * 24 * time.Hour })
+	h.run(t)
+	id := enqueue(t, h.q, "x", "a@example.net")
+	waitFor(t, "a few attempts", 5*time.Second, func() bool { e, ok := h.q.Get(id); return ok && e.Attempts >= 3 })
+	if n := len(h.rec.Bounces()); n != 0 {
+		t.Fatalf("%d bounces within a week's lifetime", n)
+	}
+	h.q.SetPolicy(Policy{Retry: Backoff{Schedule: []time.Duration{20 * time.Millisecond}, Jitter: -1}, MaxLifetime: time.Millisecond})
+	waitFor(t, "expiry bounce under the new policy", 5*time.Second, func() bool { return len(h.rec.Bounces()) == 1 })
+	if b := h.rec.Bounces()[0]; b.Enhanced != relay.CodeExpired {
+		t.Errorf("bounce %+v", b)
+	}
+}

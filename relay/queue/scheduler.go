@@ -206,7 +206,7 @@ func (q *Queue) deliver(ctx context.Context, cur *Entry, rcpts []string) relay.R
 		Size:       cur.Size,
 		Open:       func() (io.ReadCloser, error) { return openFile(body, syscall.O_RDONLY, 0) },
 	}
-	ctx, cancel := context.WithTimeout(ctx, q.opts.AttemptTimeout)
+	ctx, cancel := context.WithTimeout(ctx, q.policy.Load().AttemptTimeout)
 	defer cancel()
 	res := t.Deliver(ctx, m)
 	if len(res.Errs) != len(rcpts) {
@@ -297,12 +297,13 @@ func (q *Queue) attempt(runCtx context.Context, e *entry, cur Entry) {
 	if len(delivered) > 0 {
 		next.LastReply = res.Reply
 	}
+	policy := q.policy.Load()
 	if deferErr != nil {
 		next.LastError = deferErr.Error()
 		if next.FirstError == "" {
 			next.FirstError = next.LastError
 		}
-		expiry := next.Created.Add(q.opts.MaxLifetime)
+		expiry := next.Created.Add(policy.MaxLifetime)
 		if !now.Before(expiry) {
 			// RFC 3463 X.4.7: delivery time expired. The diagnostic keeps the last upstream answer. No
 			// suppression: a message that waited out a network outage or mailgate's own wrong password
@@ -323,8 +324,8 @@ func (q *Queue) attempt(runCtx context.Context, e *entry, cur Entry) {
 		q.recordBounce(&next, i, now)
 	}
 	if !next.done() {
-		at := now.Add(max(q.opts.Retry.Delay(next.Attempts), retryAfter))
-		if expiry := next.Created.Add(q.opts.MaxLifetime); len(deferred) > 0 && at.After(expiry) {
+		at := now.Add(max(policy.Retry.Delay(next.Attempts), retryAfter))
+		if expiry := next.Created.Add(policy.MaxLifetime); len(deferred) > 0 && at.After(expiry) {
 			at = expiry // one last attempt when the lifetime ends, then the bounce
 		}
 		next.NextAttempt = at

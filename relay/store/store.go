@@ -16,6 +16,8 @@
 //   - Times are stored as Unix milliseconds (modernc would store time.Time as text in its zone).
 //   - Addresses are compared case-insensitively through a lower-cased key column: operators and
 //     upstreams spell the same mailbox differently, and suppression must not be dodged by case.
+//   - The database, -wal and -shm files are 0600 (created so before the driver opens them, fixed at
+//     Open if an older file is wider): they hold recipients, diagnostics and sealed tokens.
 //   - The store never sees secrets in the clear: PutSecret takes values the caller already sealed.
 //   - Errors leaving the package are *relay.Error 451 4.3.0 (temporary: the store may come back) with
 //     the cause inside for the logs.
@@ -27,6 +29,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"strings"
 	"time"
 
@@ -58,6 +62,9 @@ func Open(path string) (*Store, error) {
 	if path == "" {
 		return nil, errors.New("store: empty database path")
 	}
+	if err := privateFile(path); err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
 	s := &Store{}
 	var err error
 	// The durable writer opens first: it sets WAL mode and runs the migrations before anyone reads.
@@ -73,6 +80,15 @@ func Open(path string) (*Store, error) {
 		s.durable.Close()
 		return nil, fmt.Errorf("store: %w", err)
 	}
+	// SQLite creates -wal and -shm with the mode of the database file (its robust_open copies it), so
+	// they are 0600 already; a database from before this rule, or a umask that interfered, is fixed here.
+	for _, sidecar := range []string{path + "-wal", path + "-shm"} {
+		if err := os.Chmod(sidecar, 0o600); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			s.durable.Close()
+			s.logw.Close()
+			return nil, fmt.Errorf("store: %w", err)
+		}
+	}
 	s.logw.SetMaxOpenConns(1)
 	if s.read, err = sql.Open("sqlite", dsn(path, "NORMAL")); err != nil {
 		s.durable.Close()
@@ -85,6 +101,18 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("store: %w", err)
 	}
 	return s, nil
+}
+
+// privateFile creates the database file with mode 0600 before the driver opens it (the driver would
+// create it 0644 under the usual umask), and takes group and other access away from an existing one:
+// the store holds bounce diagnostics, recipients of the delivery log and sealed OAuth tokens.
+func privateFile(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Chmod(0o600)
 }
 
 // Close closes every connection.

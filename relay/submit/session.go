@@ -154,7 +154,7 @@ func (s *session) Mail(from string, _ *smtp.MailOptions) error {
 
 // Rcpt checks one recipient: syntax, the recipient limit and the suppression list.
 func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
-	if !validAddress(to) {
+	if !relay.ValidAddress(to) {
 		// RFC 3463 X.1.3: bad destination mailbox address syntax.
 		return s.reply(stageRcpt, relay.Errorf(501, "5.1.3", "bad_address", "Bad recipient address syntax"))
 	}

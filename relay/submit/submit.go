@@ -150,7 +150,7 @@ func NewRules(dir *auth.Directory, channels []Channel, composer Composer) (*Rule
 		}
 		names[c.Name] = true
 		from := strings.ToLower(c.FromAddress)
-		if !validAddress(from) {
+		if !relay.ValidAddress(from) {
 			errs = append(errs, fmt.Errorf("channels[%d] (%s): from address %q is not an address", i, c.Name, c.FromAddress))
 			continue
 		}
@@ -160,7 +160,7 @@ func NewRules(dir *auth.Directory, channels []Channel, composer Composer) (*Rule
 		}
 		if c.MailFrom == "" {
 			c.MailFrom = c.FromAddress
-		} else if !validAddress(c.MailFrom) {
+		} else if !relay.ValidAddress(c.MailFrom) {
 			errs = append(errs, fmt.Errorf("channels[%d] (%s): mail from %q is not an address", i, c.Name, c.MailFrom))
 		}
 		if c.MaxMessageBytes < 0 {

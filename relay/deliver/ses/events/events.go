@@ -1,15 +1,17 @@
 // Package events receives SES bounce, complaint and delivery-delay notifications through an Amazon SNS
 // HTTP(S) subscription and feeds them to mailgate's bounce store and suppression list.
 //
-// Design: the Handler is an http.Handler the lead mounts on the admin listener (e.g. /ses/events).
+// Design: the Handler is an http.Handler served alone on the events listener (relay/admin.Events, at
+// /ses/events), never beside the operator API: SNS must reach it from the internet.
 // Every request is treated as hostile until proven otherwise:
 //
 //  1. the body is bounded (SNS messages are at most 256 KiB, JSON escaping can double that);
 //  2. the SNS message type must be one of Notification, SubscriptionConfirmation,
 //     UnsubscribeConfirmation, and the topic one the operator configured;
-//  3. the signature is verified (SignatureVersion 1 = SHA1withRSA, 2 = SHA256withRSA) over the canonical
-//     string AWS defines, with a certificate fetched only from https://sns.<region>.amazonaws.com[.cn]/…pem,
-//     cached, and valid now;
+//  3. only then, the signature is verified (SignatureVersion 1 = SHA1withRSA, 2 = SHA256withRSA) over
+//     the canonical string AWS defines, with a certificate fetched only from
+//     https://sns.<region of the topic>.amazonaws.com[.cn]/…pem, cached (failures too, for a minute),
+//     and valid now — so nothing an unauthenticated sender names is resolved or fetched;
 //  4. only then is a SubscriptionConfirmation confirmed (GET of its SubscribeURL, itself checked to be an
 //     SNS host) or a Notification acted on.
 //
@@ -64,9 +66,10 @@ type Options struct {
 	Store Store
 	// Retention is how long claims on processed notifications are kept; 0 means DefaultRetention.
 	Retention time.Duration
-	// TopicARNs are the SNS topics whose messages are accepted. Anyone with an AWS account can sign SNS
-	// messages from a topic of their own, so production configurations should list the topics their
-	// SES identities or configuration sets publish to; empty accepts every topic (logged at New).
+	// TopicARNs are the SNS topics whose messages are accepted (required). Anyone with an AWS account
+	// can sign SNS messages from a topic of their own, so a message is refused on its topic before its
+	// signing certificate is fetched: an unauthenticated POST never makes mailgate resolve or fetch a
+	// host it names.
 	TopicARNs []string
 	// Fetcher GETs signing certificates and SubscribeURLs; nil means HTTPFetcher{}.
 	Fetcher Fetcher
@@ -115,7 +118,7 @@ func New(opts Options) (*Handler, error) {
 		fetch = HTTPFetcher{}
 	}
 	if len(opts.TopicARNs) == 0 {
-		log.Warn("ses events accept notifications from any SNS topic: configure the topic ARNs")
+		return nil, errors.New("ses events: TopicARNs is required: any AWS account could otherwise post signed notifications")
 	}
 	return &Handler{opts: opts, verifier: NewVerifier(fetch, opts.Roots, now), fetch: fetch, log: log, now: now}, nil
 }
@@ -151,7 +154,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.refuse(w, typ, http.StatusBadRequest, "type header mismatch", fmt.Errorf("header %q, body %q", hdr, env.Type))
 		return
 	}
-	if len(h.opts.TopicARNs) > 0 && !slices.Contains(h.opts.TopicARNs, env.TopicArn) {
+	if !slices.Contains(h.opts.TopicARNs, env.TopicArn) {
 		h.refuse(w, typ, http.StatusForbidden, "topic not configured", fmt.Errorf("topic %q", env.TopicArn))
 		return
 	}

@@ -740,3 +740,78 @@ func TestHTTPFetcher(t *testing.T) {
 		}
 	}
 }
+
+// TestNoFetchBeforeTopicCheck: unauthenticated POSTs naming attacker-chosen certificate hosts — from a
+// topic not configured, or from the configured topic but a certificate host outside the topic's region —
+// make no fetch at all; and a handler without topics cannot be built.
+func TestNoFetchBeforeTopicCheck(t *testing.T) {
+	x := newHarness(t)
+	msg := bounceEvent("notificationType", "Bounce", "Permanent", "fb-t", "victim@example.org")
+	for _, c := range []struct{ topic, cert string }{
+		{"arn:aws:sns:eu-west-1:999999999999:attacker", "https://sns.attacker-1.amazonaws.com/SimpleNotificationService-x.pem"},
+		{"arn:aws:sns:us-east-9:999999999999:attacker", "https://sns.us-east-9.amazonaws.com/SimpleNotificationService-x.pem"},
+		{"arn:aws:sns:eu-west-1:999999999999:attacker", certURL},
+		{topic, "https://sns.attacker-1.amazonaws.com/SimpleNotificationService-x.pem"},
+		{topic, "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-x.pem"},
+	} {
+		e := notification("sns-t", msg)
+		e.TopicArn = c.topic
+		sign(t, e, "2", x.pki.key, c.cert)
+		if rec := x.post(t, e); rec.Code != http.StatusForbidden {
+			t.Errorf("topic %s cert %s: %d, want 403", c.topic, c.cert, rec.Code)
+		}
+	}
+	if calls := x.fetch.called(); len(calls) != 0 {
+		t.Errorf("fetched %v for messages that should have been refused unfetched", calls)
+	}
+	_, err := New(Options{Store: x.store, Fetcher: x.fetch})
+	if err == nil || !strings.Contains(err.Error(), "TopicARNs is required") {
+		t.Errorf("New without topics: %v", err)
+	}
+}
+
+// TestCertificateFetchCached: a certificate URL that fails is fetched once however many messages name
+// it (negative cache), concurrent messages share one fetch, and after FailureTTL it is fetched again.
+func TestCertificateFetchCached(t *testing.T) {
+	x := newHarness(t)
+	now := time.Now()
+	var mu sync.Mutex
+	x.h.verifier.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	const missing = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-missing.pem"
+	msg := bounceEvent("notificationType", "Bounce", "Permanent", "fb-c", "victim@example.org")
+	e := notification("sns-c", msg)
+	sign(t, e, "2", x.pki.key, missing)
+	var wg sync.WaitGroup
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if rec := x.post(t, e); rec.Code != http.StatusForbidden {
+				t.Errorf("missing certificate: %d", rec.Code)
+			}
+		}()
+	}
+	wg.Wait()
+	if calls := x.fetch.called(); len(calls) != 1 {
+		t.Fatalf("%d fetches for one failing URL, want 1: %v", len(calls), calls)
+	}
+	// The host answers again; within the TTL the failure stands, after it the certificate is fetched.
+	x.fetch.mu.Lock()
+	x.fetch.files[missing] = x.pki.certPEM
+	x.fetch.mu.Unlock()
+	if rec := x.post(t, e); rec.Code != http.StatusForbidden {
+		t.Fatalf("within the failure TTL: %d", rec.Code)
+	}
+	mu.Lock()
+	now = now.Add(DefaultFailureTTL + time.Second)
+	mu.Unlock()
+	if rec := x.post(t, e); rec.Code != http.StatusOK {
+		t.Fatalf("after the failure TTL: %d %s", rec.Code, rec.Body)
+	}
+	if rec := x.post(t, e); rec.Code != http.StatusOK {
+		t.Fatalf("again: %d %s", rec.Code, rec.Body)
+	}
+	if calls := x.fetch.called(); len(calls) != 2 {
+		t.Errorf("%d fetches, want 2 (one failure, one success, then cached): %v", len(calls), calls)
+	}
+}

@@ -197,18 +197,36 @@ func (f HTTPFetcher) Fetch(ctx context.Context, u string) ([]byte, error) {
 }
 
 // Verifier checks SNS message signatures. Signing certificates are fetched once per URL and cached
-// until they expire (SNS rotates them rarely; a handful of URLs are ever seen).
+// until they expire (SNS rotates them rarely; a handful of URLs are ever seen). A failed fetch is cached
+// too, for FailureTTL, so that a stream of messages naming an unreachable certificate costs one fetch,
+// not one per message; concurrent messages naming the same URL share one fetch.
 type Verifier struct {
 	fetch Fetcher
 	roots *x509.CertPool
 	now   func() time.Time
+	// FailureTTL is how long a failed certificate fetch is remembered (default DefaultFailureTTL).
+	FailureTTL time.Duration
 
 	mu    sync.Mutex
-	certs map[string]*x509.Certificate
+	certs map[string]*certEntry
 }
 
-// maxCachedCerts bounds the certificate cache; only verified SNS URLs are ever fetched, so it is
-// reached only if AWS rotates certificates many times during one run.
+// certEntry is one cached fetch: done is closed when cert or err is set; until bounds a failure.
+type certEntry struct {
+	done  chan struct{}
+	cert  *x509.Certificate
+	err   error
+	until time.Time
+}
+
+// DefaultFailureTTL is how long a failed signing-certificate fetch is cached: long enough that a flood
+// of messages naming it cannot make mailgate fetch in a loop, short enough that SNS's redelivery of a
+// genuine message (it retries for minutes) succeeds once the host answers again.
+const DefaultFailureTTL = time.Minute
+
+// maxCachedCerts bounds the certificate cache; only URLs of messages from an allowed topic, on that
+// topic's regional SNS host, are ever fetched, so it is reached only if AWS rotates certificates many
+// times during one run.
 const maxCachedCerts = 32
 
 // NewVerifier builds a Verifier. roots, when set, must issue the signing certificate (tests use a test
@@ -218,11 +236,14 @@ func NewVerifier(fetch Fetcher, roots *x509.CertPool, now func() time.Time) *Ver
 	if now == nil {
 		now = time.Now
 	}
-	return &Verifier{fetch: fetch, roots: roots, now: now, certs: map[string]*x509.Certificate{}}
+	return &Verifier{fetch: fetch, roots: roots, now: now, FailureTTL: DefaultFailureTTL, certs: map[string]*certEntry{}}
 }
 
 // Verify checks e's signature: SignatureVersion 1 is RSA PKCS#1 v1.5 over SHA-1, version 2 over
-// SHA-256, of StringToSign, with the key of the certificate at SigningCertURL.
+// SHA-256, of StringToSign, with the key of the certificate at SigningCertURL. The certificate must be
+// served by the SNS host of the topic's own region; everything that can be checked without a network
+// request is checked before the certificate is fetched. Callers check the topic first: Verify never
+// decides whether a topic is wanted.
 func (v *Verifier) Verify(ctx context.Context, e *Envelope) error {
 	var hash crypto.Hash
 	switch e.SignatureVersion {
@@ -233,8 +254,12 @@ func (v *Verifier) Verify(ctx context.Context, e *Envelope) error {
 	default:
 		return fmt.Errorf("sns: unsupported SignatureVersion %q", e.SignatureVersion)
 	}
-	if _, err := checkCertURL(e.SigningCertURL); err != nil {
+	u, err := checkCertURL(e.SigningCertURL)
+	if err != nil {
 		return err
+	}
+	if region, ok := topicRegion(e.TopicArn); !ok || snsRegion(u.Host) != region {
+		return fmt.Errorf("sns: signing certificate host %q is not the SNS host of topic %q's region", u.Host, e.TopicArn)
 	}
 	text, err := e.StringToSign()
 	if err != nil {
@@ -266,33 +291,87 @@ func (v *Verifier) Verify(ctx context.Context, e *Envelope) error {
 	return nil
 }
 
-// cert returns the signing certificate at u, from the cache or fetched, checked valid now.
+// topicRegion is the region of an SNS topic ARN, arn:<partition>:sns:<region>:<account>:<name>.
+func topicRegion(arn string) (string, bool) {
+	f := strings.Split(arn, ":")
+	if len(f) != 6 || f[0] != "arn" || f[2] != "sns" || f[3] == "" {
+		return "", false
+	}
+	return f[3], true
+}
+
+// snsRegion is the <region> of a host isSNSHost accepted.
+func snsRegion(host string) string {
+	rest := strings.TrimPrefix(host, "sns.")
+	if r, ok := strings.CutSuffix(rest, ".amazonaws.com.cn"); ok {
+		return r
+	}
+	return strings.TrimSuffix(rest, ".amazonaws.com")
+}
+
+// cert returns the signing certificate at u, from the cache or fetched, checked valid now. A failure is
+// cached for FailureTTL; concurrent callers for one URL wait for the one fetch in flight.
 func (v *Verifier) cert(ctx context.Context, u string) (*x509.Certificate, error) {
 	now := v.now()
 	v.mu.Lock()
-	c, ok := v.certs[u]
-	v.mu.Unlock()
-	if ok && now.Before(c.NotAfter) && now.After(c.NotBefore) {
-		return c, nil
+	e, ok := v.certs[u]
+	if ok {
+		select {
+		case <-e.done:
+			if e.err == nil && now.After(e.cert.NotBefore) && now.Before(e.cert.NotAfter) ||
+				e.err != nil && now.Before(e.until) {
+				v.mu.Unlock()
+				return e.cert, e.err
+			}
+			ok = false // expired certificate or failure: fetch again
+		default: // a fetch is in flight
+		}
 	}
+	if !ok {
+		if len(v.certs) >= maxCachedCerts {
+			v.evictLocked()
+		}
+		e = &certEntry{done: make(chan struct{})}
+		v.certs[u] = e
+		v.mu.Unlock()
+		e.cert, e.err = v.fetchCert(ctx, u, now)
+		if e.err != nil {
+			e.until = v.now().Add(v.FailureTTL)
+			if ctx.Err() != nil {
+				// The request gave up, not the host: the next message fetches again.
+				e.until = time.Time{}
+			}
+		}
+		close(e.done)
+		return e.cert, e.err
+	}
+	v.mu.Unlock()
+	select {
+	case <-e.done:
+		return e.cert, e.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// evictLocked drops one finished entry to make room (v.mu held).
+func (v *Verifier) evictLocked() {
+	for k, e := range v.certs {
+		select {
+		case <-e.done:
+			delete(v.certs, k)
+			return
+		default:
+		}
+	}
+}
+
+func (v *Verifier) fetchCert(ctx context.Context, u string, now time.Time) (*x509.Certificate, error) {
 	b, err := v.fetch.Fetch(ctx, u)
 	if err != nil {
 		return nil, fmt.Errorf("sns: fetch signing certificate: %w", err)
 	}
-	c, err = v.parseCert(b, now)
-	if err != nil {
-		return nil, err
-	}
-	v.mu.Lock()
-	if len(v.certs) >= maxCachedCerts {
-		for k := range v.certs {
-			delete(v.certs, k)
-			break
-		}
-	}
-	v.certs[u] = c
-	v.mu.Unlock()
-	return c, nil
+	return v.parseCert(b, now)
 }
 
 // parseCert decodes the PEM (leaf first, any intermediates after), checks the leaf's validity period

@@ -1,13 +1,17 @@
-package submit
+package relay
 
 import "strings"
 
-// validAddress reports whether s is a mailbox mailgate will relay to or send from: local-part "@" domain
+// ValidAddress reports whether s is a mailbox mailgate will relay to or send from: local-part "@" domain
 // (RFC 5321 §4.1.2) with a dot-atom or quoted-string local part of at most 64 octets (§4.5.3.1.1), a
 // domain of LDH labels (RFC 1035 §2.3.1, each 1–63 octets) with at least two labels, and at most 254
 // octets in all (§4.5.3.1.3: a path of 256 including the angle brackets). Address literals are refused:
 // customers' addresses have domains, and a literal would bypass the domain's MX.
-func validAddress(s string) bool {
+//
+// It is the one address validator of mailgate: configuration (channel From and MAIL FROM, OAuth
+// mailboxes), submission (RCPT, channel rules), composition (the channel's From) and test-send all ask
+// it, so an address one of them accepts is never refused by another.
+func ValidAddress(s string) bool {
 	if len(s) > 254 {
 		return false
 	}
