@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -70,7 +71,8 @@ func TestSwaksToSESEmulator(t *testing.T) {
 }
 
 // TestSESThrottlingAndRejection: against a server answering in SES's own error shapes, throttling is
-// retried until delivered and a permanent rejection ends in `bounces list`.
+// retried until delivered, a content rejection ends in `bounces list` as a message fault that does not
+// suppress, and an unverified sending identity (the account's problem) is deferred, never bounced.
 func TestSESThrottlingAndRejection(t *testing.T) {
 	var mu sync.Mutex
 	var authHeader string
@@ -86,7 +88,12 @@ func TestSESThrottlingAndRejection(t *testing.T) {
 		case strings.Contains(body, "rejected@example.net"):
 			w.Header().Set("X-Amzn-ErrorType", "MessageRejected")
 			w.WriteHeader(400)
-			io.WriteString(w, `{"message":"Email address is not verified."}`)
+			io.WriteString(w, `{"message":"Message rejected: Virus detected"}`)
+		case strings.Contains(body, "sandboxed@example.net"):
+			calls["sandboxed"]++
+			w.Header().Set("X-Amzn-ErrorType", "MessageRejected")
+			w.WriteHeader(400)
+			io.WriteString(w, `{"message":"Email address is not verified. The following identities failed the check in region EU-WEST-1: sandboxed@example.net"}`)
 		case strings.Contains(body, "slow@example.net") && calls["slow"] < 2:
 			calls["slow"]++
 			w.Header().Set("X-Amzn-ErrorType", "TooManyRequestsException")
@@ -112,6 +119,9 @@ func TestSESThrottlingAndRejection(t *testing.T) {
 	if out, code := in.swaks("--to", "rejected@example.net", "--h-From", "support@example.com"); code != 0 {
 		t.Fatalf("swaks: %d\n%s", code, out)
 	}
+	if out, code := in.swaks("--to", "sandboxed@example.net", "--h-From", "support@example.com"); code != 0 {
+		t.Fatalf("swaks: %d\n%s", code, out)
+	}
 	waitFor(t, 20*time.Second, "the throttled message to be delivered", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
@@ -121,9 +131,21 @@ func TestSESThrottlingAndRejection(t *testing.T) {
 		out, _ := in.mailgate("bounces", "list", "--config", in.config)
 		return strings.Contains(out, "rejected@example.net")
 	})
+	waitFor(t, 10*time.Second, "the sandboxed message's attempt", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return calls["sandboxed"] >= 1
+	})
 	out, _ := in.mailgate("bounces", "list", "--config", in.config)
-	if strings.Contains(out, "slow@example.net") || !strings.Contains(out, "not verified") {
+	if strings.Contains(out, "slow@example.net") || strings.Contains(out, "sandboxed@example.net") ||
+		!regexp.MustCompile(`rejected@example.net.* message +no .*Virus detected`).MatchString(out) {
 		t.Fatalf("bounces list:\n%s", out)
+	}
+	// Neither address is suppressed: the next submissions are accepted.
+	for _, rcpt := range []string{"rejected@example.net", "sandboxed@example.net"} {
+		if out, code := in.swaks("--to", rcpt, "--h-From", "support@example.com"); code != 0 {
+			t.Fatalf("%s refused after a fault that was not its own: %d\n%s", rcpt, code, out)
+		}
 	}
 	mu.Lock()
 	signedWith := authHeader
