@@ -21,6 +21,7 @@ import (
 
 	"github.com/mailgate/mailgate/config"
 	"github.com/mailgate/mailgate/relay/admin"
+	smtpdeliver "github.com/mailgate/mailgate/relay/deliver/smtp"
 	"github.com/mailgate/mailgate/relay/metrics"
 	"github.com/mailgate/mailgate/relay/queue"
 	"github.com/mailgate/mailgate/relay/store"
@@ -101,7 +102,8 @@ type daemon struct {
 	spoolDir string
 	mu       sync.Mutex // serializes reloads
 	cfg      *config.Config
-	gen      *generation // the running generation, replaced on reload
+	gen      *generation          // the running generation, replaced on reload
+	budgets  *smtpdeliver.Budgets // per-mailbox slots, pool and rate windows, kept across reloads
 }
 
 func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error {
@@ -109,6 +111,7 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	d.metrics = metrics.New(reg)
 	d.spoolDir = cfg.Spool.Dir
+	d.budgets = smtpdeliver.NewBudgets()
 
 	for _, dir := range []string{filepath.Dir(cfg.Store.Path), cfg.Spool.Dir} {
 		if err := os.MkdirAll(dir, 0o750); err != nil {
@@ -135,10 +138,9 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error
 	q, err := queue.New(queue.Options{
 		Dir: cfg.Spool.Dir, Transports: d.transports, Bounces: st, DeliveryLog: st,
 		Metrics: d.metrics, Logger: d.log,
-		Workers: cfg.Queue.WorkersPerTransport,
 	})
 	if err == nil {
-		q.SetPolicy(queuePolicy(cfg))
+		q.SetPolicy(queuePolicy(cfg, gen))
 	}
 	if err != nil {
 		return fmt.Errorf("spool %s: %w", cfg.Spool.Dir, err)
@@ -286,11 +288,13 @@ func listenerTLS(cfg *config.Config) (*tls.Config, string, error) {
 }
 
 // reload re-reads the configuration; an invalid file keeps the running one. Rules, transports,
-// readiness checks, the admin token and the queue's retry schedule, lifetime and attempt timeout change
-// at once; listeners, TLS, spool, store, the admin and events listeners, limits.* (taken by the
-// submission server when it is built) and queue.workers_per_transport are fixed for the life of the
-// process: a change to them is logged at warn, naming the keys, and counted in
-// mailgate_config_restart_needed_total{key}, so an operator (or an alert) knows a restart is due.
+// readiness checks, the admin token and the queue's retry schedule, lifetime, attempt timeout and
+// worker counts change at once — the new SMTP transports share the old ones' connection slots, pool and
+// rate windows (smtp.Budgets), so a reload neither resets a mailbox's daily count nor opens more
+// connections than it allows; listeners, TLS, spool, store, the admin and events listeners and limits.*
+// (taken by the submission server when it is built) are fixed for the life of the process: a change to
+// them is logged at warn, naming the keys, and counted in mailgate_config_restart_needed_total{key}, so
+// an operator (or an alert) knows a restart is due.
 func (d *daemon) reload(ctx context.Context) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -310,7 +314,7 @@ func (d *daemon) reload(ctx context.Context) {
 			d.gen = gen
 			d.admin.SetToken(token)
 			clear(token)
-			d.queue.SetPolicy(queuePolicy(cfg))
+			d.queue.SetPolicy(queuePolicy(cfg, gen))
 			go func() { time.Sleep(time.Minute); closeTransports(old) }() // let attempts in flight finish
 			if fixed := fixedChanges(d.cfg, cfg); len(fixed) > 0 {
 				for _, k := range fixed {
@@ -328,24 +332,22 @@ func (d *daemon) reload(ctx context.Context) {
 	d.log.Error("config reload failed; the running configuration stays", "file", d.configPath, "err", strings.ReplaceAll(err.Error(), "\n", "; "))
 }
 
-// queuePolicy is the part of the queue settings a reload applies live.
-func queuePolicy(cfg *config.Config) queue.Policy {
+// queuePolicy is the part of the queue settings a reload applies live. A custom SMTP server gets as many
+// workers as it has connection slots: more would only wait for a slot with the wait counted as delivery.
+func queuePolicy(cfg *config.Config, g *generation) queue.Policy {
 	return queue.Policy{
 		Retry:       queue.Backoff{Initial: cfg.Queue.RetryInitial.D(), Max: cfg.Queue.RetryMax.D()},
 		MaxLifetime: cfg.Queue.MaxLifetime.D(), AttemptTimeout: cfg.Queue.AttemptTimeout.D(),
+		Workers: cfg.Queue.WorkersPerTransport, TransportWorkers: g.workers,
 	}
 }
 
 // fixedChanges names the settings that differ between the running configuration and the reloaded
 // one but are only read at start: limits.* key by key (the submission server takes them when it is
-// built), queue.workers_per_transport (the worker pools), the rest by section. queue's retry
-// schedule, lifetime and attempt timeout are applied live (queuePolicy) and not listed.
+// built), the rest by section. The queue's settings are applied live (queuePolicy) and not listed.
 func fixedChanges(old, cur *config.Config) []string {
 	var f []string
 	f = append(f, changedFields("limits", old.Limits, cur.Limits)...)
-	if old.Queue.WorkersPerTransport != cur.Queue.WorkersPerTransport {
-		f = append(f, "queue.workers_per_transport")
-	}
 	for _, s := range []struct {
 		key      string
 		old, cur any

@@ -72,6 +72,7 @@ type generation struct {
 	checks     map[string]admin.Check
 	oauth      map[string]*oauth.Source
 	ses        *ses.Transport
+	workers    map[string]int     // queue workers of the custom SMTP servers: their connection slots
 	stop       context.CancelFunc // ends the generation's background work (SES policy re-checks)
 }
 
@@ -101,7 +102,7 @@ func (d *daemon) build(ctx context.Context, cfg *config.Config) (*generation, er
 		return nil, err
 	}
 	g := &generation{transports: map[string]relay.Transport{}, checks: map[string]admin.Check{}, oauth: map[string]*oauth.Source{},
-		stop: func() {}}
+		workers: map[string]int{}, stop: func() {}}
 	if cfg.Outbox != nil {
 		g.transports[config.TransportOutbox] = &outbox.Outbox{Dir: cfg.Outbox.Dir}
 	}
@@ -112,6 +113,7 @@ func (d *daemon) build(ctx context.Context, cfg *config.Config) (*generation, er
 			return nil, fmt.Errorf("smtp_servers[%d] (%s): %w", i, s.Name, err)
 		}
 		g.transports[s.Name] = t
+		g.workers[s.Name] = t.MaxConnections()
 		if src != nil {
 			g.oauth[s.Name] = src
 			g.checks["oauth "+s.Name] = func(context.Context) error {
@@ -160,13 +162,13 @@ func (d *daemon) build(ctx context.Context, cfg *config.Config) (*generation, er
 	return g, nil
 }
 
-func (d *daemon) smtpTransport(cfg *config.Config, i int, s config.SMTPServer, secrets map[string]kms.Secret, resolver *kms.Resolver) (relay.Transport, *oauth.Source, error) {
+func (d *daemon) smtpTransport(cfg *config.Config, i int, s config.SMTPServer, secrets map[string]kms.Secret, resolver *kms.Resolver) (*smtpdeliver.Transport, *oauth.Source, error) {
 	o := smtpdeliver.Options{
 		Name: s.Name, Host: s.Host, Port: s.Port, TLS: smtpdeliver.TLSMode(s.TLS),
 		HeloName: cfg.Hostname, MaxConnections: s.MaxConnections, MessagesPerMinute: s.MessagesPerMinute,
 		RecipientsPerDay: s.RecipientsPerDay, MaxMessageBytes: s.MaxMessageBytes,
 		DialTimeout: s.Timeouts.Connect.D(), CommandTimeout: s.Timeouts.Command.D(), DataTimeout: s.Timeouts.Data.D(), IdleTimeout: s.Timeouts.Idle.D(),
-		Logger: d.log.With("server", s.Name), Metrics: d.metrics,
+		Logger: d.log.With("server", s.Name), Metrics: d.metrics, Budgets: d.budgets,
 	}
 	if s.Provider == "microsoft" {
 		o.Provider = smtpdeliver.ProviderMicrosoft

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -275,4 +276,67 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+// concurrencyTransport delivers after a short wait and records the most Deliver calls at once.
+type concurrencyTransport struct {
+	mu        sync.Mutex
+	now, peak int
+}
+
+func (c *concurrencyTransport) Deliver(ctx context.Context, m *relay.Message) relay.Result {
+	c.mu.Lock()
+	c.now++
+	c.peak = max(c.peak, c.now)
+	c.mu.Unlock()
+	time.Sleep(20 * time.Millisecond)
+	c.mu.Lock()
+	c.now--
+	c.mu.Unlock()
+	return relay.Result{Errs: make([]error, len(m.Recipients)), Reply: "250 ok"}
+}
+
+func (c *concurrencyTransport) resetPeak() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.peak
+	c.peak = 0
+	return p
+}
+
+// TestSetPolicyWorkers: a reload's worker counts apply while the queue runs — surplus workers retire,
+// new ones start — so a transport never has more attempts in flight than its connection slots.
+func TestSetPolicyWorkers(t *testing.T) {
+	tr := &concurrencyTransport{}
+	q, err := queue.New(queue.Options{Dir: t.TempDir(), Transports: queue.TransportMap{"upstream": tr}, Workers: 4,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- q.Run(ctx) }()
+	defer func() { cancel(); <-done; q.Close() }()
+	r := &rig{q: q}
+	batch := func(n int) int {
+		ids := make([]string, n)
+		for i := range ids {
+			ids[i] = r.enqueue(t, "", r.innocent(), "")
+		}
+		for _, id := range ids {
+			r.waitGone(t, id)
+		}
+		return tr.resetPeak()
+	}
+	if p := batch(12); p != 4 {
+		t.Fatalf("peak %d attempts at once with 4 workers", p)
+	}
+	q.SetPolicy(queue.Policy{Workers: 4, TransportWorkers: map[string]int{"upstream": 1}})
+	if p := batch(6); p != 1 {
+		t.Fatalf("peak %d attempts at once after the reload to 1 worker", p)
+	}
+	q.SetPolicy(queue.Policy{Workers: 3})
+	if p := batch(12); p != 3 {
+		t.Fatalf("peak %d attempts at once after the reload to 3 workers", p)
+	}
 }

@@ -59,7 +59,9 @@ type Options struct {
 	Logger      *slog.Logger     // nil: slog.Default()
 
 	// Workers is the number of concurrent attempts per transport (default 16); TransportWorkers
-	// overrides it for named transports. Per-server connection limits belong to the transport.
+	// overrides it for named transports. Per-server connection limits belong to the transport; cmd
+	// sets a custom SMTP server's workers to its max_connections, so no worker parks on a connection
+	// slot with the wait counted as delivery time. SetPolicy changes both while the queue runs.
 	Workers          int
 	TransportWorkers map[string]int
 
@@ -82,6 +84,10 @@ type Policy struct {
 	Retry          Backoff
 	MaxLifetime    time.Duration
 	AttemptTimeout time.Duration
+	// Workers and TransportWorkers are as in Options; a change starts or retires workers at once (a
+	// retired worker finishes its attempt first).
+	Workers          int
+	TransportWorkers map[string]int
 }
 
 func (p Policy) withDefaults() Policy {
@@ -92,13 +98,34 @@ func (p Policy) withDefaults() Policy {
 	if p.AttemptTimeout <= 0 {
 		p.AttemptTimeout = 10 * time.Minute
 	}
+	if p.Workers <= 0 {
+		p.Workers = 16
+	}
 	return p
 }
 
-// SetPolicy replaces the retry schedule, the maximum lifetime and the attempt timeout (on SIGHUP).
+// workers is how many concurrent attempts the transport name gets.
+func (p *Policy) workers(name string) int {
+	if w, ok := p.TransportWorkers[name]; ok && w > 0 {
+		return w
+	}
+	return p.Workers
+}
+
+// SetPolicy replaces the retry schedule, the maximum lifetime, the attempt timeout and the worker
+// counts (on SIGHUP).
 func (q *Queue) SetPolicy(p Policy) {
 	p = p.withDefaults()
 	q.policy.Store(&p)
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for name, pool := range q.pools {
+		pool.workers = p.workers(name)
+		if q.run != nil {
+			q.startWorkersLocked(pool)
+		}
+		pool.cond.Broadcast() // surplus workers retire
+	}
 }
 
 // ErrNoEntry is wrapped by the operator API when no queued message has the given id.
@@ -163,11 +190,10 @@ func New(opts Options) (*Queue, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	if opts.Workers <= 0 {
-		opts.Workers = 16
-	}
-	policy := Policy{Retry: opts.Retry, MaxLifetime: opts.MaxLifetime, AttemptTimeout: opts.AttemptTimeout}.withDefaults()
+	policy := Policy{Retry: opts.Retry, MaxLifetime: opts.MaxLifetime, AttemptTimeout: opts.AttemptTimeout,
+		Workers: opts.Workers, TransportWorkers: opts.TransportWorkers}.withDefaults()
 	opts.Retry, opts.MaxLifetime, opts.AttemptTimeout = policy.Retry, policy.MaxLifetime, policy.AttemptTimeout
+	opts.Workers = policy.Workers
 	if opts.ShutdownGrace <= 0 {
 		opts.ShutdownGrace = 10 * time.Second
 	}

@@ -46,8 +46,8 @@ type pool struct {
 	name    string
 	ready   []*entry
 	cond    *sync.Cond // on Queue.mu
-	workers int
-	started bool
+	workers int // wanted (Policy)
+	running int // started and not retired
 }
 
 // scheduleLocked puts an entry where its next attempt time says: due now goes straight to its
@@ -78,11 +78,7 @@ func (q *Queue) readyLocked(e *entry) {
 func (q *Queue) poolLocked(name string) *pool {
 	p, ok := q.pools[name]
 	if !ok {
-		n := q.opts.Workers
-		if w, ok := q.opts.TransportWorkers[name]; ok && w > 0 {
-			n = w
-		}
-		p = &pool{name: name, cond: sync.NewCond(&q.mu), workers: n}
+		p = &pool{name: name, cond: sync.NewCond(&q.mu), workers: q.policy.Load().workers(name)}
 		q.pools[name] = p
 		if q.run != nil {
 			q.startWorkersLocked(p)
@@ -91,13 +87,10 @@ func (q *Queue) poolLocked(name string) *pool {
 	return p
 }
 
+// startWorkersLocked starts workers until p has as many as it wants; surplus ones retire themselves.
 func (q *Queue) startWorkersLocked(p *pool) {
-	if p.started {
-		return
-	}
-	p.started = true
 	rs := q.run
-	for range p.workers {
+	for ; p.running < p.workers; p.running++ {
 		rs.wg.Add(1)
 		go q.worker(p, rs)
 	}
@@ -144,7 +137,6 @@ func (q *Queue) Run(ctx context.Context) error {
 			rs.stopping = true
 			for _, p := range q.pools {
 				p.cond.Broadcast()
-				p.started = false
 			}
 			q.mu.Unlock()
 			rs.wg.Wait()
@@ -166,10 +158,11 @@ func (q *Queue) worker(p *pool, rs *runState) {
 	defer rs.wg.Done()
 	for {
 		q.mu.Lock()
-		for len(p.ready) == 0 && !rs.stopping {
+		for len(p.ready) == 0 && !rs.stopping && p.running <= p.workers {
 			p.cond.Wait()
 		}
-		if rs.stopping {
+		if rs.stopping || p.running > p.workers {
+			p.running--
 			q.mu.Unlock()
 			return
 		}

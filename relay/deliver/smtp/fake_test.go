@@ -220,6 +220,64 @@ func TestConcurrencyLimit(t *testing.T) {
 	}
 }
 
+// TestBudgetsSurviveReload: a reload builds a new Transport for the same server and mailbox while the
+// old one still has attempts in flight. Both share the identity's budget: the recipients-per-day window
+// goes on counting where the old Transport stopped, the connection slots and the pool of idle sessions
+// hold for both together, and the new Transport reuses the old one's connections (no reconnect storm).
+func TestBudgetsSurviveReload(t *testing.T) {
+	f := startFake(t, &fakeUpstream{finalDelay: 20 * time.Millisecond})
+	budgets := smtp.NewBudgets()
+	o := smtp.Options{Provider: smtp.ProviderMicrosoft, MessagesPerMinute: -1, RecipientsPerDay: 30, MaxConnections: 2,
+		IdleTimeout: time.Minute,
+		Auth:        smtp.AuthLogin, Username: "box@contoso.example", Password: "pw", Budgets: budgets}
+	old := fakeTransport(t, f, o)
+	deliverMany := func(tr *smtp.Transport, n int, prefix string, errs chan<- error) *sync.WaitGroup {
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs <- tr.Deliver(ctxTimeout(t, 30*time.Second), message(fmt.Sprintf("%s%d@example.net", prefix, i))).Errs[0]
+			}()
+		}
+		return &wg
+	}
+	errs := make(chan error, 40)
+	deliverMany(old.tr, 10, "before", errs).Wait()
+
+	// The reload: a new Transport for the same identity, the old one retired with work in flight.
+	cur := fakeTransport(t, f, o)
+	w1 := deliverMany(old.tr, 10, "old", errs)
+	w2 := deliverMany(cur.tr, 20, "new", errs)
+	w1.Wait()
+	w2.Wait()
+	close(errs)
+	old.tr.Close() // a minute after the reload: the new Transport keeps the sessions it adopted
+	f.mu.Lock()
+	open := f.open
+	f.mu.Unlock()
+	if open == 0 {
+		t.Error("closing the old Transport closed the idle sessions the new one had adopted")
+	}
+	var delivered, deferred int
+	for err := range errs {
+		switch {
+		case err == nil:
+			delivered++
+		case relay.Classify(err) == relay.FaultTemporary && strings.Contains(err.Error(), "recipients-per-day"):
+			deferred++
+		default:
+			t.Fatalf("unexpected failure: %v", err)
+		}
+	}
+	if delivered != 30 || deferred != 10 {
+		t.Errorf("delivered %d, deferred by the daily budget %d; want 30 and 10 (one window for both Transports)", delivered, deferred)
+	}
+	if total, maxOpen := f.connections(); maxOpen > 2 || total > 2 {
+		t.Errorf("%d connections opened, %d open at once across the old and new Transport; want ≤ 2 of each", total, maxOpen)
+	}
+}
+
 // A pooled connection the server has dropped is replaced transparently.
 func TestDeadPooledConnectionIsReplaced(t *testing.T) {
 	f := startFake(t, &fakeUpstream{closeAfterTx: true})

@@ -299,10 +299,17 @@ func (f *fakeUpstream) serve(c net.Conn, done chan struct{}) {
 	f.open++
 	f.maxOpen = max(f.maxOpen, f.open)
 	f.mu.Unlock()
-	defer func() {
+	counted := true
+	uncount := func() {
 		f.mu.Lock()
-		f.open--
+		if counted {
+			f.open--
+			counted = false
+		}
 		f.mu.Unlock()
+	}
+	defer func() {
+		uncount()
 		c.Close()
 	}()
 	r := bufio.NewReader(c)
@@ -397,6 +404,7 @@ func (f *fakeUpstream) serve(c net.Conn, done chan struct{}) {
 			f.reply(verb, "")
 			w("250 2.0.0 OK")
 		case "QUIT":
+			uncount() // before the 221: the client may open its next connection as soon as it reads it
 			w("221 2.0.0 Bye")
 			return
 		default:

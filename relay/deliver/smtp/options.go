@@ -108,6 +108,10 @@ type Options struct {
 	// record of its own from which to compute when the daily window frees up. Default 1h.
 	QuotaPause time.Duration
 
+	// Budgets is the process's registry of per-identity shaping state (slots, windows, quota pause), so
+	// a Transport rebuilt by a reload shares them with the one it replaces. nil: a private one.
+	Budgets *Budgets
+
 	Logger  *slog.Logger
 	Metrics *metrics.Metrics
 }

@@ -77,12 +77,10 @@ func (r *ProbeReport) String() string {
 // healthy session is left in the pool, so a Deliver right after reuses it.
 func (t *Transport) Probe(ctx context.Context, forceTLS bool) (*ProbeReport, error) {
 	r := &ProbeReport{Server: t.o.Name, Addr: t.addr, CertName: t.o.TLSServerName, TLS: tlsNone, AuthResult: "not configured"}
-	select {
-	case t.slots <- struct{}{}:
-		defer func() { <-t.slots }()
-	case <-ctx.Done():
-		return r, t.classify(ctx.Err(), relay.StageConnect)
+	if err := t.b.acquire(ctx); err != nil {
+		return r, t.classify(err, relay.StageConnect)
 	}
+	defer t.b.release()
 	s, err := t.dial(ctx, forceTLS, true)
 	if s != nil {
 		r.Banner, r.TLS, r.AuthOffered, r.MaxSize = s.banner, s.tlsMode, s.mechs, s.maxSize

@@ -50,6 +50,8 @@ type session struct {
 	tp                           *textproto.Conn
 	pipelining, ext8bit, extSize bool
 
+	fingerprint string // the settings it was set up with (Transport.fingerprint)
+
 	uses     int         // messages sent on it
 	timer    *time.Timer // idle expiry while pooled
 	pooledAt time.Time   // when it last went into the pool
@@ -114,7 +116,7 @@ var errHandshake = errors.New("opportunistic TLS handshake failed")
 // was learnt (banner, TLS facts) for Probe. allowTLS=false skips STARTTLS (the plain-text fallback).
 func (t *Transport) dial(ctx context.Context, forceTLS, allowTLS bool) (*session, error) {
 	o := &t.o
-	s := &session{tlsMode: tlsNone}
+	s := &session{tlsMode: tlsNone, fingerprint: t.fingerprint}
 	d := net.Dialer{Timeout: o.DialTimeout}
 	raw, err := d.DialContext(ctx, "tcp", t.addr)
 	if err != nil {

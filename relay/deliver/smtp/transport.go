@@ -48,6 +48,7 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -61,17 +62,17 @@ import (
 
 // Transport delivers to one upstream SMTP server. It is safe for concurrent use by the queue's workers.
 type Transport struct {
-	o     Options
-	addr  string
-	m     *metrics.Metrics
-	slots chan struct{}
+	o    Options
+	addr string
+	m    *metrics.Metrics
+	b    *budget // the identity's slots, windows and pause, shared with the Transports a reload builds
 
-	mu          sync.Mutex
-	idle        []*session // most recently used last
-	perMinute   *window
-	perDay      *window
-	pausedUntil time.Time
-	closed      bool
+	// fingerprint is what a pooled session must have been set up with to be reused by t: the
+	// address, TLS mode and name, HELO name and authentication identity.
+	fingerprint string
+
+	mu     sync.Mutex
+	closed bool
 
 	advertisedSize atomic.Int64 // SIZE of the latest session set up (0: none advertised, or none yet)
 }
@@ -94,15 +95,27 @@ func New(o Options) (*Transport, error) {
 	if m == nil {
 		m = metrics.New(prometheus.NewRegistry())
 	}
-	return &Transport{
-		o:         o,
-		addr:      net.JoinHostPort(o.Host, strconv.Itoa(o.Port)),
-		m:         m,
-		slots:     make(chan struct{}, o.MaxConnections),
-		perMinute: newWindow(o.MessagesPerMinute, time.Minute),
-		perDay:    newWindow(o.RecipientsPerDay, 24*time.Hour),
-	}, nil
+	budgets := o.Budgets
+	if budgets == nil {
+		budgets = NewBudgets()
+	}
+	addr := net.JoinHostPort(o.Host, strconv.Itoa(o.Port))
+	t := &Transport{
+		o:           o,
+		addr:        addr,
+		m:           m,
+		b:           budgets.budget(&o),
+		fingerprint: strings.Join([]string{addr, string(o.TLS), o.TLSServerName, o.HeloName, string(o.Auth), o.Username, o.Mailbox}, "\x00"),
+	}
+	t.b.mu.Lock()
+	t.b.users[t.fingerprint]++
+	t.b.mu.Unlock()
+	return t, nil
 }
+
+// MaxConnections is how many connections the transport opens at most (its slots, defaults applied):
+// the queue gives it no more workers than this.
+func (t *Transport) MaxConnections() int { return t.o.MaxConnections }
 
 // Name is the server's name as configured (for logs and the queue's routing).
 func (t *Transport) Name() string { return t.o.Name }
@@ -128,9 +141,9 @@ func (t *Transport) Deliver(ctx context.Context, m *relay.Message) relay.Result 
 	}
 
 	// Recipients per day: send what the budget allows now, defer the rest.
-	t.mu.Lock()
-	granted, dayStamp, dayWait := t.perDay.reserve(n, time.Now())
-	t.mu.Unlock()
+	t.b.mu.Lock()
+	granted, dayStamp, dayWait := t.b.perDay.reserve(n, time.Now())
+	t.b.mu.Unlock()
 	if granted < n {
 		failAll(res.Errs, all[granted:], &relay.Error{Code: 451, Enhanced: "4.7.0", Reason: ReasonRateLimited, RetryAfter: dayWait,
 			Msg: fmt.Sprintf("recipients-per-day limit (%d) of upstream %s reached; deferred", t.o.RecipientsPerDay, t.o.Name)})
@@ -155,14 +168,12 @@ func (t *Transport) Deliver(ctx context.Context, m *relay.Message) relay.Result 
 		t.refund(failed, dayStamp, failed == len(idx), minuteStamp)
 	}
 
-	select {
-	case t.slots <- struct{}{}:
-		defer func() { <-t.slots }()
-	case <-ctx.Done():
-		failAll(res.Errs, idx, t.classify(ctx.Err(), relay.StageConnect))
+	if err := t.b.acquire(ctx); err != nil {
+		failAll(res.Errs, idx, t.classify(err, relay.StageConnect))
 		refund()
 		return res
 	}
+	defer t.b.release()
 
 	if m.Open == nil {
 		failAll(res.Errs, idx, &relay.Error{Code: 451, Enhanced: relay.CodeTempLocal, Reason: ReasonLocal, Msg: "message body unavailable"})
@@ -217,8 +228,11 @@ func (t *Transport) Deliver(ctx context.Context, m *relay.Message) relay.Result 
 // precheck refuses what needs no connection: a closed transport, a paused server, a message too big.
 func (t *Transport) precheck(m *relay.Message) error {
 	t.mu.Lock()
-	closed, until := t.closed, t.pausedUntil
+	closed := t.closed
 	t.mu.Unlock()
+	t.b.mu.Lock()
+	until := t.b.pausedUntil
+	t.b.mu.Unlock()
 	if closed {
 		return &relay.Error{Code: 451, Enhanced: relay.CodeTempLocal, Reason: ReasonLocal, Msg: "transport is shutting down"}
 	}
@@ -237,9 +251,9 @@ func (t *Transport) precheck(m *relay.Message) error {
 // ctx's deadline); longer waits become a deferral with RetryAfter, so queue workers are not parked.
 func (t *Transport) waitRate(ctx context.Context) (int64, error) {
 	for {
-		t.mu.Lock()
-		g, stamp, wait := t.perMinute.reserve(1, time.Now())
-		t.mu.Unlock()
+		t.b.mu.Lock()
+		g, stamp, wait := t.b.perMinute.reserve(1, time.Now())
+		t.b.mu.Unlock()
 		if g == 1 {
 			return stamp, nil
 		}
@@ -259,27 +273,35 @@ func (t *Transport) waitRate(ctx context.Context) (int64, error) {
 }
 
 func (t *Transport) refund(rcpts int, dayStamp int64, message bool, minuteStamp int64) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.perDay.release(rcpts, dayStamp)
+	t.b.mu.Lock()
+	defer t.b.mu.Unlock()
+	t.b.perDay.release(rcpts, dayStamp)
 	if message && minuteStamp != 0 {
-		t.perMinute.release(1, minuteStamp)
+		t.b.perMinute.release(1, minuteStamp)
 	}
 }
 
 // session returns a pooled session (most recently used first) or dials a new one; fresh skips the pool.
+// The pool is the identity's (budget), shared with the Transports a reload builds: a session set up by
+// the same settings (fingerprint) is reused, any other is closed before a new one is
+// dialled, so the connections open to the mailbox never exceed its slots across a reload either.
 func (t *Transport) session(ctx context.Context, forceTLS, fresh bool) (*session, bool, error) {
 	for !fresh {
-		t.mu.Lock()
+		t.b.mu.Lock()
 		var s *session
-		if k := len(t.idle); k > 0 {
-			s, t.idle = t.idle[k-1], t.idle[:k-1]
+		if k := len(t.b.idle); k > 0 {
+			s, t.b.idle = t.b.idle[k-1], t.b.idle[:k-1]
 		}
-		t.mu.Unlock()
+		t.b.mu.Unlock()
 		if s == nil {
 			break
 		}
 		s.timer.Stop()
+		if s.fingerprint != t.fingerprint {
+			t.o.Logger.Debug("upstream connection closed", "server", t.o.Name, "why", "settings changed")
+			t.drop(s, true)
+			continue
+		}
 		if forceTLS && s.tlsProblem(t.o.TLSServerName) != "" {
 			// This session was set up opportunistically; judge Force TLS on a fresh one.
 			t.drop(s, true)
@@ -309,34 +331,42 @@ func (t *Transport) session(ctx context.Context, forceTLS, fresh bool) (*session
 	return s, false, nil
 }
 
-// put returns a healthy session to the pool, to be closed if unused for IdleTimeout.
+// put returns a healthy session to the identity's pool, to be closed if unused for IdleTimeout.
 func (t *Transport) put(s *session) {
 	t.mu.Lock()
-	if t.closed {
-		t.mu.Unlock()
+	closed := t.closed
+	t.mu.Unlock()
+	if closed {
 		t.drop(s, true)
 		return
 	}
-	t.idle = append(t.idle, s)
+	t.b.mu.Lock()
+	t.b.idle = append(t.b.idle, s)
 	s.pooledAt = time.Now()
 	s.timer = time.AfterFunc(t.o.IdleTimeout, func() { t.expire(s) })
-	t.mu.Unlock()
+	t.b.mu.Unlock()
+}
+
+// takeIdle removes from the pool the idle sessions for which match holds, and returns them.
+func (t *Transport) takeIdle(match func(*session) bool) []*session {
+	t.b.mu.Lock()
+	defer t.b.mu.Unlock()
+	var taken, keep []*session
+	for _, x := range t.b.idle {
+		if match(x) {
+			taken = append(taken, x)
+		} else {
+			keep = append(keep, x)
+		}
+	}
+	t.b.idle = keep
+	return taken
 }
 
 // dropIdle closes the idle sessions pooled no later than before: when one pooled session is found
 // dead, those pooled with or before it are presumed dead too, so no later delivery trips over them.
 func (t *Transport) dropIdle(before time.Time) {
-	t.mu.Lock()
-	var dead, keep []*session
-	for _, x := range t.idle {
-		if x.pooledAt.After(before) {
-			keep = append(keep, x)
-		} else {
-			dead = append(dead, x)
-		}
-	}
-	t.idle = keep
-	t.mu.Unlock()
+	dead := t.takeIdle(func(x *session) bool { return !x.pooledAt.After(before) })
 	for _, x := range dead {
 		x.timer.Stop()
 		t.drop(x, false)
@@ -348,18 +378,7 @@ func (t *Transport) dropIdle(before time.Time) {
 
 // expire closes s if it is still idle in the pool.
 func (t *Transport) expire(s *session) {
-	t.mu.Lock()
-	i := -1
-	for k, x := range t.idle {
-		if x == s {
-			i = k
-		}
-	}
-	if i >= 0 {
-		t.idle = append(t.idle[:i], t.idle[i+1:]...)
-	}
-	t.mu.Unlock()
-	if i >= 0 {
+	if len(t.takeIdle(func(x *session) bool { return x == s })) > 0 {
 		t.o.Logger.Debug("upstream connection closed", "server", t.o.Name, "why", "idle")
 		t.drop(s, true)
 	}
@@ -410,16 +429,16 @@ func (t *Transport) checkQuota(re *relay.Error) {
 		return
 	}
 	now := time.Now()
-	t.mu.Lock()
-	wait := t.perDay.oldestExpiry(now)
+	t.b.mu.Lock()
+	wait := t.b.perDay.oldestExpiry(now)
 	if wait <= 0 {
 		wait = t.o.QuotaPause
 	}
 	wait = max(wait, time.Minute)
-	if until := now.Add(wait); until.After(t.pausedUntil) {
-		t.pausedUntil = until
+	if until := now.Add(wait); until.After(t.b.pausedUntil) {
+		t.b.pausedUntil = until
 	}
-	t.mu.Unlock()
+	t.b.mu.Unlock()
 	re.RetryAfter = wait
 }
 
@@ -480,14 +499,28 @@ func (t *Transport) logFailure(m *relay.Message, err error) {
 	t.o.Logger.Warn("upstream delivery failed", attrs...)
 }
 
-// Close ends the pooled sessions (QUIT) and refuses further deliveries. In-flight deliveries finish.
+// Close refuses further deliveries (in-flight ones finish) and, unless another open Transport was set
+// up with the same settings (a reload's successor, which reuses them), ends the idle sessions of t's
+// settings (QUIT).
 func (t *Transport) Close() error {
 	t.mu.Lock()
+	already := t.closed
 	t.closed = true
-	idle := t.idle
-	t.idle = nil
 	t.mu.Unlock()
-	for _, s := range idle {
+	if already {
+		return nil
+	}
+	t.b.mu.Lock()
+	t.b.users[t.fingerprint]--
+	last := t.b.users[t.fingerprint] <= 0
+	if last {
+		delete(t.b.users, t.fingerprint)
+	}
+	t.b.mu.Unlock()
+	if !last {
+		return nil
+	}
+	for _, s := range t.takeIdle(func(x *session) bool { return x.fingerprint == t.fingerprint }) {
 		s.timer.Stop()
 		t.drop(s, true)
 	}
