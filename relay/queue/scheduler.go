@@ -46,8 +46,8 @@ type pool struct {
 	name    string
 	ready   []*entry
 	cond    *sync.Cond // on Queue.mu
-	workers int // wanted (Policy)
-	running int // started and not retired
+	workers int        // wanted (Policy)
+	running int        // started and not retired
 }
 
 // scheduleLocked puts an entry where its next attempt time says: due now goes straight to its
