@@ -188,7 +188,11 @@ func (c *Composer) Compose(ctx context.Context, src io.Reader, dst io.Writer, re
 	j.guard = guard
 	res, err := j.run(bufio.NewReaderSize(guard, 32<<10))
 	if err == nil {
-		err = bw.Flush()
+		if ferr := bw.Flush(); ferr != nil {
+			// The last buffered bytes could not be written (a full disk): the spool's fault, not the
+			// message's, so temporary like every other output failure.
+			err = &writeError{ferr}
+		}
 	}
 	if err != nil {
 		return Result{}, classify(err, guard)

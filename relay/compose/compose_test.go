@@ -5,9 +5,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"mime"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/emersion/go-message/textproto"
@@ -194,6 +196,37 @@ func TestMalformed(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			_, _, err := compose(t, ch, withJane(t), in)
 			wantRelayError(t, err, 554, relay.CodeMalformed, "malformed")
+		})
+	}
+}
+
+// fullDisk accepts n bytes, then fails as a full file system does.
+type fullDisk struct{ n int }
+
+func (d *fullDisk) Write(p []byte) (int, error) {
+	if len(p) > d.n {
+		w := d.n
+		d.n = 0
+		return w, fmt.Errorf("write spool: %w", syscall.ENOSPC)
+	}
+	d.n -= len(p)
+	return len(p), nil
+}
+
+// TestOutputFailureIsTemporary: a write failure of the composed output — in the middle, or only at the
+// final flush of a small message — is mailgate's (451, errno kept for the reply boundary), never "554
+// 5.6.0 malformed": an agent must not be told its message is broken because the disk is full.
+func TestOutputFailureIsTemporary(t *testing.T) {
+	ch := channel(TicketFormat{}, brandTemplate, "")(t)
+	for name, lines := range map[string]int{"at the final flush": 10, "mid-message": 8 << 10} {
+		t.Run(name, func(t *testing.T) {
+			body := baseHeader + "Subject: hi\r\n\r\n" + strings.Repeat("hello there\r\n", lines)
+			_, err := New(Options{Rand: seeded(7)}).Compose(context.Background(), strings.NewReader(body), &fullDisk{n: 1000},
+				Request{Channel: ch, Agent: withJane(t), Now: fixedNow})
+			wantRelayError(t, err, 451, relay.CodeTempLocal, "local")
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Errorf("ENOSPC lost from %v", err)
+			}
 		})
 	}
 }
