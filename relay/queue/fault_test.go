@@ -129,8 +129,9 @@ func TestSetupFaultExpiresWithoutSuppression(t *testing.T) {
 		t.Fatalf("bounces %+v, want one 5.4.7 setup bounce without suppression", bs)
 	}
 	r.assertNotSuppressed(t, "customer@example.net")
-	if a := r.q.Alerts(); len(a) != 1 || a[0].Fault != relay.FaultSetup || !strings.Contains(a[0].Msg, "553") {
-		t.Fatalf("alerts %+v, want the setup fault raised", a)
+	if a := r.q.Alerts(); len(a) != 1 || a[0].Fault != relay.FaultSetup || !strings.Contains(a[0].Msg, "553") ||
+		!strings.Contains(a[0].Remedy, "mail_from") {
+		t.Fatalf("alerts %+v, want the setup fault raised with its remedy", a)
 	}
 }
 

@@ -128,9 +128,32 @@ func classify(err error) *relay.Error {
 	return relay.Wrap(err, 451, relay.CodeTempLocal, ReasonError, diag)
 }
 
+// setup marks an SES answer as a setup fault (deferred, alerted) with the operator's remedy.
 func setup(re *relay.Error) *relay.Error {
 	re.Fault = relay.FaultSetup
+	re.Remedy = remedy(re.Reason)
 	return re
+}
+
+// remedy is what an operator does about a setup fault, for the alert and /readyz.
+func remedy(reason string) string {
+	switch reason {
+	case ReasonAuth:
+		return "check the AWS credentials mailgate uses for SES and that they allow ses:SendEmail"
+	case ReasonSendingPaused:
+		return "sending is paused for the SES account or configuration set: see the SES console's account dashboard"
+	case ReasonAccountSuspended:
+		return "the SES account is suspended: see the SES console's account dashboard and AWS support"
+	case ReasonIdentity:
+		return "verify the channel's From address or domain in SES (and request production access if the account is in the sandbox)"
+	case ReasonMailFrom:
+		return "publish the custom MAIL FROM domain's MX and SPF records so SES verifies it, or remove the custom MAIL FROM domain"
+	case ReasonNotFound:
+		return "create the channel's configuration set in SES, or correct the channel's ses_configuration_set"
+	case "tls_policy":
+		return "set the configuration set's TLS policy to REQUIRE (aws sesv2 put-configuration-set-delivery-options --tls-policy REQUIRE)"
+	}
+	return ""
 }
 
 func message(re *relay.Error) *relay.Error {

@@ -184,6 +184,14 @@ func (t *Transport) remedy(re *relay.Error) string {
 		return "the upstream must offer STARTTLS with a certificate valid for " + t.o.TLSServerName + " (or the channel must not force TLS)"
 	case re.Reason == ReasonNetwork:
 		return "check that " + t.addr + " is reachable from this host"
+	case re.Stage == relay.StageMail:
+		return "upstream " + t.o.Name + " refuses the envelope sender: check the channel's mail_from and that " +
+			t.mailboxOrUser() + " may send as it"
+	case re.Stage == relay.StageRcpt:
+		return "upstream " + t.o.Name + " refuses to relay for mailgate's account (relay access denied): allow " +
+			t.mailboxOrUser() + " to relay to external recipients"
+	case relay.Classify(re) == relay.FaultSetup:
+		return "upstream " + t.o.Name + " refused mailgate's commands; see its logs for why"
 	}
 	return ""
 }

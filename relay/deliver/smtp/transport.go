@@ -222,7 +222,18 @@ func (t *Transport) Deliver(ctx context.Context, m *relay.Message) relay.Result 
 		break
 	}
 	refund()
+	t.remedies(res.Errs)
 	return res
+}
+
+// remedies puts the operator's remedy on the errors an operator must act on (setup and Force TLS
+// faults), for the queue's alert and /readyz.
+func (t *Transport) remedies(errs []error) {
+	for _, err := range errs {
+		if re, ok := relay.AsError(err); ok && re.Remedy == "" && relay.Classify(re).Alerts() {
+			re.Remedy = t.remedy(re)
+		}
+	}
 }
 
 // precheck refuses what needs no connection: a closed transport, a paused server, a message too big.
