@@ -3,39 +3,43 @@
 //
 // Design:
 //
-//   - One Transport per configured server. It owns a small pool of set-up sessions (TLS done, AUTH
-//     done) and a semaphore of MaxConnections slots; a session is either in use (holding a slot) or idle
-//     in the pool, and a new one is dialled only when the pool is empty, so active + idle never exceeds
-//     MaxConnections (Exchange Online allows 3 concurrent connections per mailbox). Idle sessions are
-//     closed after IdleTimeout; a session is dropped after any connection-level error or 421.
-//   - A completed transaction leaves the session ready for the next MAIL (RFC 5321 §4.1.1.4: the end
-//     of DATA clears the buffers), so no RSET is spent after success; an aborted transaction (every
-//     RCPT refused, DATA refused) is cleaned with RSET (§4.1.1.5) before the session is pooled. A
-//     pooled session that turns out to be dead at MAIL (network error or 421, nothing sent) is replaced
-//     by a freshly dialled one once, and the idle sessions pooled with it are dropped too (an upstream
-//     restart or idle timeout kills them together).
-//   - When the server offers PIPELINING (RFC 2920), MAIL, every RCPT and DATA go as one group: one
-//     round trip per message instead of 2 + recipients (pipeline.go).
-//   - go-smtp's client has no context support and no deadline while DATA is written: every step has a
-//     deadline (DialTimeout for connect and TLS handshake, CommandTimeout per reply, DataTimeout per
-//     written block through deadlineConn, FinalReplyTimeout after the dot), and the Deliver context
-//     closes the connection when it ends (context.AfterFunc).
+//   - One Transport per configured server, and one budget per upstream identity (server name +
+//     mailbox), kept for the life of the process in Budgets (budget.go) and shared by the Transports a
+//     reload builds: the connection slots (MaxConnections; Exchange Online allows 3 per mailbox), the
+//     pool of idle set-up sessions (TLS and AUTH done), the per-minute and per-day windows and a quota
+//     pause. A delivery holds a slot while it uses a session and dials only when the pool is empty, so
+//     busy + idle connections never exceed the slots, across a reload too; a pooled session set up with
+//     other settings (a reload changed the host or the account) is closed instead of reused. Idle
+//     sessions are closed after IdleTimeout; a session is dropped after any connection-level error or 421.
+//   - One transaction state machine (transaction.go) for pipelined (RFC 2920: MAIL, every RCPT and
+//     DATA in one round trip when offered) and unpipelined sessions, over one protocol layer. A session
+//     goes back to the pool only at a clean transaction boundary: after the final reply to the dot
+//     (RFC 5321 §4.1.1.4), or after RSET answered 250 when the transaction was cut short (every RCPT
+//     refused, MAIL or DATA refused; §4.1.1.5). Anything else — a 421, a broken connection, replies out
+//     of step — closes it, so the next message never meets "503 nested MAIL command". A pooled session
+//     that turns out to be dead at MAIL (nothing accepted) is replaced by a freshly dialled one once,
+//     and the idle sessions pooled with it are dropped too (an upstream restart kills them together).
+//   - go-smtp's client sets the session up (EHLO, AUTH) and ends it (QUIT); it has no context support
+//     and no deadline while DATA is written, so every step has a deadline (DialTimeout for connect and
+//     TLS handshake, CommandTimeout per reply, DataTimeout per written block through deadlineConn,
+//     FinalReplyTimeout after the dot), and the Deliver context closes the connection when it ends.
 //   - TLS: implicit (RFC 8314) or STARTTLS (RFC 3207), used whenever offered, TLS ≥ 1.2, handshake
 //     forced at once. The certificate is always verified against RootCAs and TLSServerName; in
 //     opportunistic mode an unverified certificate is accepted (encryption without authentication, as
 //     Postfix's "may"), but credentials are only ever sent over TLS with a verified certificate, and a
 //     Force TLS message is only sent over a verified TLS ≥ 1.2 session — otherwise nothing is sent and
-//     each recipient gets a permanent 554 5.7.10 (Reason tls_required), which the queue bounces at once.
-//   - Errors: every recipient's outcome is a *relay.Error (or nil). Upstream replies keep their code,
-//     enhanced code and text (the bounce diagnostic); 4xx, network failures and timeouts are temporary,
-//     5xx permanent. Failures of the relay's own account — AUTH refused (after one retry with a fresh
-//     token for XOAUTH2), 530, 5.7.57, 5.7.60, 5.7.139, token-source errors, no TLS for credentials —
-//     are temporary 451 4.7.0 (Reason upstream_auth) and logged with the remedy: a customer's address
-//     is never bounced because of mailgate's configuration.
+//     each recipient gets 554 5.7.10 (relay.FaultTLS: bounced at once, not suppressed, alerted).
+//   - Errors: every recipient's outcome is a *relay.Error (or nil) that reports what happened — the
+//     upstream's code, enhanced code and text (the bounce diagnostic) and the Stage it came at — and
+//     relay.Classify decides whose fault it is (DESIGN §4): an RCPT refusal with an address status code
+//     is the address's, a refusal after the dot the message's, a refused envelope sender, relay access
+//     denied, AUTH and account replies (530, 535, 5.7.57, 5.7.60, 5.7.139, ...) mailgate's or the
+//     relay's setup: deferred and alerted with the remedy (Error.Remedy), never a bounce. Failures with
+//     no reply to read (no token, no TLS for credentials) state FaultSetup themselves.
 //   - Shaping: MessagesPerMinute (waits up to MaxShapingWait, else defers with RetryAfter),
 //     RecipientsPerDay (recipients over the budget are deferred with RetryAfter, the rest are sent),
-//     432 4.3.2 deferred with ThrottleRetryAfter, and a 554 5.2.0 quota reply pauses the whole server —
-//     deferred with RetryAfter and no connection attempted — until its daily window frees up.
+//     432 4.3.2 deferred with ThrottleRetryAfter, and a 554 5.2.0 quota reply pauses the whole identity
+//     — deferred with RetryAfter and no connection attempted — until its daily window frees up.
 //
 // Secrets (password, tokens) live only in Options and the SASL exchange: never logged, never in an
 // error, a metric or a probe report.
