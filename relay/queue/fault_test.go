@@ -341,3 +341,47 @@ func TestSetPolicyWorkers(t *testing.T) {
 		t.Fatalf("peak %d attempts at once after the reload to 3 workers", p)
 	}
 }
+
+// flakyBounces is the real store behind a bounce store that fails its first n writes (a locked or
+// unreachable database).
+type flakyBounces struct {
+	*store.Store
+	mu    sync.Mutex
+	fails int
+}
+
+func (f *flakyBounces) RecordBounce(ctx context.Context, b relay.Bounce) error {
+	f.mu.Lock()
+	fail := f.fails > 0
+	f.fails--
+	f.mu.Unlock()
+	if fail {
+		return relay.Errorf(451, relay.CodeTempLocal, "store", "local store unavailable")
+	}
+	return f.Store.RecordBounce(ctx, b)
+}
+
+// TestBounceRecordRetried: when the bounce store fails, the bounce is not forgotten: the message stays
+// queued with its bounce unrecorded, the record is retried with the next attempt, and the address ends
+// up suppressed.
+func TestBounceRecordRetried(t *testing.T) {
+	peer := peertest.NodeSMTPServer(t, peertest.NodeSMTPOptions{Rules: nodeRules})
+	var flaky *flakyBounces
+	r := newRig(t, peer, func(o *queue.Options) {
+		flaky = &flakyBounces{Store: o.Bounces.(*store.Store), fails: 2}
+		o.Bounces = flaky
+		o.Retry = queue.Backoff{Schedule: []time.Duration{50 * time.Millisecond}, Jitter: -1}
+	})
+	id := r.enqueue(t, "", "nosuchuser@example.net", "")
+	r.waitAttempted(t, id)
+	if e, ok := r.q.Get(id); !ok || e.Recipients[0].Status != queue.Bounced || !e.Recipients[0].Unrecorded {
+		t.Fatalf("after a failed bounce record: queued=%v %+v, want kept with the bounce unrecorded", ok, e)
+	}
+	r.waitGone(t, id)
+	if _, ok, _ := r.st.Suppressed(context.Background(), "nosuchuser@example.net"); !ok {
+		t.Fatal("the bounce was never recorded: the address is not suppressed")
+	}
+	if bs := r.bounces(t, "nosuchuser@example.net"); len(bs) != 1 {
+		t.Fatalf("%d bounce records, want 1", len(bs))
+	}
+}
