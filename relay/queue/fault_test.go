@@ -370,7 +370,7 @@ func TestBounceRecordRetried(t *testing.T) {
 	r := newRig(t, peer, func(o *queue.Options) {
 		flaky = &flakyBounces{Store: o.Bounces.(*store.Store), fails: 2}
 		o.Bounces = flaky
-		o.Retry = queue.Backoff{Schedule: []time.Duration{50 * time.Millisecond}, Jitter: -1}
+		o.Retry = queue.Backoff{Schedule: []time.Duration{150 * time.Millisecond}, Jitter: -1}
 	})
 	id := r.enqueue(t, "", "nosuchuser@example.net", "")
 	r.waitAttempted(t, id)
