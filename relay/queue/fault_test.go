@@ -13,8 +13,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/mailgate/mailgate/relay"
 	"github.com/mailgate/mailgate/relay/deliver/smtp"
+	"github.com/mailgate/mailgate/relay/metrics"
 	"github.com/mailgate/mailgate/relay/peertest"
 	"github.com/mailgate/mailgate/relay/queue"
 	"github.com/mailgate/mailgate/relay/store"
@@ -121,7 +125,8 @@ func runScenarios(t *testing.T, hidePipelining bool) {
 // mailgate's own setup must not blacklist the queued customers.
 func TestSetupFaultExpiresWithoutSuppression(t *testing.T) {
 	peer := peertest.NodeSMTPServer(t, peertest.NodeSMTPOptions{Rules: nodeRules})
-	r := newRig(t, peer, func(o *queue.Options) { o.MaxLifetime = 300 * time.Millisecond })
+	m := metrics.New(prometheus.NewRegistry())
+	r := newRig(t, peer, func(o *queue.Options) { o.MaxLifetime, o.Metrics = 300*time.Millisecond, m })
 	id := r.enqueue(t, "blocked-sender@example.com", "customer@example.net", "")
 	r.waitGone(t, id)
 	bs := r.bounces(t, "customer@example.net")
@@ -132,6 +137,12 @@ func TestSetupFaultExpiresWithoutSuppression(t *testing.T) {
 	if a := r.q.Alerts(); len(a) != 1 || a[0].Fault != relay.FaultSetup || !strings.Contains(a[0].Msg, "553") ||
 		!strings.Contains(a[0].Remedy, "mail_from") {
 		t.Fatalf("alerts %+v, want the setup fault raised with its remedy", a)
+	}
+	if n := testutil.ToFloat64(m.DeliveryFaults.WithLabelValues("upstream", "setup")); n < 2 {
+		t.Errorf("mailgate_delivery_failures_total{fault=setup} = %v, want every deferred attempt counted", n)
+	}
+	if g := testutil.ToFloat64(m.DeliveryAlerts.WithLabelValues("upstream", "setup")); g != 1 {
+		t.Errorf("mailgate_delivery_alert{fault=setup} = %v, want 1", g)
 	}
 }
 
