@@ -10,6 +10,8 @@ import (
 	"os/signal"
 	"path/filepath"
 	"reflect"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"syscall"
@@ -110,6 +112,9 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	d.metrics = metrics.New(reg)
+	ver, revision := buildVersion()
+	d.metrics.BuildInfo.WithLabelValues(ver, revision, runtime.Version()).Set(1)
+	d.metrics.ConfigLastReload.SetToCurrentTime()
 	d.spoolDir = cfg.Spool.Dir
 	d.budgets = smtpdeliver.NewBudgets()
 
@@ -270,6 +275,25 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error
 	return first
 }
 
+// buildVersion is the version (-ldflags main.version, else the module version) and the VCS revision
+// the binary was built from ("unknown" when the build did not record it, as with go run).
+func buildVersion() (ver, revision string) {
+	ver, revision = version, "unknown"
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return
+	}
+	if v := bi.Main.Version; ver == "dev" && v != "" && v != "(devel)" {
+		ver = v
+	}
+	for _, s := range bi.Settings {
+		if s.Key == "vcs.revision" {
+			revision = s.Value
+		}
+	}
+	return
+}
+
 // listenerTLS loads the configured certificate, or in development generates (once) a self-signed one.
 func listenerTLS(cfg *config.Config) (*tls.Config, string, error) {
 	var cert tls.Certificate
@@ -324,6 +348,7 @@ func (d *daemon) reload(ctx context.Context) {
 			}
 			d.cfg = cfg
 			d.metrics.ConfigReloads.WithLabelValues("success").Inc()
+			d.metrics.ConfigLastReload.SetToCurrentTime()
 			d.log.Info("config reloaded", "file", d.configPath)
 			return
 		}

@@ -7,6 +7,8 @@
 package metrics
 
 import (
+	"strings"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 )
@@ -34,8 +36,18 @@ type Metrics struct {
 	UpstreamConnections  *prometheus.CounterVec   // server, tls (none, starttls, implicit)
 	ConfigReloads        *prometheus.CounterVec   // result
 	ConfigRestartNeeded  *prometheus.CounterVec   // key (a configuration key, e.g. limits.max_connections)
+	ConfigLastReload     prometheus.Gauge         // Unix time of the last successful load (start or reload)
+	DeliveryDeferrals    *prometheus.CounterVec   // transport, reason (DeferralReasons)
+	DeliveryLatency      *prometheus.HistogramVec // transport: accepted (queued) to delivered, per recipient
+	BuildInfo            *prometheus.GaugeVec     // version, revision, go_version: always 1
 	ComposeDuration      prometheus.Histogram
 	ComposedMessageBytes prometheus.Histogram
+}
+
+// DeferralReasons are the values of DeliveryDeferrals' reason label: a fixed set, so a dashboard can
+// stack them and an unknown upstream text never becomes a label.
+func DeferralReasons() []string {
+	return []string{"setup", "auth", "tls", "connect", "throttle", "quota", "rate_limited", "temporary"}
 }
 
 // New registers every collector on reg.
@@ -101,6 +113,19 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "mailgate_config_restart_needed_total",
 			Help: "Reloads that changed a setting read only at start (by configuration key): a restart is needed to apply it.",
 		}, []string{"key"}),
+		ConfigLastReload: f.NewGauge(prometheus.GaugeOpts{
+			Name: "mailgate_config_last_reload_success_timestamp_seconds", Help: "Unix time of the last successful configuration load (start or SIGHUP).",
+		}),
+		DeliveryDeferrals: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "mailgate_delivery_deferrals_total", Help: "Per-recipient deferrals by transport and reason (" + strings.Join(DeferralReasons(), ", ") + ").",
+		}, []string{"transport", "reason"}),
+		DeliveryLatency: f.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "mailgate_delivery_latency_seconds", Help: "Time from acceptance (250 queued) to delivery, per recipient, by transport.",
+			Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600},
+		}, []string{"transport"}),
+		BuildInfo: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "mailgate_build_info", Help: "Always 1; the labels say which mailgate build runs.",
+		}, []string{"version", "revision", "go_version"}),
 		ComposeDuration: f.NewHistogram(prometheus.HistogramOpts{
 			Name: "mailgate_compose_duration_seconds", Help: "Time to compose one message.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 3, 10),

@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/mailgate/mailgate/relay"
+	"github.com/mailgate/mailgate/relay/metrics"
 )
 
 // timeHeap orders waiting entries by their next attempt.
@@ -79,6 +81,13 @@ func (q *Queue) poolLocked(name string) *pool {
 	p, ok := q.pools[name]
 	if !ok {
 		p = &pool{name: name, cond: sync.NewCond(&q.mu), workers: q.policy.Load().workers(name)}
+		// Series with known labels start at 0, so rate() and alerts see the first event.
+		for _, r := range metrics.DeferralReasons() {
+			q.metrics.DeliveryDeferrals.WithLabelValues(name, r)
+		}
+		for _, r := range []string{"delivered", "deferred", "bounced"} {
+			q.metrics.DeliveryAttempts.WithLabelValues(name, r)
+		}
 		q.pools[name] = p
 		if q.run != nil {
 			q.startWorkersLocked(p)
@@ -268,6 +277,7 @@ func (q *Queue) attempt(runCtx context.Context, e *entry, cur Entry) {
 		case err == nil:
 			r.Status, r.Diagnostic, r.Time = Delivered, res.Reply, now
 			delivered = append(delivered, i)
+			q.metrics.DeliveryLatency.WithLabelValues(next.Envelope.Transport).Observe(now.Sub(next.Created).Seconds())
 		case fault.Bounces():
 			re, _ := relay.AsError(err) // bouncing faults are always *relay.Error (relay.Classify)
 			r.Status, r.Time = Bounced, now
@@ -278,6 +288,7 @@ func (q *Queue) attempt(runCtx context.Context, e *entry, cur Entry) {
 			bounced = append(bounced, i)
 		default:
 			deferred = append(deferred, i)
+			q.metrics.DeliveryDeferrals.WithLabelValues(next.Envelope.Transport, deferralReason(err, fault)).Inc()
 			if deferErr == nil {
 				deferErr = err
 			}
@@ -325,6 +336,33 @@ func (q *Queue) attempt(runCtx context.Context, e *entry, cur Entry) {
 	}
 	q.report(&next, res, elapsed, delivered, deferred, bounced, deferErr)
 	q.finish(e, &next, now)
+}
+
+// deferralReason files a deferral under one of metrics.DeferralReasons, for dashboards: what kept the
+// mail back, in words an operator acts on.
+func deferralReason(err error, fault relay.Fault) string {
+	re, _ := relay.AsError(err)
+	if re == nil {
+		return "connect"
+	}
+	reason := re.Reason
+	switch {
+	case fault == relay.FaultSetup && strings.Contains(reason, "auth"):
+		return "auth"
+	case fault == relay.FaultSetup:
+		return "setup"
+	case strings.Contains(reason, "throttl"):
+		return "throttle"
+	case strings.Contains(reason, "quota"):
+		return "quota"
+	case reason == "rate_limited" || reason == "rate_limit":
+		return "rate_limited"
+	case re.Stage == relay.StageTLS:
+		return "tls"
+	case re.Stage == relay.StageConnect || strings.Contains(reason, "network") || reason == "timeout":
+		return "connect"
+	}
+	return "temporary"
 }
 
 // finish persists an attempt's outcome (removal once nothing is left to do) and puts the entry back in
