@@ -2,7 +2,8 @@
 # install-test-deps.sh: installs, idempotently, every real peer the test suite talks to. Safe to re-run;
 # about a second when everything is present.
 #   Debian: swaks (+ the Perl TLS modules it only recommends), Postfix (for smtp-sink, smtp-source and
-#           the benchmark baseline; never started at boot), openssl, curl, python3
+#           the benchmark baseline; never started at boot), openssl, curl, python3, prometheus (for
+#           promtool, which checks examples/prometheus; never started)
 #   npm:    aws-ses-v2-local, smtp-server, oauth2-mock-server, nodemailer  -> $MAILGATE_PEERS/node
 #   Go:     local-kms (AWS KMS emulator)                                    -> $MAILGATE_PEERS/bin
 # Nothing is installed inside the repository.
@@ -14,7 +15,7 @@ export PATH="/usr/local/go/bin:$PATH"
 mkdir -p "$PEERS/node" "$PEERS/bin"
 
 apt_pkgs=(swaks libnet-ssleay-perl libio-socket-ssl-perl libio-socket-inet6-perl libauthen-sasl-perl
-          postfix openssl curl python3 iproute2 procps)
+          postfix openssl curl python3 iproute2 procps prometheus)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -23,7 +24,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     "postfix postfix/mailname string mailgate-test.localdomain" | debconf-set-selections
   apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  systemctl --root=/ disable postfix.service >/dev/null 2>&1 || true
+  systemctl --root=/ disable postfix.service prometheus.service >/dev/null 2>&1 || true
 fi
 
 need_npm=0
