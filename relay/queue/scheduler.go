@@ -478,8 +478,12 @@ func (q *Queue) report(e *Entry, res relay.Result, elapsed time.Duration, delive
 		q.log.Info("delivered", append(base, "recipients", len(delivered), "reply", res.Reply, "duration", elapsed)...)
 	}
 	if len(deferred) > 0 {
-		q.log.Warn("deferred", append(base, "recipients", len(deferred), "reply", clientText(deferErr),
-			"error", deferErr, "next_attempt", e.NextAttempt.UTC().Format(time.RFC3339))...)
+		attrs := append(base, "recipients", len(deferred), "reply", clientText(deferErr),
+			"next_attempt", e.NextAttempt.UTC().Format(time.RFC3339))
+		if re, ok := relay.AsError(deferErr); !ok || re.Err != nil {
+			attrs = append(attrs, "err", deferErr) // the cause, when there is more to it than the reply
+		}
+		q.log.Warn("deferred", attrs...)
 	}
 	// One bounced line per distinct answer, so a mixed attempt does not hide a reason.
 	type answer struct {

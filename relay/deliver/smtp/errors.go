@@ -41,7 +41,9 @@ func (t *Transport) replyError(se *gosmtp.SMTPError, st relay.Stage) *relay.Erro
 		text = "(no text in the upstream's reply)"
 	}
 	upstream := fmt.Sprintf("%d %s %s", se.Code, enh, text)
-	re := &relay.Error{Code: se.Code, Enhanced: enh, Stage: st, Reason: ReasonUpstream, Msg: text, Err: se}
+	// No Err: the reply is all in Code, Enhanced and Msg, and logging go-smtp's error beside it would
+	// print the same reply twice ("451 4.3.0 try later: SMTP error 451: try later").
+	re := &relay.Error{Code: se.Code, Enhanced: enh, Stage: st, Reason: ReasonUpstream, Msg: text}
 	switch {
 	case quotaReply(se, enh):
 		re.Code, re.Enhanced, re.Reason = 451, "4.2.0", ReasonQuota
@@ -158,11 +160,7 @@ func (t *Transport) authError(msg string, cause error) *relay.Error {
 
 // remedy returns the operator action for a relay error, for the warn log line.
 func (t *Transport) remedy(re *relay.Error) string {
-	var se *gosmtp.SMTPError
-	enh := relay.EnhancedCode("")
-	if errors.As(re, &se) {
-		enh = enhancedOf(se)
-	}
+	enh := re.Enhanced
 	switch {
 	case enh == "5.7.139":
 		return "SMTP AUTH is disabled for the mailbox or tenant: enable it with Set-CASMailbox -Identity " +
