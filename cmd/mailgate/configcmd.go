@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"golang.org/x/crypto/bcrypt"
+	"gopkg.in/yaml.v3"
 
 	"github.com/mailgate/mailgate/config"
 )
@@ -56,4 +57,45 @@ func cmdHashPassword(_ context.Context, env *cliEnv, args []string) error {
 	}
 	fmt.Fprintln(env.stdout, string(h))
 	return nil
+}
+
+// cmdConfig is `config show [--config FILE]`: the configuration serve would run, every default filled
+// in (as Postfix's postconf shows its effective settings), so an operator sees what an omitted key
+// means. Secret fields print as the references they are (env:, file:, kms:, local:), never their values.
+func cmdConfig(_ context.Context, env *cliEnv, args []string) error {
+	if args[0] != "show" {
+		return usageError("config", args)
+	}
+	fs := newFlags(env, "config show", "")
+	path := fs.String("config", "", "configuration file; without one, the development default (as `mailgate serve` runs it)")
+	dataDir := fs.String("data-dir", "mailgate-data", "development default: directory of all state")
+	if _, err := parseArgs(fs, args[1:]); err != nil {
+		return err
+	}
+	var cfg *config.Config
+	var err error
+	if *path == "" {
+		// serve validates the development default when it starts (and makes its token and password
+		// hash then); here its defaults are only filled in, with nothing written to disk.
+		cfg = config.Development(config.DevelopmentOptions{DataDir: *dataDir, DemoPasswordHash: "(bcrypt hash of \"demo\", made by serve)"})
+		cfg.ApplyDefaults()
+	} else {
+		cfg, err = loadConfig(*path)
+	}
+	var ps config.Problems
+	if errors.As(err, &ps) {
+		for _, p := range ps {
+			fmt.Fprintf(env.stderr, "%s: %s\n", *path, p)
+		}
+		return &exitError{code: 1, msg: fmt.Sprintf("%s: %d problem(s); nothing shown", *path, len(ps))}
+	}
+	if err != nil {
+		return err
+	}
+	enc := yaml.NewEncoder(env.stdout)
+	enc.SetIndent(2)
+	if err := enc.Encode(cfg); err != nil {
+		return err
+	}
+	return enc.Close()
 }

@@ -100,7 +100,7 @@ func TestSESBounceSuppressesThroughTheBinary(t *testing.T) {
 		t.Fatalf("SNS's redelivery answered %d", code)
 	}
 	list, _ := in.mailgate("bounces", "list", "--config", in.config)
-	records := regexp.MustCompile(`(?m)^\S+ +` + regexp.QuoteMeta(gone) + ` +Support +550 5\.1\.1 +address +yes +ses_bounce `).FindAllString(list, -1)
+	records := regexp.MustCompile(`(?m)^\S+ +`+regexp.QuoteMeta(gone)+` +Support +550 5\.1\.1 +address +yes +ses_bounce `).FindAllString(list, -1)
 	if len(records) != 1 {
 		t.Fatalf("bounces list (want one suppressing ses_bounce record):\n%s", list)
 	}

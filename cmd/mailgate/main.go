@@ -11,6 +11,8 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"syscall"
@@ -20,9 +22,12 @@ import (
 var version = "dev"
 
 // command is one subcommand: its one-line summary and the function that runs it with its arguments.
+// A command made of subcommands (queue list, bounces remove, ...) has a usage line of them, which
+// `mailgate CMD` alone and `mailgate CMD --help` print; each subcommand's --help prints its own flags.
 type command struct {
 	summary string
 	run     func(ctx context.Context, env *cliEnv, args []string) error
+	usage   string
 }
 
 // cliEnv carries the process's streams so commands are testable without touching os.Std*.
@@ -30,6 +35,9 @@ type cliEnv struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
 	getenv         func(string) string
+	// usageShown is set when a command's usage was printed (by --help, a flag error or a command's own
+	// usage check): the failure was then the caller's, exit 2, and it was already said.
+	usageShown bool
 }
 
 // exitError carries a specific exit code (check-config's 1, test-send's failure) with its message.
@@ -42,17 +50,24 @@ func (e *exitError) Error() string { return e.msg }
 
 func commands() map[string]command {
 	return map[string]command{
-		"serve":         {"run the relay (no --config: the loopback development default)", cmdServe},
-		"check-config":  {"validate a configuration file and list every problem", cmdCheckConfig},
-		"test-send":     {"send a test message through a channel's real transport", cmdTestSend},
-		"bounces":       {"list or remove recorded bounces (and their suppression)", cmdBounces},
-		"queue":         {"list, retry or drop queued messages", cmdQueue},
-		"log":           {"search the delivery log (log search title=123456)", cmdLog},
-		"preview":       {"print the message a channel would compose", cmdPreview},
-		"secret":        {"encrypt a secret into a reference, or make a local keyring", cmdSecret},
-		"oauth":         {"authorize or inspect Microsoft OAuth credentials", cmdOAuth},
-		"hash-password": {"read a password on stdin and print its bcrypt hash for users[].password_hash", cmdHashPassword},
-		"version":       {"print the version", cmdVersion},
+		"serve":        {summary: "run the relay (no --config: the loopback development default)", run: cmdServe},
+		"check-config": {summary: "validate a configuration file and list every problem", run: cmdCheckConfig},
+		"test-send":    {summary: "send a test message through a channel's real transport", run: cmdTestSend},
+		"bounces": {summary: "list or remove recorded bounces (and their suppression)", run: cmdBounces,
+			usage: "mailgate bounces list [--address A] [--channel C] | remove ADDRESS"},
+		"queue": {summary: "list, retry or drop queued messages", run: cmdQueue,
+			usage: "mailgate queue list | retry ID | drop ID [--config FILE | --data-dir DIR] [--admin ADDR] [--token-file FILE]"},
+		"log": {summary: "search the delivery log (log search title=123456)", run: cmdLog,
+			usage: "mailgate log search title=TICKET | id=QUEUEID | message-id=ID"},
+		"preview": {summary: "print the message a channel would compose", run: cmdPreview},
+		"secret": {summary: "encrypt a secret into a reference, or make a local keyring", run: cmdSecret,
+			usage: "mailgate secret encrypt (--kms KEY | --local KEYRING) < secret-file | keygen"},
+		"oauth": {summary: "authorize or inspect Microsoft OAuth credentials", run: cmdOAuth,
+			usage: "mailgate oauth authorize --server NAME [--paste] | status (with --config FILE)"},
+		"hash-password": {summary: "read a password on stdin and print its bcrypt hash for users[].password_hash", run: cmdHashPassword},
+		"version":       {summary: "print the version, VCS revision and build time", run: cmdVersion},
+		"config": {summary: "print the effective configuration with every default filled in", run: cmdConfig,
+			usage: "mailgate config show [--config FILE]"},
 	}
 }
 
@@ -92,6 +107,14 @@ func run(ctx context.Context, env *cliEnv, args []string) int {
 		usage(env.stderr)
 		return 2
 	}
+	if cmd.usage != "" && (len(args) < 2 || isHelp(args[1])) {
+		if len(args) < 2 {
+			fmt.Fprintf(env.stderr, "usage: %s\n  %s\n", cmd.usage, cmd.summary)
+			return 2
+		}
+		fmt.Fprintf(env.stdout, "usage: %s\n  %s\nRun 'mailgate %s SUBCOMMAND --help' for its flags.\n", cmd.usage, cmd.summary, args[0])
+		return 0
+	}
 	err := cmd.run(ctx, env, args[1:])
 	if err == nil || errors.Is(err, flag.ErrHelp) {
 		return 0
@@ -103,8 +126,31 @@ func run(ctx context.Context, env *cliEnv, args []string) int {
 		}
 		return ee.code
 	}
+	if env.usageShown {
+		// A flag the command does not know, or a missing value: the flag package has said which,
+		// with the usage; saying it again would only repeat it.
+		return 2
+	}
 	fmt.Fprintf(env.stderr, "mailgate %s: %v\n", args[0], err)
 	return 1
+}
+
+// usageError is a command's answer to a subcommand it does not have: its usage from the command table,
+// exit 2.
+func usageError(name string, args []string) error {
+	msg := "usage: " + commands()[name].usage
+	if len(args) > 0 {
+		msg = fmt.Sprintf("mailgate %s: unknown subcommand %q\n%s", name, args[0], msg)
+	}
+	return &exitError{code: 2, msg: msg}
+}
+
+func isHelp(arg string) bool {
+	switch arg {
+	case "-h", "-help", "--help", "help":
+		return true
+	}
+	return false
 }
 
 // newFlags makes a FlagSet whose --help prints the command's summary and flags.
@@ -112,6 +158,7 @@ func newFlags(env *cliEnv, name, argsUsage string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(env.stderr)
 	fs.Usage = func() {
+		env.usageShown = true
 		fmt.Fprintf(env.stderr, "usage: mailgate %s [flags] %s\n  %s\n", name, argsUsage, commands()[strings.Fields(name)[0]].summary)
 		fs.PrintDefaults()
 	}
@@ -122,8 +169,35 @@ func cmdVersion(_ context.Context, env *cliEnv, args []string) error {
 	if err := newFlags(env, "version", "").Parse(args); err != nil {
 		return err
 	}
-	fmt.Fprintln(env.stdout, "mailgate", version)
+	ver, revision, built := buildVersion()
+	fmt.Fprintf(env.stdout, "mailgate %s (revision %s, built %s, %s)\n", ver, revision, built, runtime.Version())
 	return nil
+}
+
+// buildVersion is the version (-ldflags main.version, else the module version), the VCS revision and
+// the commit time the binary was built from ("unknown" when the build did not record them).
+func buildVersion() (ver, revision, built string) {
+	ver, revision, built = version, "unknown", "unknown"
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return
+	}
+	if v := bi.Main.Version; ver == "dev" && v != "" && v != "(devel)" {
+		ver = v
+	}
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			revision = s.Value
+		case "vcs.time":
+			built = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				revision += "+modified"
+			}
+		}
+	}
+	return
 }
 
 // parseArgs parses flags wherever they stand among the positional arguments ("bounces remove ADDR

@@ -46,7 +46,7 @@ func preflight(ctx context.Context, env *cliEnv, gen *generation, transport stri
 
 func cmdOAuth(ctx context.Context, env *cliEnv, args []string) error {
 	if len(args) == 0 || (args[0] != "authorize" && args[0] != "status") {
-		return &exitError{code: 2, msg: "usage: mailgate oauth authorize --server NAME [--paste] | status (with --config FILE)"}
+		return usageError("oauth", args)
 	}
 	sub := args[0]
 	fs := newFlags(env, "oauth "+sub, "")

@@ -19,7 +19,7 @@ import (
 
 func cmdQueue(ctx context.Context, env *cliEnv, args []string) error {
 	if len(args) == 0 || (args[0] != "list" && args[0] != "retry" && args[0] != "drop") {
-		return &exitError{code: 2, msg: "usage: mailgate queue list | retry ID | drop ID [--config FILE | --data-dir DIR] [--admin ADDR] [--token-file FILE]"}
+		return usageError("queue", args)
 	}
 	sub := args[0]
 	fs := newFlags(env, "queue "+sub, map[string]string{"list": "", "retry": "ID", "drop": "ID"}[sub])

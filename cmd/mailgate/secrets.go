@@ -85,7 +85,7 @@ func resolveSecrets(ctx context.Context, r *kms.Resolver, c *config.Config) (map
 
 func cmdSecret(ctx context.Context, env *cliEnv, args []string) error {
 	if len(args) == 0 {
-		return &exitError{code: 2, msg: "usage: mailgate secret encrypt|keygen [flags] (see --help of each)"}
+		return usageError("secret", args)
 	}
 	switch args[0] {
 	case "encrypt":
@@ -122,5 +122,5 @@ func cmdSecret(ctx context.Context, env *cliEnv, args []string) error {
 		fmt.Fprintf(env.stdout, "%s: newest key %s (new secrets use it; older keys still decrypt)\n", pos[0], id)
 		return nil
 	}
-	return &exitError{code: 2, msg: fmt.Sprintf("mailgate secret: unknown subcommand %q (encrypt, keygen)", args[0])}
+	return usageError("secret", args)
 }

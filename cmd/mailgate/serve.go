@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"reflect"
 	"runtime"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"syscall"
@@ -112,7 +111,7 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	d.metrics = metrics.New(reg)
-	ver, revision := buildVersion()
+	ver, revision, _ := buildVersion()
 	d.metrics.BuildInfo.WithLabelValues(ver, revision, runtime.Version()).Set(1)
 	d.metrics.ConfigLastReload.SetToCurrentTime()
 	d.spoolDir = cfg.Spool.Dir
@@ -273,25 +272,6 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error
 	}
 	d.log.Info("stopped")
 	return first
-}
-
-// buildVersion is the version (-ldflags main.version, else the module version) and the VCS revision
-// the binary was built from ("unknown" when the build did not record it, as with go run).
-func buildVersion() (ver, revision string) {
-	ver, revision = version, "unknown"
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return
-	}
-	if v := bi.Main.Version; ver == "dev" && v != "" && v != "(devel)" {
-		ver = v
-	}
-	for _, s := range bi.Settings {
-		if s.Key == "vcs.revision" {
-			revision = s.Value
-		}
-	}
-	return
 }
 
 // listenerTLS loads the configured certificate, or in development generates (once) a self-signed one.

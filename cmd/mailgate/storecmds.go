@@ -30,7 +30,7 @@ func loadOrDevelopment(configPath, dataDir string) (*config.Config, error) {
 
 func cmdBounces(ctx context.Context, env *cliEnv, args []string) error {
 	if len(args) == 0 || (args[0] != "list" && args[0] != "remove") {
-		return &exitError{code: 2, msg: "usage: mailgate bounces list [--address A] [--channel C] | remove ADDRESS (see --help of each)"}
+		return usageError("bounces", args)
 	}
 	sub := args[0]
 	fs := newFlags(env, "bounces "+sub, map[string]string{"list": "", "remove": "ADDRESS"}[sub])
@@ -79,7 +79,7 @@ func cmdBounces(ctx context.Context, env *cliEnv, args []string) error {
 
 func cmdLog(ctx context.Context, env *cliEnv, args []string) error {
 	if len(args) == 0 || args[0] != "search" {
-		return &exitError{code: 2, msg: "usage: mailgate log search title=TICKET | id=QUEUEID | message-id=ID"}
+		return usageError("log", args)
 	}
 	fs := newFlags(env, "log search", "title=TICKET | id=QUEUEID | message-id=ID")
 	cfg := fs.String("config", "", "configuration file (default: the development default)")
