@@ -5,9 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 
 	"golang.org/x/crypto/bcrypt"
+	"golang.org/x/term"
 	"gopkg.in/yaml.v3"
 
 	"github.com/mailgate/mailgate/config"
@@ -40,23 +42,57 @@ func cmdCheckConfig(_ context.Context, env *cliEnv, args []string) error {
 }
 
 // cmdHashPassword reads the password from stdin, never argv, so it stays out of shell history and ps.
+// On a terminal it prompts twice without echo; from a pipe or file it reads the first line.
 func cmdHashPassword(_ context.Context, env *cliEnv, args []string) error {
 	fs := newFlags(env, "hash-password", "< password-file")
 	cost := fs.Int("cost", bcrypt.DefaultCost, "bcrypt cost")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	line, err := bufio.NewReader(env.stdin).ReadString('\n')
-	line = strings.TrimRight(line, "\r\n")
-	if line == "" {
-		return fmt.Errorf("no password on standard input (%v)", err)
+	var password []byte
+	if f, ok := env.stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		var err error
+		if password, err = promptPassword(env, f); err != nil {
+			return err
+		}
+	} else {
+		line, err := bufio.NewReader(env.stdin).ReadString('\n')
+		line = strings.TrimRight(line, "\r\n")
+		if line == "" {
+			return fmt.Errorf("no password on standard input (%v)", err)
+		}
+		password = []byte(line)
 	}
-	h, err := bcrypt.GenerateFromPassword([]byte(line), *cost)
+	h, err := bcrypt.GenerateFromPassword(password, *cost)
+	clear(password)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintln(env.stdout, string(h))
 	return nil
+}
+
+func promptPassword(env *cliEnv, tty *os.File) ([]byte, error) {
+	fmt.Fprint(env.stderr, "Password: ")
+	first, err := term.ReadPassword(int(tty.Fd()))
+	fmt.Fprintln(env.stderr)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprint(env.stderr, "Again: ")
+	second, err := term.ReadPassword(int(tty.Fd()))
+	fmt.Fprintln(env.stderr)
+	defer clear(second)
+	switch {
+	case err != nil:
+		return nil, err
+	case len(first) == 0:
+		return nil, errors.New("empty password")
+	case string(first) != string(second):
+		clear(first)
+		return nil, errors.New("the passwords differ")
+	}
+	return first, nil
 }
 
 // cmdConfig is `config show [--config FILE]`: the configuration serve would run, every default filled
