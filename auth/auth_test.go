@@ -206,45 +206,93 @@ func TestDummyHashCost(t *testing.T) {
 	}
 }
 
+// fail makes one failed password check of login from addr, or reports that the limiter refused it.
+func fail(l *Limiter, addr netip.Addr, login string) bool {
+	a, _, ok := l.Begin(addr, login)
+	if ok {
+		a.Failed()
+	}
+	return ok
+}
+
 func TestLimiter(t *testing.T) {
 	now := time.Unix(1_700_000_000, 0)
-	l := NewLimiter(LimiterOptions{MaxFailures: 3, Window: time.Minute, MaxClients: 4, Now: func() time.Time { return now }})
+	l := NewLimiter(LimiterOptions{MaxFailures: 3, MaxClientFailures: 5, Window: time.Minute, MaxClients: 16,
+		Now: func() time.Time { return now }})
 	a := netip.MustParseAddr("192.0.2.1")
 	b := netip.MustParseAddr("192.0.2.2")
 	for i := 0; i < 3; i++ {
-		if !l.Allow(a) {
+		if !fail(l, a, "anna") {
 			t.Fatalf("refused after %d failures", i)
 		}
-		l.Fail(a)
 	}
-	if l.Allow(a) {
-		t.Fatal("allowed after 3 failures")
+	if _, retry, ok := l.Begin(a, "ANNA"); ok || retry != time.Minute {
+		t.Fatalf("4th check of anna: ok %v retry %v, want refused for 1m", ok, retry)
 	}
-	if !l.Allow(b) {
+	// Another agent behind the same client is not locked out by anna's failures ...
+	if !fail(l, a, "bert") || !fail(l, a, "carl") {
+		t.Fatal("another login from the same client is locked out")
+	}
+	// ... up to the client's ceiling (5 failures over all logins).
+	if _, _, ok := l.Begin(a, "dora"); ok {
+		t.Fatal("client ceiling not enforced")
+	}
+	if retry, ok := l.Allow(a); ok || retry != time.Minute {
+		t.Fatalf("Allow over the ceiling: ok %v retry %v", ok, retry)
+	}
+	if _, ok := l.Allow(b); !ok || !fail(l, b, "anna") {
 		t.Fatal("another client is limited too")
 	}
-	if l.Allow(netip.MustParseAddr("::ffff:192.0.2.1")) {
+	if _, ok := l.Allow(netip.MustParseAddr("::ffff:192.0.2.1")); ok {
 		t.Fatal("IPv4-mapped form of a limited client is allowed")
 	}
-	now = now.Add(59 * time.Second)
-	if l.Allow(a) {
-		t.Fatal("allowed before the window passed")
+	now = now.Add(45 * time.Second)
+	if retry, ok := l.Allow(a); ok || retry != 15*time.Second {
+		t.Fatalf("before the window passed: ok %v retry %v", ok, retry)
 	}
-	now = now.Add(time.Second)
-	if !l.Allow(a) {
+	now = now.Add(15 * time.Second)
+	if _, ok := l.Allow(a); !ok || !fail(l, a, "anna") {
 		t.Fatal("still refused after the window")
 	}
 
 	// IPv6: one /64 is one client.
 	x := netip.MustParseAddr("2001:db8:1:2::1")
 	for i := 0; i < 3; i++ {
-		l.Fail(netip.MustParseAddr("2001:db8:1:2::" + string(rune('a'+i))))
+		fail(l, netip.MustParseAddr("2001:db8:1:2::"+string(rune('a'+i))), "anna")
 	}
-	if l.Allow(x) {
+	if _, _, ok := l.Begin(x, "anna"); ok {
 		t.Fatal("rotating addresses inside a /64 escaped the limit")
 	}
-	if !l.Allow(netip.MustParseAddr("2001:db8:1:3::1")) {
+	if _, _, ok := l.Begin(netip.MustParseAddr("2001:db8:1:3::1"), "anna"); !ok {
 		t.Fatal("the neighbouring /64 is limited")
+	}
+}
+
+// Checks in flight count: staged exchanges that all send their password at once get no more checks
+// than the limit, and a success gives its reservation back without counting.
+func TestLimiterInFlight(t *testing.T) {
+	l := NewLimiter(LimiterOptions{MaxFailures: 5, MaxClientFailures: 20})
+	a := netip.MustParseAddr("192.0.2.1")
+	var held []*Attempt
+	for i := 0; i < 100; i++ {
+		if at, _, ok := l.Begin(a, "anna"); ok {
+			held = append(held, at)
+		}
+	}
+	if len(held) != 5 {
+		t.Fatalf("%d checks reserved at once, want 5", len(held))
+	}
+	held[0].Succeeded()
+	if at, _, ok := l.Begin(a, "anna"); !ok {
+		t.Fatal("a success did not give its reservation back")
+	} else {
+		held[0] = at
+	}
+	for _, at := range held {
+		at.Failed()
+	}
+	if _, _, ok := l.Begin(a, "anna"); ok {
+		t.Fatal("allowed after 5 failures")
 	}
 }
 
@@ -252,21 +300,21 @@ func TestLimiterBoundedMemory(t *testing.T) {
 	now := time.Unix(1_700_000_000, 0)
 	l := NewLimiter(LimiterOptions{MaxFailures: 2, Window: time.Minute, MaxClients: 100, Now: func() time.Time { return now }})
 	first := netip.MustParseAddr("198.51.100.1")
-	l.Fail(first)
-	l.Fail(first)
+	fail(l, first, "x")
+	fail(l, first, "x")
 	addr := netip.MustParseAddr("10.0.0.0")
 	for i := 0; i < 10_000; i++ {
 		addr = addr.Next()
-		l.Fail(addr)
+		fail(l, addr, strings.Repeat("y", i%3000))
 		if n := l.Len(); n > 100 {
-			t.Fatalf("tracking %d clients, limit 100", n)
+			t.Fatalf("tracking %d counters, limit 100", n)
 		}
 	}
-	if !l.Allow(first) {
+	if !fail(l, first, "x") {
 		t.Fatal("oldest window was not the one evicted")
 	}
-	l.Fail(addr) // the newest client is still tracked: its second failure reaches the limit
-	if l.Allow(addr) {
+	fail(l, addr, strings.Repeat("y", 9999%3000)) // the newest client is still tracked: its second failure reaches the limit
+	if _, _, ok := l.Begin(addr, strings.Repeat("y", 9999%3000)); ok {
 		t.Fatal("newest client was evicted")
 	}
 	// Windows end: everything expires.

@@ -149,7 +149,10 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error
 		MaxMessageBytes: cfg.Limits.MaxMessageBytes,
 		MaxRecipients:   cfg.Limits.MaxRecipients, IdleTimeout: cfg.Limits.ReadTimeout.D(),
 		AuthFailures: cfg.Limits.AuthFailures, AuthWindow: cfg.Limits.AuthFailureWindow.D(),
-		TempDir: tmp, Spool: q, Suppressions: st, Logger: d.log, Metrics: d.metrics,
+		AuthClientFailures: cfg.Limits.AuthFailuresPerClient, AuthTimeout: cfg.Limits.AuthTimeout.D(),
+		CommandTimeout: cfg.Limits.CommandTimeout.D(), DataMinRate: cfg.Limits.DataMinRate,
+		DataRateWindow: cfg.Limits.DataRateWindow.D(),
+		TempDir:        tmp, Spool: q, Suppressions: st, Logger: d.log, Metrics: d.metrics,
 	}, gen.rules)
 	if err != nil {
 		return err

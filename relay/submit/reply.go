@@ -14,6 +14,7 @@ import (
 // Stages of a session, the "stage" label of the rejection metric.
 const (
 	stageConnect = "connect"
+	stageSession = "session" // a connection cut for taking too long (trackedConn)
 	stageMail    = "mail"
 	stageRcpt    = "rcpt"
 	stageData    = "data"

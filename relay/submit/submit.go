@@ -86,17 +86,30 @@ type Options struct {
 	MaxMessageBytes         int64 // raw submitted size (advertised as SIZE, RFC 1870); default 50 MiB
 	MaxRecipients           int   // per message; default 100
 
-	IdleTimeout    time.Duration // per read or write: RFC 5321 §4.5.3.2.7 suggests 5 minutes; default 5m
+	IdleTimeout time.Duration // per read or write: RFC 5321 §4.5.3.2.7 suggests 5 minutes; default 5m
+	// AuthTimeout bounds the time from connect until AUTH succeeds (or a trusted network's first MAIL
+	// is accepted); default 1m. CommandTimeout bounds the arrival of one whole command line; default
+	// 5m. In DATA/BDAT a transfer slower than DataMinRate bytes per second over a DataRateWindow is
+	// cut; defaults 500 B/s over 30s. See trackedConn.
+	AuthTimeout    time.Duration
+	CommandTimeout time.Duration
+	DataMinRate    int64
+	DataRateWindow time.Duration
 	ProcessTimeout time.Duration // composing and committing one message; default 2m
 	LookupTimeout  time.Duration // one suppression lookup; default 10s
 	// ShutdownTimeout bounds how long Serve waits for open sessions after its context ends; default 10s.
 	ShutdownTimeout time.Duration
 
-	// AuthFailures and AuthWindow limit failed AUTH attempts per client address (IPv6 per /64);
-	// defaults 5 per 5 minutes. AuthClients bounds the limiter's memory; default 65536.
-	AuthFailures int
-	AuthWindow   time.Duration
-	AuthClients  int
+	// AuthFailures and AuthWindow limit failed password checks per client address (IPv6 per /64) and
+	// login; defaults 5 per 5 minutes. AuthClientFailures is the ceiling over all logins of one client;
+	// default 4 × AuthFailures. AuthClients bounds the limiter's memory; default 65536.
+	AuthFailures       int
+	AuthWindow         time.Duration
+	AuthClientFailures int
+	AuthClients        int
+	// CheckPassword verifies AUTH credentials against the current directory; nil means
+	// (*auth.Directory).Authenticate. The limiter is consulted before it is called.
+	CheckPassword func(dir *auth.Directory, login, password string) (*auth.Principal, error)
 
 	TempDir string // where raw DATA is streamed before composition; default os.TempDir()
 
