@@ -88,6 +88,7 @@ func (d *daemon) build(ctx context.Context, cfg *config.Config) (*generation, er
 		return nil, err
 	}
 	g := &generation{transports: map[string]relay.Transport{}, checks: map[string]admin.Check{}, oauth: map[string]*oauth.Source{}}
+	g.checks["spool free space"] = submit.FreeSpace(cfg.Spool.Dir, cfg.Spool.MinFreeBytes)
 	if cfg.Outbox != nil {
 		g.transports[config.TransportOutbox] = &outbox.Outbox{Dir: cfg.Outbox.Dir}
 	}
