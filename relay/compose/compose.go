@@ -9,7 +9,11 @@
 //
 //   - Header fields mailgate does not own keep their bytes and their order. Owned fields (From, Subject,
 //     Date, Message-ID, and Content-Type/Content-Transfer-Encoding of a rewritten body) are replaced
-//     in place; missing ones are added at the top; X-Mailgate-* and Bcc are removed.
+//     in place; missing ones are added at the top; X-Mailgate-* and Bcc are removed. Fields that are
+//     not the agent's to set are removed — Sender (mailgate, as the channel, is the sender: RFC 5322
+//     §3.6.2), Return-Path and Received (trace fields, RFC 5321 §4.4, added by the hops themselves; an
+//     agent's would be forged history) — or refused with 550 5.7.1: Resent-* (RFC 5322 §3.6.6 resending,
+//     which would present the message as resent by someone other than the channel).
 //   - Only "the agent's content" is rewritten: the top-level text part, or in a multipart message the
 //     first non-attachment part, recursively (every text/plain and text/html of a
 //     multipart/alternative, the root of a multipart/related). Those bodies are decoded (transfer
@@ -354,6 +358,12 @@ func (j *job) run(in *bufio.Reader) (Result, error) {
 			continue // internal (DESIGN §3.7)
 		case f.key == "Bcc":
 			continue // RFC 5322 §3.6.3: blind recipients must not be shown to the others (as Postfix's cleanup does)
+		case f.key == "Sender" || f.key == "Return-Path" || f.key == "Received":
+			// Not the agent's to set (see agentForbidden): removed, the message is otherwise fine.
+			continue
+		case strings.HasPrefix(strings.ToLower(f.key), "resent-"):
+			return Result{}, relay.Errorf(550, relay.CodePolicy, "resent_header",
+				"%s is not allowed: mailgate sends replies as the channel and does not resend messages", clip(f.key))
 		}
 		if raw, ok := owned[f.key]; ok {
 			if !seen[f.key] {
@@ -376,13 +386,7 @@ func (j *job) run(in *bufio.Reader) (Result, error) {
 			top = append(top, hfield{key: k, raw: raw})
 		}
 	}
-	// New fields go after the leading trace fields (RFC 5322 §3.6.7, RFC 5321 §4.4: trace blocks stay
-	// on top, as each hop prepends its own).
-	trace := 0
-	for trace < len(fs) && (fs[trace].key == "Received" || fs[trace].key == "Return-Path") {
-		trace++
-	}
-	fs = append(fs[:trace:trace], append(top, fs[trace:]...)...)
+	fs = append(top, fs...)
 
 	e, err := j.entityOf(&h, true, false)
 	if err != nil {

@@ -423,6 +423,9 @@ func (s *session) deliver(f *os.File, size int64, rcpts []string, received time.
 		return s.reply(stageData, relay.Errorf(550, relay.CodePolicy, "from_not_permitted",
 			"You may not send as %s", from), "principal", p.Login)
 	}
+	if err := checkReplyTo(header, rules, p); err != nil {
+		return s.reply(stageData, err, "principal", p.Login, "channel", ch.Name)
+	}
 
 	sub := &Submission{SessionID: s.id, Principal: p, Channel: ch, MailFrom: ch.MailFrom, Recipients: rcpts,
 		Received: received, Header: header, RawSize: size}
@@ -482,6 +485,12 @@ func (s *session) deliver(f *os.File, size int64, rcpts []string, received time.
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "queued as " + sanitize(queueID)}
 }
 
+// addressParser parses address header fields for their addresses. Display names in unknown charsets
+// are not decoded: only the addresses matter here.
+var addressParser = mail.AddressParser{WordDecoder: &mime.WordDecoder{
+	CharsetReader: func(_ string, input io.Reader) (io.Reader, error) { return input, nil },
+}}
+
 // fromAddress returns the single address of the single From field (RFC 5322 §3.6: exactly one From
 // field; several mailboxes would need a Sender, and mailgate sends as exactly one channel).
 func fromAddress(h textproto.Header) (string, error) {
@@ -489,11 +498,7 @@ func fromAddress(h textproto.Header) (string, error) {
 	if len(values) != 1 {
 		return "", relay.Errorf(554, relay.CodeMalformed, "malformed", "Message must have exactly one From header field")
 	}
-	// Display names in unknown charsets are not decoded: only the address matters here.
-	parser := mail.AddressParser{WordDecoder: &mime.WordDecoder{
-		CharsetReader: func(_ string, input io.Reader) (io.Reader, error) { return input, nil },
-	}}
-	list, err := parser.ParseList(values[0])
+	list, err := addressParser.ParseList(values[0])
 	if err != nil || len(list) != 1 {
 		return "", relay.Errorf(554, relay.CodeMalformed, "malformed", "From header must hold exactly one address")
 	}

@@ -745,3 +745,38 @@ func waitGreeting(t *testing.T, addr string) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// Reply-To may only name addresses in the domains of channels the principal may reply on.
+func TestReplyTo(t *testing.T) {
+	h := startServer(t, nil, nil)
+	chans := append(append([]Channel(nil), testChannels...),
+		Channel{Name: "Partner", FromAddress: "help@partner.example", Transport: "outbox"})
+	r, err := NewRules(testDirectory(t), chans, passThrough{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.srv.SetRules(r)
+	for _, tc := range []struct{ user, replyTo, want string }{
+		{"demo", "support+4711@example.com", "250 "},
+		{"demo", `"Sales team" <sales@Example.COM>`, "250 "},
+		{"demo", "x@evil.example", "550 5.7.1 Reply-To x@evil.example is not allowed"},
+		{"demo", "a@example.com, b@evil.example", "550 5.7.1 Reply-To b@evil.example"},
+		{"demo", "help@partner.example", "550 5.7.1 "}, // a channel, but not one demo may use
+		{"demo", "x@sub.example.com", "550 5.7.1 "},
+		{"replier", "help@partner.example", "550 5.7.1 "},
+		{"demo", "<<<not an address", "554 5.6.0 "},
+	} {
+		rc := dialRaw(t, addrOf(t, h, "dev"))
+		rc.authPlain(tc.user, tc.user)
+		rc.expect("MAIL FROM:<x@example.org>", "250 ")
+		rc.expect("RCPT TO:<customer@example.net>", "250 ")
+		rc.expect("DATA", "354 ")
+		rc.send("From: support@example.com\r\nReply-To: " + tc.replyTo + "\r\nIn-Reply-To: <t@example.net>\r\n\r\nbody\r\n.\r\n")
+		if got := rc.reply(); !strings.HasPrefix(got, tc.want) {
+			t.Errorf("%s, Reply-To %s: %q, want %s", tc.user, tc.replyTo, got, tc.want)
+		}
+	}
+	if n := len(h.spool.Messages()); n != 2 {
+		t.Fatalf("%d messages queued, want 2", n)
+	}
+}
