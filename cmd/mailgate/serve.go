@@ -20,6 +20,7 @@ import (
 
 	"github.com/mailgate/mailgate/config"
 	"github.com/mailgate/mailgate/relay/admin"
+	"github.com/mailgate/mailgate/relay/compose"
 	"github.com/mailgate/mailgate/relay/metrics"
 	"github.com/mailgate/mailgate/relay/queue"
 	"github.com/mailgate/mailgate/relay/store"
@@ -88,8 +89,10 @@ type daemon struct {
 	transports *transportSet
 
 	spoolDir string
-	mu       sync.Mutex // serializes reloads
-	cfg      *config.Config
+	// composeBudget is the memory all compositions share, made once: a reload keeps it.
+	composeBudget *compose.Budget
+	mu            sync.Mutex // serializes reloads
+	cfg           *config.Config
 }
 
 func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error {
@@ -97,6 +100,7 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	d.metrics = metrics.New(reg)
 	d.spoolDir = cfg.Spool.Dir
+	d.composeBudget = compose.NewBudget(cfg.Limits.ComposeMemoryBytes)
 
 	for _, dir := range []string{filepath.Dir(cfg.Store.Path), cfg.Spool.Dir} {
 		if err := os.MkdirAll(dir, 0o750); err != nil {

@@ -75,7 +75,7 @@ type generation struct {
 
 // build makes a generation from cfg. Secrets are decrypted here, once; an error leaves nothing running.
 func (d *daemon) build(ctx context.Context, cfg *config.Config) (*generation, error) {
-	comp, err := buildComposition(cfg)
+	comp, err := buildComposition(cfg, d.composeBudget)
 	if err != nil {
 		return nil, err
 	}
