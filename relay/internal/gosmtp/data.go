@@ -90,6 +90,7 @@ func (r *dataReader) Read(b []byte) (n int, err error) {
 		stateCR               // read \r (possibly at end of line)
 		stateData             // reading data in middle of line
 		stateEOF              // reached .\r\n end marker line
+		stateDotCRKept        // mailgate: the CR of ".\r" was passed on; the next byte is data
 	)
 	for n < len(b) && r.state != stateEOF {
 		var c byte
@@ -124,19 +125,19 @@ func (r *dataReader) Read(b []byte) (n int, err error) {
 			}
 			// mailgate: ".\r" followed by anything but "\n" is not the end of data. The dot was
 			// dot-stuffing, but the CR is message content: pass it on (the caller's bare-CR check
-			// refuses it) instead of dropping it, which made ".\rX" arrive as "X".
+			// refuses it) instead of dropping it, which made ".\rX" arrive as "X". The state
+			// machine is unchanged: c is handled as upstream handles it (stateData).
 			b[n] = '\r'
 			n++
 			if n == len(b) {
-				// No room for c: read it again next time, after the CR just passed on.
-				r.state = stateCR
+				// No room for c: read it again next time, as stateDotCR would have handled it.
+				r.state = stateDotCRKept
 				r.r.UnreadByte()
 				continue
 			}
 			r.state = stateData
-			if c == '\r' {
-				r.state = stateCR
-			}
+		case stateDotCRKept:
+			r.state = stateData
 		case stateCR:
 			if c == '\n' {
 				r.state = stateBeginLine
