@@ -1,9 +1,12 @@
 package auth
 
 import (
+	"context"
 	"errors"
 	"net/netip"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -208,7 +211,7 @@ func TestDummyHashCost(t *testing.T) {
 
 // fail makes one failed password check of login from addr, or reports that the limiter refused it.
 func fail(l *Limiter, addr netip.Addr, login string) bool {
-	a, _, ok := l.Begin(addr, login)
+	a, _, ok := l.Begin(context.Background(), addr, login)
 	if ok {
 		a.Failed()
 	}
@@ -226,7 +229,7 @@ func TestLimiter(t *testing.T) {
 			t.Fatalf("refused after %d failures", i)
 		}
 	}
-	if _, retry, ok := l.Begin(a, "ANNA"); ok || retry != time.Minute {
+	if _, retry, ok := l.Begin(context.Background(), a, "ANNA"); ok || retry != time.Minute {
 		t.Fatalf("4th check of anna: ok %v retry %v, want refused for 1m", ok, retry)
 	}
 	// Another agent behind the same client is not locked out by anna's failures ...
@@ -234,7 +237,7 @@ func TestLimiter(t *testing.T) {
 		t.Fatal("another login from the same client is locked out")
 	}
 	// ... up to the client's ceiling (5 failures over all logins).
-	if _, _, ok := l.Begin(a, "dora"); ok {
+	if _, _, ok := l.Begin(context.Background(), a, "dora"); ok {
 		t.Fatal("client ceiling not enforced")
 	}
 	if retry, ok := l.Allow(a); ok || retry != time.Minute {
@@ -260,40 +263,65 @@ func TestLimiter(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		fail(l, netip.MustParseAddr("2001:db8:1:2::"+string(rune('a'+i))), "anna")
 	}
-	if _, _, ok := l.Begin(x, "anna"); ok {
+	if _, _, ok := l.Begin(context.Background(), x, "anna"); ok {
 		t.Fatal("rotating addresses inside a /64 escaped the limit")
 	}
-	if _, _, ok := l.Begin(netip.MustParseAddr("2001:db8:1:3::1"), "anna"); !ok {
+	if _, _, ok := l.Begin(context.Background(), netip.MustParseAddr("2001:db8:1:3::1"), "anna"); !ok {
 		t.Fatal("the neighbouring /64 is limited")
 	}
 }
 
-// Checks in flight count: staged exchanges that all send their password at once get no more checks
-// than the limit, and a success gives its reservation back without counting.
+// Checks in flight count: of 100 attempts at once, 5 are checked; the others wait for them, and are
+// refused when those failed, or go ahead when they succeeded (parallel logins of one account).
 func TestLimiterInFlight(t *testing.T) {
-	l := NewLimiter(LimiterOptions{MaxFailures: 5, MaxClientFailures: 20})
-	a := netip.MustParseAddr("192.0.2.1")
-	var held []*Attempt
-	for i := 0; i < 100; i++ {
-		if at, _, ok := l.Begin(a, "anna"); ok {
-			held = append(held, at)
+	for _, succeed := range []bool{false, true} {
+		l := NewLimiter(LimiterOptions{MaxFailures: 5, MaxClientFailures: 20})
+		a := netip.MustParseAddr("192.0.2.1")
+		var inFlight, most, checks, refused atomic.Int64
+		var wg sync.WaitGroup
+		for i := 0; i < 100; i++ {
+			wg.Go(func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				at, _, ok := l.Begin(ctx, a, "anna")
+				if !ok {
+					refused.Add(1)
+					return
+				}
+				checks.Add(1)
+				n := inFlight.Add(1)
+				for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+				}
+				time.Sleep(time.Millisecond) // the password check
+				inFlight.Add(-1)
+				if succeed {
+					at.Succeeded()
+				} else {
+					at.Failed()
+				}
+			})
+		}
+		wg.Wait()
+		if most.Load() > 5 {
+			t.Errorf("succeed=%v: %d checks in flight at once, limit 5", succeed, most.Load())
+		}
+		if !succeed && (checks.Load() != 5 || refused.Load() != 95) {
+			t.Errorf("failing: %d checks, %d refused; want 5 and 95", checks.Load(), refused.Load())
+		}
+		if succeed && checks.Load() != 100 {
+			t.Errorf("succeeding: %d of 100 checked, %d refused", checks.Load(), refused.Load())
 		}
 	}
-	if len(held) != 5 {
-		t.Fatalf("%d checks reserved at once, want 5", len(held))
+	// A waiter gives up with its context.
+	l := NewLimiter(LimiterOptions{MaxFailures: 1})
+	a := netip.MustParseAddr("192.0.2.1")
+	held, _, _ := l.Begin(context.Background(), a, "anna")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if _, _, ok := l.Begin(ctx, a, "anna"); ok {
+		t.Fatal("granted while the only check is in flight")
 	}
-	held[0].Succeeded()
-	if at, _, ok := l.Begin(a, "anna"); !ok {
-		t.Fatal("a success did not give its reservation back")
-	} else {
-		held[0] = at
-	}
-	for _, at := range held {
-		at.Failed()
-	}
-	if _, _, ok := l.Begin(a, "anna"); ok {
-		t.Fatal("allowed after 5 failures")
-	}
+	held.Succeeded()
 }
 
 func TestLimiterBoundedMemory(t *testing.T) {
@@ -314,7 +342,7 @@ func TestLimiterBoundedMemory(t *testing.T) {
 		t.Fatal("oldest window was not the one evicted")
 	}
 	fail(l, addr, strings.Repeat("y", 9999%3000)) // the newest client is still tracked: its second failure reaches the limit
-	if _, _, ok := l.Begin(addr, strings.Repeat("y", 9999%3000)); ok {
+	if _, _, ok := l.Begin(context.Background(), addr, strings.Repeat("y", 9999%3000)); ok {
 		t.Fatal("newest client was evicted")
 	}
 	// Windows end: everything expires.

@@ -2,6 +2,7 @@ package auth
 
 import (
 	"container/list"
+	"context"
 	"net/netip"
 	"strings"
 	"sync"
@@ -30,7 +31,8 @@ type LimiterOptions struct {
 // Limiter counts failed password checks per (client address, login) and per client address in fixed
 // windows. A check is reserved with Begin before the password is verified and counts against both
 // limits while it is in flight, so a client that stages many AUTH exchanges and sends all their
-// passwords at once (or in parallel connections) gets no more real checks than the limit.
+// passwords at once (or in parallel connections) gets no more real checks than the limit: the checks
+// beyond it wait for those in flight and are refused if they failed.
 //
 // A success does not reset the count: otherwise a holder of one valid account could interleave its own
 // logins with guesses at others. IPv6 clients are counted per /64, the smallest network a single host
@@ -41,7 +43,8 @@ type Limiter struct {
 
 	mu      sync.Mutex
 	buckets map[bucketKey]*list.Element
-	order   *list.List // of *window, oldest start first
+	order   *list.List    // of *window, oldest start first
+	ended   chan struct{} // closed (and replaced) whenever a check in flight ends
 }
 
 // bucketKey names one counter: a client's (login "") or one login's from that client.
@@ -78,7 +81,7 @@ func NewLimiter(o LimiterOptions) *Limiter {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &Limiter{o: o, buckets: make(map[bucketKey]*list.Element), order: list.New()}
+	return &Limiter{o: o, buckets: make(map[bucketKey]*list.Element), order: list.New(), ended: make(chan struct{})}
 }
 
 func limiterKey(addr netip.Addr) netip.Addr {
@@ -142,8 +145,9 @@ func (l *Limiter) retryAfter(w *window, now time.Time) time.Duration {
 	return max(time.Second, w.start.Add(l.o.Window).Sub(now).Round(time.Second))
 }
 
-// Allow reports whether addr may start an AUTH exchange at all (its per-client ceiling is not used
-// up); if not, it says how long until it may.
+// Allow reports whether addr may start an AUTH exchange at all (its failures have not reached the
+// per-client ceiling); if not, it says how long until it may. Checks in flight do not count here:
+// Begin decides about them.
 func (l *Limiter) Allow(addr netip.Addr) (retry time.Duration, ok bool) {
 	now := l.o.Now()
 	l.mu.Lock()
@@ -154,7 +158,7 @@ func (l *Limiter) Allow(addr netip.Addr) (retry time.Duration, ok bool) {
 		return 0, true
 	}
 	w := e.Value.(*window)
-	if w.failures+w.inFlight < l.o.MaxClientFailures {
+	if w.failures < l.o.MaxClientFailures {
 		return 0, true
 	}
 	return l.retryAfter(w, now), false
@@ -167,25 +171,41 @@ type Attempt struct {
 }
 
 // Begin reserves a password check of login from addr, before the password is verified. It refuses
-// when the login's or the client's failures plus checks in flight reach their limit, and then says
-// how long until the window ends.
-func (l *Limiter) Begin(addr netip.Addr, login string) (a *Attempt, retry time.Duration, ok bool) {
-	now := l.o.Now()
+// when the login's or the client's failures have reached their limit, and then says how long until
+// the window ends. While failures plus checks in flight reach a limit, it waits (until ctx ends) for
+// a check to end rather than refusing: a check in flight may well succeed, and an application server
+// opening many connections with one account at once must not be refused for it. So failing checks
+// never exceed the limits, and succeeding ones are only delayed by one check's time.
+func (l *Limiter) Begin(ctx context.Context, addr netip.Addr, login string) (a *Attempt, retry time.Duration, ok bool) {
 	client := limiterKey(addr)
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.expire(now)
-	cw := l.get(bucketKey{client: client}, now)
-	pw := l.get(bucketKey{client: client, login: loginKey(login)}, now)
-	switch {
-	case pw.failures+pw.inFlight >= l.o.MaxFailures:
-		return nil, l.retryAfter(pw, now), false
-	case cw.failures+cw.inFlight >= l.o.MaxClientFailures:
-		return nil, l.retryAfter(cw, now), false
+	pair := bucketKey{client: client, login: loginKey(login)}
+	for {
+		now := l.o.Now()
+		l.mu.Lock()
+		l.expire(now)
+		cw := l.get(bucketKey{client: client}, now)
+		pw := l.get(pair, now)
+		switch {
+		case pw.failures >= l.o.MaxFailures:
+			l.mu.Unlock()
+			return nil, l.retryAfter(pw, now), false
+		case cw.failures >= l.o.MaxClientFailures:
+			l.mu.Unlock()
+			return nil, l.retryAfter(cw, now), false
+		case pw.failures+pw.inFlight < l.o.MaxFailures && cw.failures+cw.inFlight < l.o.MaxClientFailures:
+			cw.inFlight++
+			pw.inFlight++
+			l.mu.Unlock()
+			return &Attempt{l: l, client: cw, pair: pw}, 0, true
+		}
+		ended := l.ended
+		l.mu.Unlock()
+		select {
+		case <-ended:
+		case <-ctx.Done():
+			return nil, time.Second, false
+		}
 	}
-	cw.inFlight++
-	pw.inFlight++
-	return &Attempt{l: l, client: cw, pair: pw}, 0, true
 }
 
 // Succeeded ends the check without counting a failure.
@@ -201,6 +221,8 @@ func (a *Attempt) end(failures int) {
 		w.inFlight--
 		w.failures += failures
 	}
+	close(a.l.ended)
+	a.l.ended = make(chan struct{})
 }
 
 // Len returns how many counters are kept (for tests and diagnostics).

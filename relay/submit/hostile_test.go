@@ -173,6 +173,28 @@ func TestHostileStagedAuth(t *testing.T) {
 	}
 }
 
+// An application server logging in with one account over many connections at once is not refused:
+// checks beyond the limit wait for those in flight instead.
+func TestHostileParallelGoodLogins(t *testing.T) {
+	h := startServer(t, func(o *Options) { o.AuthFailures, o.AuthClientFailures = 5, 20 }, nil)
+	addr := addrOf(t, h, "dev")
+	staged := make([]*rawClient, 30)
+	for i := range staged {
+		staged[i] = stageLogin(t, addr, "demo")
+	}
+	replies := make([]string, len(staged))
+	var wg sync.WaitGroup
+	for i := range staged {
+		wg.Go(func() { replies[i] = staged[i].cmd(base64Std("demo")) })
+	}
+	wg.Wait()
+	for i, r := range replies {
+		if !strings.HasPrefix(r, "235 ") {
+			t.Errorf("login %d: %q", i, r)
+		}
+	}
+}
+
 // Sixty connections that dribble bytes must not starve a real client: the time to authenticate and
 // the time per command line are bounded, whatever the rate of single bytes.
 func TestHostileSlowLoris(t *testing.T) {

@@ -92,7 +92,11 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 			"result", result, "remote", s.remote.String(), "tls", s.tls}, s.loginAttrs(login)...)...)
 	}
 	server, _ := auth.NewServer(mech, func(login, password string) error {
-		attempt, retry, ok := s.srv.limiter.Begin(ip, login)
+		// Waits while checks in flight from this client may still fail; bounded so that a client
+		// cannot park its sessions here.
+		ctx, cancel := context.WithTimeout(s.srv.ctx, authCheckWait)
+		defer cancel()
+		attempt, retry, ok := s.srv.limiter.Begin(ctx, ip, login)
 		if !ok {
 			m.WithLabelValues(mech, "rate_limited").Inc()
 			s.srv.log.Warn("auth", append([]any{"session", s.id, "listener", s.listener, "mechanism", mech,
@@ -121,12 +125,18 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 	return saslGuard{Server: server, fail: func(result string) {
 		// The SASL layer refused before any password check: count it against the client's ceiling
 		// like a failed check, so probing the parser costs attempts too.
-		if attempt, _, ok := s.srv.limiter.Begin(ip, ""); ok {
+		ctx, cancel := context.WithTimeout(s.srv.ctx, authCheckWait)
+		defer cancel()
+		if attempt, _, ok := s.srv.limiter.Begin(ctx, ip, ""); ok {
 			attempt.Failed()
 		}
 		fail(result, "")
 	}}, nil
 }
+
+// authCheckWait bounds how long a password check waits for the checks in flight before it (from the
+// same client) to end: each is one bcrypt comparison, well under a second.
+const authCheckWait = 10 * time.Second
 
 // mechanismOther is the metric label of every mechanism mailgate does not offer: labels come from a
 // fixed set, never from the client.
