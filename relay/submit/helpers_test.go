@@ -325,6 +325,12 @@ type rawClient struct {
 func dialRaw(t *testing.T, addr string) *rawClient {
 	t.Helper()
 	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	return greeted(t, c, err)
+}
+
+// greeted takes a freshly dialled connection (or the dial's error) and reads the greeting.
+func greeted(t *testing.T, c net.Conn, err error) *rawClient {
+	t.Helper()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -339,16 +339,7 @@ func dialRawTLS(t *testing.T, addr string) *rawClient {
 	t.Helper()
 	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr,
 		&tls.Config{InsecureSkipVerify: true}) // the test's self-signed certificate
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-	t.Cleanup(func() { c.Close() })
-	rc := &rawClient{t: t, c: c, r: bufio.NewReader(c)}
-	if got := rc.reply(); !strings.HasPrefix(got, "220 ") {
-		t.Fatalf("banner %q", got)
-	}
-	return rc
+	return greeted(t, c, err)
 }
 
 // A NUL byte, and a line starting ".\r" that is not the end of data (go-smtp's reader used to drop its
