@@ -50,3 +50,6 @@ require (
 	modernc.org/mathutil v1.7.1 // indirect
 	modernc.org/memory v1.12.1 // indirect
 )
+
+// go-smtp with its DATA reader keeping the CR of ".\r" + non-LF lines: see relay/internal/gosmtp/MAILGATE.md.
+replace github.com/emersion/go-smtp => ./relay/internal/gosmtp

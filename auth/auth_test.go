@@ -1,9 +1,12 @@
 package auth
 
 import (
+	"context"
 	"errors"
 	"net/netip"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -206,67 +209,140 @@ func TestDummyHashCost(t *testing.T) {
 	}
 }
 
+// fail makes one failed password check of login from addr, or reports that the limiter refused it.
+func fail(l *Limiter, addr netip.Addr, login string) bool {
+	a, _, ok := l.Begin(context.Background(), addr, login)
+	if ok {
+		a.Failed()
+	}
+	return ok
+}
+
 func TestLimiter(t *testing.T) {
 	now := time.Unix(1_700_000_000, 0)
-	l := NewLimiter(LimiterOptions{MaxFailures: 3, Window: time.Minute, MaxClients: 4, Now: func() time.Time { return now }})
+	l := NewLimiter(LimiterOptions{MaxFailures: 3, MaxClientFailures: 5, Window: time.Minute, MaxClients: 16,
+		Now: func() time.Time { return now }})
 	a := netip.MustParseAddr("192.0.2.1")
 	b := netip.MustParseAddr("192.0.2.2")
 	for i := 0; i < 3; i++ {
-		if !l.Allow(a) {
+		if !fail(l, a, "anna") {
 			t.Fatalf("refused after %d failures", i)
 		}
-		l.Fail(a)
 	}
-	if l.Allow(a) {
-		t.Fatal("allowed after 3 failures")
+	if _, retry, ok := l.Begin(context.Background(), a, "ANNA"); ok || retry != time.Minute {
+		t.Fatalf("4th check of anna: ok %v retry %v, want refused for 1m", ok, retry)
 	}
-	if !l.Allow(b) {
+	// Another agent behind the same client is not locked out by anna's failures ...
+	if !fail(l, a, "bert") || !fail(l, a, "carl") {
+		t.Fatal("another login from the same client is locked out")
+	}
+	// ... up to the client's ceiling (5 failures over all logins).
+	if _, _, ok := l.Begin(context.Background(), a, "dora"); ok {
+		t.Fatal("client ceiling not enforced")
+	}
+	if retry, ok := l.Allow(a); ok || retry != time.Minute {
+		t.Fatalf("Allow over the ceiling: ok %v retry %v", ok, retry)
+	}
+	if _, ok := l.Allow(b); !ok || !fail(l, b, "anna") {
 		t.Fatal("another client is limited too")
 	}
-	if l.Allow(netip.MustParseAddr("::ffff:192.0.2.1")) {
+	if _, ok := l.Allow(netip.MustParseAddr("::ffff:192.0.2.1")); ok {
 		t.Fatal("IPv4-mapped form of a limited client is allowed")
 	}
-	now = now.Add(59 * time.Second)
-	if l.Allow(a) {
-		t.Fatal("allowed before the window passed")
+	now = now.Add(45 * time.Second)
+	if retry, ok := l.Allow(a); ok || retry != 15*time.Second {
+		t.Fatalf("before the window passed: ok %v retry %v", ok, retry)
 	}
-	now = now.Add(time.Second)
-	if !l.Allow(a) {
+	now = now.Add(15 * time.Second)
+	if _, ok := l.Allow(a); !ok || !fail(l, a, "anna") {
 		t.Fatal("still refused after the window")
 	}
 
 	// IPv6: one /64 is one client.
 	x := netip.MustParseAddr("2001:db8:1:2::1")
 	for i := 0; i < 3; i++ {
-		l.Fail(netip.MustParseAddr("2001:db8:1:2::" + string(rune('a'+i))))
+		fail(l, netip.MustParseAddr("2001:db8:1:2::"+string(rune('a'+i))), "anna")
 	}
-	if l.Allow(x) {
+	if _, _, ok := l.Begin(context.Background(), x, "anna"); ok {
 		t.Fatal("rotating addresses inside a /64 escaped the limit")
 	}
-	if !l.Allow(netip.MustParseAddr("2001:db8:1:3::1")) {
+	if _, _, ok := l.Begin(context.Background(), netip.MustParseAddr("2001:db8:1:3::1"), "anna"); !ok {
 		t.Fatal("the neighbouring /64 is limited")
 	}
+}
+
+// Checks in flight count: of 100 attempts at once, 5 are checked; the others wait for them, and are
+// refused when those failed, or go ahead when they succeeded (parallel logins of one account).
+func TestLimiterInFlight(t *testing.T) {
+	for _, succeed := range []bool{false, true} {
+		l := NewLimiter(LimiterOptions{MaxFailures: 5, MaxClientFailures: 20})
+		a := netip.MustParseAddr("192.0.2.1")
+		var inFlight, most, checks, refused atomic.Int64
+		var wg sync.WaitGroup
+		for i := 0; i < 100; i++ {
+			wg.Go(func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				at, _, ok := l.Begin(ctx, a, "anna")
+				if !ok {
+					refused.Add(1)
+					return
+				}
+				checks.Add(1)
+				n := inFlight.Add(1)
+				for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+				}
+				time.Sleep(time.Millisecond) // the password check
+				inFlight.Add(-1)
+				if succeed {
+					at.Succeeded()
+				} else {
+					at.Failed()
+				}
+			})
+		}
+		wg.Wait()
+		if most.Load() > 5 {
+			t.Errorf("succeed=%v: %d checks in flight at once, limit 5", succeed, most.Load())
+		}
+		if !succeed && (checks.Load() != 5 || refused.Load() != 95) {
+			t.Errorf("failing: %d checks, %d refused; want 5 and 95", checks.Load(), refused.Load())
+		}
+		if succeed && checks.Load() != 100 {
+			t.Errorf("succeeding: %d of 100 checked, %d refused", checks.Load(), refused.Load())
+		}
+	}
+	// A waiter gives up with its context.
+	l := NewLimiter(LimiterOptions{MaxFailures: 1})
+	a := netip.MustParseAddr("192.0.2.1")
+	held, _, _ := l.Begin(context.Background(), a, "anna")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if _, _, ok := l.Begin(ctx, a, "anna"); ok {
+		t.Fatal("granted while the only check is in flight")
+	}
+	held.Succeeded()
 }
 
 func TestLimiterBoundedMemory(t *testing.T) {
 	now := time.Unix(1_700_000_000, 0)
 	l := NewLimiter(LimiterOptions{MaxFailures: 2, Window: time.Minute, MaxClients: 100, Now: func() time.Time { return now }})
 	first := netip.MustParseAddr("198.51.100.1")
-	l.Fail(first)
-	l.Fail(first)
+	fail(l, first, "x")
+	fail(l, first, "x")
 	addr := netip.MustParseAddr("10.0.0.0")
 	for i := 0; i < 10_000; i++ {
 		addr = addr.Next()
-		l.Fail(addr)
+		fail(l, addr, strings.Repeat("y", i%3000))
 		if n := l.Len(); n > 100 {
-			t.Fatalf("tracking %d clients, limit 100", n)
+			t.Fatalf("tracking %d counters, limit 100", n)
 		}
 	}
-	if !l.Allow(first) {
+	if !fail(l, first, "x") {
 		t.Fatal("oldest window was not the one evicted")
 	}
-	l.Fail(addr) // the newest client is still tracked: its second failure reaches the limit
-	if l.Allow(addr) {
+	fail(l, addr, strings.Repeat("y", 9999%3000)) // the newest client is still tracked: its second failure reaches the limit
+	if _, _, ok := l.Begin(context.Background(), addr, strings.Repeat("y", 9999%3000)); ok {
 		t.Fatal("newest client was evicted")
 	}
 	// Windows end: everything expires.

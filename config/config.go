@@ -90,14 +90,34 @@ type Limits struct {
 	MaxConnectionsPerClient int      `yaml:"max_connections_per_client"`
 	MaxMessageBytes         int64    `yaml:"max_message_bytes"` // raw DATA size
 	MaxRecipients           int      `yaml:"max_recipients"`
-	AuthFailures            int      `yaml:"auth_failures"`       // failed AUTH attempts per client IP ...
+	AuthFailures            int      `yaml:"auth_failures"`       // failed AUTH attempts per client IP and login ...
 	AuthFailureWindow       Duration `yaml:"auth_failure_window"` // ... within this window
-	ReadTimeout             Duration `yaml:"read_timeout"`
+	// AuthFailuresPerClient is the ceiling over all logins from one client address (IPv6 by /64): an
+	// application server with many agents is not locked out by one agent's wrong password, but
+	// cannot guess at many logins either. Default 4 × auth_failures.
+	AuthFailuresPerClient int      `yaml:"auth_failures_per_client"`
+	ReadTimeout           Duration `yaml:"read_timeout"`
+	// AuthTimeout bounds the time from connect to a successful AUTH (or a trusted network's first
+	// MAIL). Default 60s.
+	AuthTimeout Duration `yaml:"auth_timeout"`
+	// CommandTimeout bounds the time one whole command line may take to arrive (RFC 5321 §4.5.3.2.7
+	// suggests 5 minutes); a line dribbled byte by byte is cut. Default 5m.
+	CommandTimeout Duration `yaml:"command_timeout"`
+	// DataMinRate is the slowest DATA/BDAT transfer accepted, in bytes per second averaged over
+	// DataRateWindow; a slower client gets 451 4.4.2 and is disconnected. Defaults 500 and 30s.
+	DataMinRate    int64    `yaml:"data_min_rate"`
+	DataRateWindow Duration `yaml:"data_rate_window"`
+	// ComposeMemoryBytes is the memory all compositions together may hold for decoded text and HTML
+	// parts; beyond it compositions wait their turn. Default 128 MiB.
+	ComposeMemoryBytes int64 `yaml:"compose_memory_bytes"`
 }
 
 // Spool is the per-instance durable queue directory.
 type Spool struct {
 	Dir string `yaml:"dir"`
+	// MinFreeBytes is the free space below which /readyz fails for the spool's file system, so a
+	// load balancer stops sending mail before the disk is full. Default 1 GiB.
+	MinFreeBytes int64 `yaml:"min_free_bytes"`
 }
 
 // Store is the SQLite database for bounces, suppression, the delivery log and OAuth tokens.

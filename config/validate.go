@@ -51,6 +51,19 @@ func (c *Config) ApplyDefaults() {
 	setInt(&l.AuthFailures, 5)
 	setDur(&l.AuthFailureWindow, 5*time.Minute)
 	setDur(&l.ReadTimeout, 5*time.Minute)
+	setInt(&l.AuthFailuresPerClient, 4*l.AuthFailures)
+	setDur(&l.AuthTimeout, time.Minute)
+	setDur(&l.CommandTimeout, 5*time.Minute)
+	if l.DataMinRate == 0 {
+		l.DataMinRate = 500
+	}
+	setDur(&l.DataRateWindow, 30*time.Second)
+	if l.ComposeMemoryBytes == 0 {
+		l.ComposeMemoryBytes = 128 << 20
+	}
+	if c.Spool.MinFreeBytes == 0 {
+		c.Spool.MinFreeBytes = 1 << 30
+	}
 	q := &c.Queue
 	setDur(&q.RetryInitial, time.Minute)
 	setDur(&q.RetryMax, 2*time.Hour)

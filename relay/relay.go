@@ -142,6 +142,7 @@ type Transport interface {
 const (
 	CodeOK                 EnhancedCode = "2.0.0"
 	CodeTempLocal          EnhancedCode = "4.3.0"  // local error in processing
+	CodeTempStorage        EnhancedCode = "4.3.1"  // mail system full (insufficient system storage)
 	CodeTempNetwork        EnhancedCode = "4.4.1"  // no answer from host
 	CodeTempTimeout        EnhancedCode = "4.4.2"  // bad connection / timeout
 	CodeTempAuth           EnhancedCode = "4.7.0"  // temporary authentication failure

@@ -28,7 +28,7 @@ func loadConfig(path string) (*config.Config, error) {
 // checkBuild builds what serve builds from cfg without side effects and reports a failure as a
 // problem of the file.
 func checkBuild(cfg *config.Config) error {
-	comp, err := buildComposition(cfg)
+	comp, err := buildComposition(cfg, nil)
 	if err == nil {
 		_, err = buildRules(cfg, comp)
 	}

@@ -40,7 +40,7 @@ func cmdPreview(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	comp, err := buildComposition(cfg)
+	comp, err := buildComposition(cfg, nil)
 	if err != nil {
 		return err
 	}

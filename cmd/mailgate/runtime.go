@@ -34,7 +34,7 @@ func (c *composition) Compose(ctx context.Context, src io.Reader, dst io.Writer,
 		return nil, fmt.Errorf("composition: no channel %q", sub.Channel.Name)
 	}
 	agent := compose.Agent{Login: sub.Principal.Login, Name: sub.Principal.Name, Signature: c.signatures[strings.ToLower(sub.Principal.Login)]}
-	res, err := c.composer.Compose(ctx, src, dst, compose.Request{Channel: ch, Agent: agent, Now: sub.Received})
+	res, err := c.composer.Compose(ctx, src, dst, compose.Request{Channel: ch, Agent: agent, Now: sub.Received, InputSize: sub.RawSize})
 	if err != nil {
 		return nil, err
 	}
@@ -65,8 +65,9 @@ func transportLimit(c *config.Config, transport string) int64 {
 	return 0
 }
 
-// buildComposition turns templates, signatures, business units and channels into composition.
-func buildComposition(c *config.Config) (*composition, error) {
+// buildComposition turns templates, signatures, business units and channels into composition. budget
+// is the process's composition memory (shared across reloads); nil gives the composer its own.
+func buildComposition(c *config.Config, budget *compose.Budget) (*composition, error) {
 	tmpls := map[string]*templates.Template{}
 	for _, t := range c.Templates {
 		pt, err := templates.Parse(t.Name, t.HTML, t.Text)
@@ -91,7 +92,7 @@ func buildComposition(c *config.Config) (*composition, error) {
 	for _, b := range c.BusinessUnits {
 		bus[b.Name] = b
 	}
-	comp := &composition{composer: compose.New(compose.Options{}), channels: map[string]*compose.Channel{}, signatures: lower,
+	comp := &composition{composer: compose.New(compose.Options{Budget: budget}), channels: map[string]*compose.Channel{}, signatures: lower,
 		advertised: map[string]func() int64{}}
 	for _, ch := range c.Channels {
 		bu := bus[ch.BusinessUnit]

@@ -22,6 +22,7 @@ import (
 
 	"github.com/mailgate/mailgate/config"
 	"github.com/mailgate/mailgate/relay/admin"
+	"github.com/mailgate/mailgate/relay/compose"
 	smtpdeliver "github.com/mailgate/mailgate/relay/deliver/smtp"
 	"github.com/mailgate/mailgate/relay/metrics"
 	"github.com/mailgate/mailgate/relay/queue"
@@ -101,10 +102,12 @@ type daemon struct {
 	transports *transportSet
 
 	spoolDir string
-	mu       sync.Mutex // serializes reloads
-	cfg      *config.Config
-	gen      *generation          // the running generation, replaced on reload
-	budgets  *smtpdeliver.Budgets // per-mailbox slots, pool and rate windows, kept across reloads
+	// composeBudget is the memory all compositions share, made once: a reload keeps it.
+	composeBudget *compose.Budget
+	mu            sync.Mutex // serializes reloads
+	cfg           *config.Config
+	gen           *generation          // the running generation, replaced on reload
+	budgets       *smtpdeliver.Budgets // per-mailbox slots, pool and rate windows, kept across reloads
 }
 
 func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error {
@@ -116,6 +119,7 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error
 	d.metrics.ConfigLastReload.SetToCurrentTime()
 	d.spoolDir = cfg.Spool.Dir
 	d.budgets = smtpdeliver.NewBudgets()
+	d.composeBudget = compose.NewBudget(cfg.Limits.ComposeMemoryBytes)
 
 	for _, dir := range []string{filepath.Dir(cfg.Store.Path), cfg.Spool.Dir} {
 		if err := os.MkdirAll(dir, 0o750); err != nil {
@@ -170,7 +174,10 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error
 		MaxMessageBytes: cfg.Limits.MaxMessageBytes,
 		MaxRecipients:   cfg.Limits.MaxRecipients, IdleTimeout: cfg.Limits.ReadTimeout.D(),
 		AuthFailures: cfg.Limits.AuthFailures, AuthWindow: cfg.Limits.AuthFailureWindow.D(),
-		TempDir: tmp, Spool: q, Suppressions: st, Logger: d.log, Metrics: d.metrics,
+		AuthClientFailures: cfg.Limits.AuthFailuresPerClient, AuthTimeout: cfg.Limits.AuthTimeout.D(),
+		CommandTimeout: cfg.Limits.CommandTimeout.D(), DataMinRate: cfg.Limits.DataMinRate,
+		DataRateWindow: cfg.Limits.DataRateWindow.D(),
+		TempDir:        tmp, Spool: q, Suppressions: st, Logger: d.log, Metrics: d.metrics,
 	}, gen.rules)
 	if err != nil {
 		return err

@@ -70,7 +70,7 @@ func cmdTestSend(ctx context.Context, env *cliEnv, args []string) error {
 		return &exitError{code: 1, msg: "test-send: " + err.Error()}
 	}
 
-	comp, err := buildComposition(cfg)
+	comp, err := buildComposition(cfg, nil)
 	if err != nil {
 		return err
 	}

@@ -89,7 +89,7 @@ func (g *generation) close() {
 
 // build makes a generation from cfg. Secrets are decrypted here, once; an error leaves nothing running.
 func (d *daemon) build(ctx context.Context, cfg *config.Config) (*generation, error) {
-	comp, err := buildComposition(cfg)
+	comp, err := buildComposition(cfg, d.composeBudget)
 	if err != nil {
 		return nil, err
 	}
@@ -103,6 +103,7 @@ func (d *daemon) build(ctx context.Context, cfg *config.Config) (*generation, er
 	}
 	g := &generation{transports: map[string]relay.Transport{}, checks: map[string]admin.Check{}, oauth: map[string]*oauth.Source{},
 		workers: map[string]int{}, stop: func() {}}
+	g.checks["spool free space"] = submit.FreeSpace(cfg.Spool.Dir, cfg.Spool.MinFreeBytes)
 	if cfg.Outbox != nil {
 		g.transports[config.TransportOutbox] = &outbox.Outbox{Dir: cfg.Outbox.Dir}
 	}

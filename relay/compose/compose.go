@@ -9,14 +9,23 @@
 //
 //   - Header fields mailgate does not own keep their bytes and their order. Owned fields (From, Subject,
 //     Date, Message-ID, and Content-Type/Content-Transfer-Encoding of a rewritten body) are replaced
-//     in place; missing ones are added at the top; X-Mailgate-* and Bcc are removed.
+//     in place; missing ones are added at the top; X-Mailgate-* and Bcc are removed. Fields that are
+//     not the agent's to set are removed — Sender (mailgate, as the channel, is the sender: RFC 5322
+//     §3.6.2), Return-Path and Received (trace fields, RFC 5321 §4.4, added by the hops themselves; an
+//     agent's would be forged history) — or refused with 550 5.7.1: Resent-* (RFC 5322 §3.6.6 resending,
+//     which would present the message as resent by someone other than the channel).
 //   - Only "the agent's content" is rewritten: the top-level text part, or in a multipart message the
 //     first non-attachment part, recursively (every text/plain and text/html of a
 //     multipart/alternative, the root of a multipart/related). Those bodies are decoded (transfer
 //     encoding and charset), held in memory, bounded by Options.MaxBodyBytes, and written back as UTF-8
 //     quoted-printable. A body part over the bound is refused with 552 5.3.4 rather than passed
 //     through without template and signature: the customer would otherwise silently get an unbranded
-//     mail, and the agent application can send large content as an attachment instead.
+//     mail, and the agent application can send large content as an attachment instead. Holding is
+//     bounded twice: per part, and for all compositions together by a Budget (a weighted semaphore)
+//     that a part reserves from before it is decoded — its upper bound, from MaxBodyBytes and the
+//     input left — and shrinks to its real need after. Compositions over the budget wait their turn
+//     (with their context); a part needing more than the whole budget is refused with 552 5.3.4, so
+//     memory never grows with the number of concurrent large replies.
 //   - Everything else (attachments, inline images, forwarded messages) is streamed through
 //     byte-identical, header and body; when the business unit restricts attachment types, the bytes
 //     are parsed on the fly through a tee while they are copied, so nested message/rfc822 parts are
@@ -107,6 +116,9 @@ type Request struct {
 	Channel *Channel
 	Agent   Agent
 	Now     time.Time // zero = time.Now()
+	// InputSize is the size of the submitted message if known (0 if not): it bounds what a body part
+	// can hold, so small messages reserve little of the composition memory Budget.
+	InputSize int64
 }
 
 // Result describes the composed message, for the envelope, the delivery log and the submission's policy.
@@ -130,6 +142,9 @@ type Options struct {
 	// MaxBodyBytes bounds one decoded text or HTML body part that composition rewrites (held in
 	// memory); larger ones are refused with 552 5.3.4. 0 means 10 MiB.
 	MaxBodyBytes int64
+	// Budget bounds the memory all compositions hold for rewritten body parts at once; share one
+	// across Composers (and reloads). nil means a budget of DefaultBudget for this Composer alone.
+	Budget *Budget
 	// MaxDepth bounds MIME nesting (multipart and message/rfc822 levels). 0 means 32.
 	MaxDepth int
 	// MaxLineBytes bounds one input line (RFC 5322 §2.1.1 says 998; real clients exceed it, so the
@@ -140,6 +155,7 @@ type Options struct {
 // Composer composes messages; it is safe for concurrent use.
 type Composer struct {
 	rand         io.Reader
+	budget       *Budget
 	maxBody      int64
 	maxDepth     int
 	maxLineBytes int
@@ -147,7 +163,10 @@ type Composer struct {
 
 // New builds a Composer.
 func New(o Options) *Composer {
-	c := &Composer{rand: o.Rand, maxBody: o.MaxBodyBytes, maxDepth: o.MaxDepth, maxLineBytes: o.MaxLineBytes}
+	c := &Composer{rand: o.Rand, budget: o.Budget, maxBody: o.MaxBodyBytes, maxDepth: o.MaxDepth, maxLineBytes: o.MaxLineBytes}
+	if c.budget == nil {
+		c.budget = NewBudget(0)
+	}
 	if c.rand == nil {
 		c.rand = rand.Reader
 	}
@@ -357,6 +376,12 @@ func (j *job) run(in *bufio.Reader) (Result, error) {
 			continue // internal (DESIGN §3.7)
 		case f.key == "Bcc":
 			continue // RFC 5322 §3.6.3: blind recipients must not be shown to the others (as Postfix's cleanup does)
+		case f.key == "Sender" || f.key == "Return-Path" || f.key == "Received":
+			// Not the agent's to set (see agentForbidden): removed, the message is otherwise fine.
+			continue
+		case strings.HasPrefix(strings.ToLower(f.key), "resent-"):
+			return Result{}, relay.Errorf(550, relay.CodePolicy, "resent_header",
+				"%s is not allowed: mailgate sends replies as the channel and does not resend messages", clip(f.key))
 		}
 		if raw, ok := owned[f.key]; ok {
 			if !seen[f.key] {
@@ -379,13 +404,7 @@ func (j *job) run(in *bufio.Reader) (Result, error) {
 			top = append(top, hfield{key: k, raw: raw})
 		}
 	}
-	// New fields go after the leading trace fields (RFC 5322 §3.6.7, RFC 5321 §4.4: trace blocks stay
-	// on top, as each hop prepends its own).
-	trace := 0
-	for trace < len(fs) && (fs[trace].key == "Received" || fs[trace].key == "Return-Path") {
-		trace++
-	}
-	fs = append(fs[:trace:trace], append(top, fs[trace:]...)...)
+	fs = append(top, fs...)
 
 	e, err := j.entityOf(&h, true, false)
 	if err != nil {
@@ -464,12 +483,14 @@ func (w *countWriter) Write(p []byte) (int, error) {
 type lineGuard struct {
 	r   io.Reader
 	max int
-	cur int // bytes since the last LF
+	cur int   // bytes since the last LF
+	n   int64 // bytes read so far
 	err error
 }
 
 func (g *lineGuard) Read(p []byte) (int, error) {
 	n, err := g.r.Read(p)
+	g.n += int64(n)
 	rest := p[:n]
 	for {
 		i := bytes.IndexByte(rest, '\n')

@@ -250,6 +250,7 @@ func TestHeaderFidelity(t *testing.T) {
 		"X-MAILGATE-Control: no-track\r\n" +
 		"To: a@example.org,\r\n  b@example.org\r\n" +
 		"Bcc: hidden@example.org\r\n" +
+		"Sender: someone-else@example.net\r\n" +
 		"Subject: Status [#4242]\r\n" +
 		"Date: Thu, 01 Jan 1970 00:00:00 +0000\r\n" +
 		"Message-ID: <client@agent-app>\r\n" +
@@ -261,9 +262,7 @@ func TestHeaderFidelity(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := "Return-Path: <bounce@agent-app>\r\n" +
-		"Received: from a\r\n\tby b; Sat, 14 Mar 2026 15:09:00 +0000\r\n" +
-		"From: Example Shop Support <support@shop.example.com>\r\n" +
+	want := "From: Example Shop Support <support@shop.example.com>\r\n" +
 		"To: a@example.org,\r\n  b@example.org\r\n" +
 		"Subject: Status [#4242]\r\n" +
 		"Date: Sat, 14 Mar 2026 16:09:26 +0100\r\n" +
@@ -277,6 +276,18 @@ func TestHeaderFidelity(t *testing.T) {
 	}
 	if res.Ticket != "4242" || !res.Reply {
 		t.Errorf("result %+v", res)
+	}
+}
+
+// Resent-* fields are refused, whatever their case: mailgate does not resend.
+func TestResentRefused(t *testing.T) {
+	ch := channel(TicketFormat{}, nil)(t)
+	for _, field := range []string{"Resent-From: boss@shop.example.com", "resent-to: x@example.org", "RESENT-SENDER: a@b.example"} {
+		_, _, err := compose(t, ch, noSignature(t), "From: support@shop.example.com\r\n"+field+"\r\nSubject: x\r\n\r\nbody\r\n")
+		re, ok := relay.AsError(err)
+		if !ok || re.Code != 550 || re.Enhanced != relay.CodePolicy || !strings.Contains(re.Msg, "not allowed") {
+			t.Errorf("%s: %v", field, err)
+		}
 	}
 }
 

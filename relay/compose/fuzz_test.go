@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"testing/iotest"
 
 	"github.com/emersion/go-message"
 	"github.com/emersion/go-message/textproto"
@@ -182,6 +183,23 @@ func FuzzEncodeQP(f *testing.F) {
 		}
 		if string(dec) != strings.ReplaceAll(want, "\n", "\r\n") {
 			t.Fatalf("round trip %q -> %q -> %q", s, enc, dec)
+		}
+	})
+}
+
+// FuzzReadLF: readLF is strings.ReplaceAll(s, "\r\n", "\n") whatever the sizes of the reads (a CRLF
+// split across two reads included), and counts every byte it read.
+func FuzzReadLF(f *testing.F) {
+	for _, s := range []string{"a\r\nb", "\r", "\r\r\n", "x\r", "\n\r\n\r"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		want := strings.ReplaceAll(s, "\r\n", "\n")
+		for _, r := range []io.Reader{strings.NewReader(s), iotest.OneByteReader(strings.NewReader(s)), iotest.HalfReader(strings.NewReader(s))} {
+			got, n, err := readLF(r)
+			if err != nil || got != want || n != int64(len(s)) {
+				t.Fatalf("readLF(%q) = %q, %d, %v; want %q, %d", s, got, n, err, want, len(s))
+			}
 		}
 	})
 }

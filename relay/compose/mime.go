@@ -188,10 +188,25 @@ func (j *job) writeEntity(fs []hfield, e entity, body io.Reader, depth int, top 
 		return err
 
 	case kindText, kindHTML, kindTextToAlt:
+		// The part is held in memory several times over (decoded, with signature, inside the
+		// template): reserve the most it can hold before decoding, keep what it really holds.
+		factor := memoryFactor(e.kind)
+		res, err := j.c.budget.acquire(j.ctx, j.partBound(e)*factor)
+		if err != nil {
+			return err
+		}
+		defer res.release()
 		content, err := j.decodeBody(body, e)
 		if err != nil {
 			return err
 		}
+		need := int64(len(content)) * factor
+		if need > j.c.budget.Size() {
+			return relay.Errorf(552, relay.CodeTooBig, "size",
+				"message body part too big: %s of %d bytes needs more memory than composition may use (send large content as an attachment)",
+				e.mediaType, len(content))
+		}
+		res.shrink(need)
 		return j.writeRewritten(fs, e, content, top)
 
 	case kindMultipart:
@@ -238,15 +253,7 @@ func (j *job) writeRewritten(fs []hfield, e entity, content string, top bool) er
 		return j.writeQP(h)
 	}
 	// kindTextToAlt: the agent's text plus an HTML alternative from the template (RFC 2046 §5.1.4:
-	// the plainest first).
-	text, err := j.agentText(content)
-	if err != nil {
-		return err
-	}
-	h, err := j.textAsHTML(content)
-	if err != nil {
-		return err
-	}
+	// the plainest first). Each part is built when it is written, so both are never held at once.
 	b, err := j.boundary()
 	if err != nil {
 		return err
@@ -254,11 +261,20 @@ func (j *job) writeRewritten(fs []hfield, e entity, content string, top bool) er
 	ct := FoldHeader("Content-Type", mime.FormatMediaType("multipart/alternative", map[string]string{"boundary": b}))
 	out := setField(fs, "Content-Type", ct)
 	out = setField(out, "Content-Transfer-Encoding", nil)
-	if err := j.writeFields(out); err != nil {
-		return err
-	}
-	parts := []struct{ mt, body string }{{"text/plain", text}, {"text/html", h}}
+	parts := []struct {
+		mt   string
+		body func(string) (string, error)
+	}{{"text/plain", j.agentText}, {"text/html", j.textAsHTML}}
 	for i, p := range parts {
+		body, err := p.body(content)
+		if err != nil {
+			return err
+		}
+		if i == 0 {
+			if err := j.writeFields(out); err != nil {
+				return err
+			}
+		}
 		sep := "\r\n--" + b + "\r\n"
 		if i == 0 {
 			sep = "--" + b + "\r\n"
@@ -267,7 +283,7 @@ func (j *job) writeRewritten(fs []hfield, e entity, content string, top bool) er
 		if _, err := io.WriteString(j.out, hdr); err != nil {
 			return err
 		}
-		if err := j.writeQP(p.body); err != nil {
+		if err := j.writeQP(body); err != nil {
 			return err
 		}
 	}
@@ -275,9 +291,24 @@ func (j *job) writeRewritten(fs []hfield, e entity, content string, top bool) er
 	return err
 }
 
+// writeQP writes s quoted-printable, a line at a time: the encoded body is never held whole.
 func (j *job) writeQP(s string) error {
-	_, err := j.out.Write(encodeQP(s))
-	return err
+	if !strings.HasSuffix(s, "\n") {
+		s += "\n"
+	}
+	buf := make([]byte, 0, 64<<10)
+	for len(s) > 0 {
+		i := strings.IndexByte(s, '\n')
+		buf = appendQPLine(buf, s[:i])
+		s = s[i+1:]
+		if len(buf) >= 60<<10 || len(s) == 0 {
+			if _, err := j.out.Write(buf); err != nil {
+				return err
+			}
+			buf = buf[:0]
+		}
+	}
+	return nil
 }
 
 // encodeQP is quoted-printable (RFC 2045 §6.7) with "\n" as the line break, plus two rules of
@@ -288,41 +319,45 @@ func encodeQP(s string) []byte {
 	if !strings.HasSuffix(s, "\n") {
 		s += "\n"
 	}
-	const hexDigits = "0123456789ABCDEF"
 	b := make([]byte, 0, len(s)+len(s)/8)
-	lines := strings.Split(s[:len(s)-1], "\n")
-	for _, line := range lines {
-		col := 0
-		for i := 0; i < len(line); i++ {
-			c := line[i]
-			last := i == len(line)-1
-			for {
-				literal := (c >= 33 && c <= 126 && c != '=') || ((c == ' ' || c == '\t') && !last)
-				if col == 0 && (c == '-' || c == '.') {
-					literal = false
-				}
-				n := 1
-				if !literal {
-					n = 3
-				}
-				// Keep room for a soft break "=" unless this is the line's last character.
-				if col+n > 75 || (col+n == 76 && !last) {
-					b = append(b, '=', '\r', '\n')
-					col = 0
-					continue // re-decide at the start of the new physical line
-				}
-				if literal {
-					b = append(b, c)
-				} else {
-					b = append(b, '=', hexDigits[c>>4], hexDigits[c&15])
-				}
-				col += n
-				break
-			}
-		}
-		b = append(b, '\r', '\n')
+	for _, line := range strings.Split(s[:len(s)-1], "\n") {
+		b = appendQPLine(b, line)
 	}
 	return b
+}
+
+// appendQPLine appends one line of text (without its line break) as encodeQP encodes it, CRLF ended.
+func appendQPLine(b []byte, line string) []byte {
+	const hexDigits = "0123456789ABCDEF"
+	col := 0
+	for i := 0; i < len(line); i++ {
+		c := line[i]
+		last := i == len(line)-1
+		for {
+			literal := (c >= 33 && c <= 126 && c != '=') || ((c == ' ' || c == '\t') && !last)
+			if col == 0 && (c == '-' || c == '.') {
+				literal = false
+			}
+			n := 1
+			if !literal {
+				n = 3
+			}
+			// Keep room for a soft break "=" unless this is the line's last character.
+			if col+n > 75 || (col+n == 76 && !last) {
+				b = append(b, '=', '\r', '\n')
+				col = 0
+				continue // re-decide at the start of the new physical line
+			}
+			if literal {
+				b = append(b, c)
+			} else {
+				b = append(b, '=', hexDigits[c>>4], hexDigits[c&15])
+			}
+			col += n
+			break
+		}
+	}
+	return append(b, '\r', '\n')
 }
 
 // decodeBody decodes a body part composition rewrites: transfer encoding, then charset to UTF-8, with
@@ -347,7 +382,7 @@ func (j *job) decodeBody(body io.Reader, e entity) (string, error) {
 		}
 		r = cr
 	}
-	data, err := io.ReadAll(io.LimitReader(r, j.c.maxBody+1))
+	data, read, err := readLF(io.LimitReader(r, j.c.maxBody+1))
 	if err != nil {
 		if _, ok := relay.AsError(err); ok {
 			return "", err
@@ -357,11 +392,79 @@ func (j *job) decodeBody(body io.Reader, e entity) (string, error) {
 		}
 		return "", relay.Wrap(err, 554, relay.CodeMalformed, "malformed", "malformed "+e.mediaType+" body")
 	}
-	if int64(len(data)) > j.c.maxBody {
+	if read > j.c.maxBody {
 		return "", relay.Errorf(552, relay.CodeTooBig, "size",
 			"message body part too big: %s over %d bytes (send large content as an attachment)", e.mediaType, j.c.maxBody)
 	}
-	return strings.ReplaceAll(string(data), "\r\n", "\n"), nil
+	return data, nil
+}
+
+// readLF reads r to its end into one string with CRLF turned into LF, copying the text once (not
+// read, then converted to a string, then replaced). It also returns how many bytes it read.
+func readLF(r io.Reader) (text string, read int64, err error) {
+	var out strings.Builder
+	buf := make([]byte, 32<<10)
+	cr := false // the previous chunk ended in CR
+	for {
+		n, err := r.Read(buf)
+		read += int64(n)
+		p := buf[:n]
+		if cr && n > 0 {
+			if p[0] != '\n' {
+				out.WriteByte('\r')
+			}
+			cr = false
+		}
+		if n > 0 && p[n-1] == '\r' {
+			cr, p = true, p[:n-1]
+		}
+		for len(p) > 0 {
+			i := bytes.Index(p, []byte("\r\n"))
+			if i < 0 {
+				out.Write(p)
+				break
+			}
+			out.Write(p[:i])
+			out.WriteByte('\n')
+			p = p[i+2:]
+		}
+		if err == io.EOF {
+			if cr {
+				out.WriteByte('\r')
+			}
+			return out.String(), read, nil
+		}
+		if err != nil {
+			return "", read, err
+		}
+	}
+}
+
+// memoryFactor is how many times over a rewritten part of kind k is held at its peak, relative to its
+// decoded size, measured with TestComposeMemory: the decoded text, the text with the signature, the
+// template's output (and for a text-only message, its HTML alternative besides).
+func memoryFactor(k kind) int64 {
+	if k == kindTextToAlt {
+		return 8
+	}
+	return 6
+}
+
+// partBound is the most a body part about to be decoded can hold: MaxBodyBytes, and when the input's
+// size is known, what is left of the input (the bufio reader may hold 32 KiB read ahead), three times
+// over if a charset other than UTF-8 is converted (one input byte is at most three UTF-8 bytes).
+func (j *job) partBound(e entity) int64 {
+	bound := j.c.maxBody + 1
+	if j.req.InputSize > 0 {
+		left := max(0, j.req.InputSize-j.guard.n) + 32<<10
+		switch strings.ToLower(e.params["charset"]) {
+		case "", "utf-8", "utf8", "us-ascii", "ascii":
+		default:
+			left *= 3
+		}
+		bound = min(bound, left)
+	}
+	return bound
 }
 
 // rebuildMultipart writes a multipart that holds the agent's content part by part, keeping its

@@ -9,14 +9,26 @@ import "bytes"
 // upstream could then be split differently; refusing them closes the door at the entrance. BDAT chunks
 // (RFC 3030) carry raw bytes and are checked the same way.
 //
+// It also refuses NUL (RFC 5322 §2.3 and RFC 5321 §4.1.1.4 exclude it from message text; many
+// receivers truncate at it, so what was checked and what is shown could differ).
+//
+// go-smtp's DATA reader used to drop the CR of a line starting with ".\r" that is not the end of data
+// (".\rX" arrived as "X"), so this guard never saw that bare CR; mailgate builds with a go-smtp whose
+// reader keeps it (see go.mod's replace and relay/internal/gosmtp/MAILGATE.md).
+//
 // The guard is fed the stream in arbitrary pieces and keeps the state of a CR at the end of a piece.
 type lineGuard struct {
 	pendingCR bool // the previous byte was a CR, so the next must be LF
 	bad       bool
+	nul       bool // a NUL byte was seen (bad is set too)
 }
 
 // check scans p. Once the stream is bad it stays bad and further input is not scanned.
 func (g *lineGuard) check(p []byte) {
+	if !g.bad && bytes.IndexByte(p, 0) >= 0 {
+		g.bad, g.nul = true, true
+		return
+	}
 	i := 0
 	for !g.bad && i < len(p) {
 		if g.pendingCR {

@@ -223,6 +223,7 @@ func testDirectory(t testing.TB, trusted ...auth.TrustedNetwork) *auth.Directory
 type harness struct {
 	srv     *Server
 	spool   *fakeSpool
+	reg     *prometheus.Registry
 	metrics *metrics.Metrics
 	logs    *syncBuffer
 	cert    peertest.Cert
@@ -240,7 +241,8 @@ func startServer(t testing.TB, configure func(*Options), composer Composer, trus
 		cert:  peertest.SelfSignedCert(t),
 		tmp:   t.TempDir(),
 	}
-	h.metrics = metrics.New(prometheus.NewRegistry())
+	h.reg = prometheus.NewRegistry()
+	h.metrics = metrics.New(h.reg)
 	kp, err := tls.LoadX509KeyPair(h.cert.CertFile, h.cert.KeyFile)
 	if err != nil {
 		t.Fatal(err)
@@ -323,6 +325,12 @@ type rawClient struct {
 func dialRaw(t *testing.T, addr string) *rawClient {
 	t.Helper()
 	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	return greeted(t, c, err)
+}
+
+// greeted takes a freshly dialled connection (or the dial's error) and reads the greeting.
+func greeted(t *testing.T, c net.Conn, err error) *rawClient {
+	t.Helper()
 	if err != nil {
 		t.Fatal(err)
 	}

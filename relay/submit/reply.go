@@ -14,6 +14,7 @@ import (
 // Stages of a session, the "stage" label of the rejection metric.
 const (
 	stageConnect = "connect"
+	stageSession = "session" // a connection cut for taking too long (trackedConn)
 	stageMail    = "mail"
 	stageRcpt    = "rcpt"
 	stageData    = "data"
@@ -22,14 +23,20 @@ const (
 // reply is the one place where an error becomes the SMTP reply a client sees. Only a *relay.Error's code
 // and client-safe text are ever sent; deadlines become 451 4.4.2 (RFC 3463: bad connection / timeout);
 // everything else becomes 451 4.3.0 with the session id, which an operator can grep for in the log where
-// the cause is written. Every refusal is counted by stage and reason and logged once.
+// the cause is written. A full disk or exhausted quota (ENOSPC, EDQUOT), wherever it is met and however
+// it was wrapped, becomes 452 4.3.1. Every refusal is counted by stage and reason and logged once.
 func (s *session) reply(stage string, err error, attrs ...any) error {
 	if err == nil {
 		return nil
 	}
 	code, enhanced, msg, reason := 451, relay.CodeTempLocal, "internal error (session "+s.id+")", "internal"
 	internal := true
-	if re, ok := relay.AsError(err); ok && re.Code >= 400 && re.Code < 600 {
+	if errInsufficientStorage(err) {
+		// Before the *relay.Error case: a layer that wrapped the write failure as 451 4.3.0 does not
+		// know that the disk is full, and the client should hear that it is temporary and why.
+		code, enhanced, reason = 452, relay.CodeTempStorage, "insufficient_storage"
+		msg = "insufficient system storage (session " + s.id + "), try again later"
+	} else if re, ok := relay.AsError(err); ok && re.Code >= 400 && re.Code < 600 {
 		if _, valid := re.Enhanced.Parts(); valid && re.Enhanced[0] == '0'+byte(re.Code/100) {
 			code, enhanced, msg, reason, internal = re.Code, re.Enhanced, re.Msg, re.Reason, false
 			if reason == "" {

@@ -68,7 +68,8 @@ func New(o Options, rules *Rules) (*Server, error) {
 		slots:    make(chan struct{}, o.MaxConnections),
 		log:      o.Logger,
 		limiter: auth.NewLimiter(auth.LimiterOptions{
-			MaxFailures: o.AuthFailures, Window: o.AuthWindow, MaxClients: o.AuthClients,
+			MaxFailures: o.AuthFailures, MaxClientFailures: o.AuthClientFailures, Window: o.AuthWindow,
+			MaxClients: o.AuthClients,
 		}),
 	}
 	s.rules.Store(rules)
@@ -102,9 +103,10 @@ func New(o Options, rules *Rules) (*Server, error) {
 		// The recipient limit is the session's (it does not count a repeated recipient twice, go-smtp
 		// would).
 		ss.AllowInsecureAuth = lc.AllowInsecureAuth
-		// Deadlines are refreshed per read and write by trackedConn; go-smtp's own ReadTimeout is set
-		// once per command and would expire in the middle of a long DATA.
-		ss.ReadTimeout, ss.WriteTimeout = 0, 0
+		// go-smtp sets a read deadline once per command line from ReadTimeout: trackedConn takes it as
+		// the command line's time limit and applies its own rules in DATA, where go-smtp's deadline
+		// would expire in the middle of a long upload. Writes get the idle timeout per write.
+		ss.ReadTimeout, ss.WriteTimeout = o.CommandTimeout, 0
 		ss.ErrorLog = errorLog{log: s.log, listener: lc.Name}
 		l.smtp = ss
 		s.listeners = append(s.listeners, l)
@@ -136,6 +138,18 @@ func (o *Options) defaults() error {
 	if o.IdleTimeout <= 0 {
 		o.IdleTimeout = 5 * time.Minute
 	}
+	if o.AuthTimeout <= 0 {
+		o.AuthTimeout = time.Minute
+	}
+	if o.CommandTimeout <= 0 {
+		o.CommandTimeout = 5 * time.Minute
+	}
+	if o.DataMinRate <= 0 {
+		o.DataMinRate = 500
+	}
+	if o.DataRateWindow < time.Second {
+		o.DataRateWindow = 30 * time.Second
+	}
 	if o.ProcessTimeout <= 0 {
 		o.ProcessTimeout = 2 * time.Minute
 	}
@@ -150,6 +164,9 @@ func (o *Options) defaults() error {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
+	}
+	if o.CheckPassword == nil {
+		o.CheckPassword = (*auth.Directory).Authenticate
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -316,7 +333,8 @@ func (l *limitListener) Accept() (net.Conn, error) {
 func (s *Server) track(c net.Conn, listener string) *trackedConn {
 	var id [6]byte
 	_, _ = rand.Read(id[:])
-	t := &trackedConn{Conn: c, id: hex.EncodeToString(id[:]), listener: listener, idle: s.o.IdleTimeout}
+	t := &trackedConn{Conn: c, srv: s, id: hex.EncodeToString(id[:]), listener: listener,
+		authBy: time.Now().Add(s.o.AuthTimeout)}
 	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
 		t.remote = ap.Addr().Unmap()
 	}
@@ -346,27 +364,164 @@ func (s *Server) track(c net.Conn, listener string) *trackedConn {
 }
 
 // trackedConn is one client connection: it holds the session id (kept across STARTTLS, which makes
-// go-smtp start a new Session), refreshes deadlines on every read and write, and frees its connection
-// slot when closed.
+// go-smtp start a new Session), sets the read deadline of every read, and frees its connection slot
+// when closed.
+//
+// A deadline refreshed per read alone lets a client that sends a byte every few seconds hold a slot
+// forever, so every read's deadline is the earliest of:
+//   - the idle timeout from now (RFC 5321 §4.5.3.2.7);
+//   - until authenticated: connect time + AuthTimeout;
+//   - outside DATA/BDAT: the end of the current command line's time. go-smtp sets a read deadline once
+//     per command line from its ReadTimeout (= CommandTimeout); that call lands in SetReadDeadline
+//     here, so a line dribbled byte by byte is cut when its time is up;
+//   - in DATA/BDAT: the end of the current rate window. A window in which fewer than
+//     MinRate × window bytes arrived ends the transfer (RFC 5321 §4.5.3.2.5's three minutes per
+//     block would let a client keep a slot for days at one byte per block).
+//
+// A cut is sticky: every later read fails with the same timeout error, go-smtp answers 421 4.4.2 and
+// closes the connection.
 type trackedConn struct {
 	net.Conn
+	srv      *Server
 	id       string
 	listener string
 	remote   netip.Addr
-	idle     time.Duration
 	release  func()
 	once     sync.Once
+
+	mu          sync.Mutex
+	authBy      time.Time // zero once authenticated
+	lineBy      time.Time // set by go-smtp per command line; zero in DATA
+	inData      bool
+	windowStart time.Time
+	windowBytes int64
+	cut         error // sticky *cutError
+}
+
+// cutError is a connection ended for taking too long. It is a net.Error timeout, so go-smtp answers
+// 421 4.4.2 when it meets it while reading a command.
+type cutError struct{ reason string }
+
+func (e *cutError) Error() string   { return "submit: connection cut: " + e.reason }
+func (e *cutError) Timeout() bool   { return true }
+func (e *cutError) Temporary() bool { return true }
+
+const (
+	cutAuthTimeout    = "auth_timeout"
+	cutCommandTimeout = "command_timeout"
+	cutDataTooSlow    = "data_too_slow"
+)
+
+// SetReadDeadline records go-smtp's per-command-line deadline; Read applies it.
+func (c *trackedConn) SetReadDeadline(t time.Time) error {
+	c.mu.Lock()
+	c.lineBy = t
+	c.mu.Unlock()
+	return nil
+}
+
+// SetDeadline is SetReadDeadline plus the write deadline (go-smtp sets them apart; kept for net.Conn).
+func (c *trackedConn) SetDeadline(t time.Time) error {
+	_ = c.SetReadDeadline(t)
+	return c.Conn.SetWriteDeadline(t)
+}
+
+// deadline returns the deadline of the next read and what reaching it means ("" = the idle timeout,
+// which is not a cut of ours but the socket's own timeout error). Called with mu held.
+func (c *trackedConn) deadline(now time.Time) (time.Time, string) {
+	o := &c.srv.o
+	dl, cause := now.Add(o.IdleTimeout), ""
+	if !c.authBy.IsZero() && c.authBy.Before(dl) {
+		dl, cause = c.authBy, cutAuthTimeout
+	}
+	if c.inData {
+		if end := c.windowStart.Add(o.DataRateWindow); end.Before(dl) {
+			dl, cause = end, cutDataTooSlow
+		}
+	} else if !c.lineBy.IsZero() && c.lineBy.Before(dl) {
+		dl, cause = c.lineBy, cutCommandTimeout
+	}
+	return dl, cause
 }
 
 func (c *trackedConn) Read(p []byte) (int, error) {
-	if err := c.Conn.SetReadDeadline(time.Now().Add(c.idle)); err != nil {
-		return 0, err
+	for {
+		c.mu.Lock()
+		if c.cut != nil {
+			c.mu.Unlock()
+			return 0, c.cut
+		}
+		dl, cause := c.deadline(time.Now())
+		c.mu.Unlock()
+		if err := c.Conn.SetReadDeadline(dl); err != nil {
+			return 0, err
+		}
+		n, err := c.Conn.Read(p)
+
+		c.mu.Lock()
+		now := time.Now()
+		if c.inData {
+			c.windowBytes += int64(n)
+			if o := &c.srv.o; !now.Before(c.windowStart.Add(o.DataRateWindow)) {
+				if c.windowBytes < o.DataMinRate*int64(o.DataRateWindow/time.Second) {
+					c.cutLocked(cutDataTooSlow)
+				}
+				c.windowStart, c.windowBytes = now, 0
+			}
+		}
+		var ne net.Error
+		if err != nil && errors.As(err, &ne) && ne.Timeout() && cause != "" && !now.Before(dl) && cause != cutDataTooSlow {
+			c.cutLocked(cause)
+		}
+		cut := c.cut
+		c.mu.Unlock()
+		switch {
+		case n > 0:
+			return n, nil // a cut during this read shows at the next one
+		case cut != nil:
+			return 0, cut
+		case err != nil && errors.As(err, &ne) && ne.Timeout() && cause == cutDataTooSlow:
+			continue // the rate window ended with enough bytes: read on in the next one
+		}
+		return n, err
 	}
-	return c.Conn.Read(p)
+}
+
+// cutLocked makes the connection's reads fail from now on, and says why once. Called with mu held.
+func (c *trackedConn) cutLocked(reason string) {
+	if c.cut != nil {
+		return
+	}
+	c.cut = &cutError{reason: reason}
+	c.srv.o.Metrics.MessagesRejected.WithLabelValues(stageSession, reason).Inc()
+	c.srv.log.Warn("rejected", "session", c.id, "listener", c.listener, "stage", stageSession, "reason", reason,
+		"remote", c.remote.String(), "code", 421)
+}
+
+// authenticated ends the time limit to authenticate.
+func (c *trackedConn) authenticated() {
+	c.mu.Lock()
+	c.authBy = time.Time{}
+	c.mu.Unlock()
+}
+
+// beginData switches reads to the transfer-rate rule for a DATA or BDAT transfer.
+func (c *trackedConn) beginData() {
+	c.mu.Lock()
+	c.inData, c.windowStart, c.windowBytes = true, time.Now(), 0
+	c.mu.Unlock()
+}
+
+// endData switches back to command lines. The deadline of the line that started the transfer is over:
+// go-smtp sets the next line's before reading it.
+func (c *trackedConn) endData() {
+	c.mu.Lock()
+	c.inData, c.lineBy = false, time.Time{}
+	c.mu.Unlock()
 }
 
 func (c *trackedConn) Write(p []byte) (int, error) {
-	if err := c.Conn.SetWriteDeadline(time.Now().Add(c.idle)); err != nil {
+	if err := c.Conn.SetWriteDeadline(time.Now().Add(c.srv.o.IdleTimeout)); err != nil {
 		return 0, err
 	}
 	return c.Conn.Write(p)

@@ -4,11 +4,13 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"mime"
 	"net/mail"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -30,7 +32,7 @@ type backend struct {
 func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	s := &session{srv: b.srv, listener: b.listener}
 	if tc := connOf(c.Conn()); tc != nil {
-		s.id, s.remote = tc.id, tc.remote
+		s.id, s.remote, s.conn = tc.id, tc.remote, tc
 	}
 	_, s.tls = c.TLSConnectionState()
 	return s, nil
@@ -45,9 +47,12 @@ type session struct {
 	remote   netip.Addr
 	tls      bool
 
-	mu         sync.Mutex
-	authLogin  string // set by a successful AUTH
-	recipients []string
+	conn *trackedConn // nil only in tests that build sessions by hand
+
+	mu           sync.Mutex
+	authLogin    string // set by a successful AUTH
+	recipients   []string
+	unknownMechs int // AUTH commands with a mechanism mailgate does not offer
 }
 
 var _ smtp.AuthSession = (*session)(nil)
@@ -56,43 +61,119 @@ var _ smtp.AuthSession = (*session)(nil)
 // AllowInsecureAuth listener, and refuses AUTH otherwise (523 5.7.10).
 func (s *session) AuthMechanisms() []string { return auth.Mechanisms() }
 
-// Auth starts a SASL exchange, unless the client address has used up its failed attempts.
+// Auth starts a SASL exchange. The mechanism is checked first (504 5.5.4 for one mailgate does not
+// offer, RFC 4954 §6), so a client string never becomes a metric label or a log line of its own. The
+// failed-AUTH limiter is asked twice: here for the client's ceiling, and in the check function for the
+// (client, login) pair, before the password is verified, with the check counted while in flight.
 func (s *session) Auth(mech string) (sasl.Server, error) {
 	m := s.srv.o.Metrics.AuthAttempts
+	if !slices.Contains(auth.Mechanisms(), mech) {
+		m.WithLabelValues(mechanismOther, "unknown_mechanism").Inc()
+		s.mu.Lock()
+		s.unknownMechs++
+		first := s.unknownMechs == 1
+		s.mu.Unlock()
+		if first { // one line per session: a loop of made-up mechanisms must not flood the log
+			s.srv.log.Info("auth", "session", s.id, "listener", s.listener, "mechanism", quote(mech),
+				"result", "unknown_mechanism", "remote", s.remote.String())
+		}
+		return nil, errUnknownMechanism
+	}
 	ip := s.remote
-	if !s.srv.limiter.Allow(ip) {
+	if retry, ok := s.srv.limiter.Allow(ip); !ok {
 		m.WithLabelValues(mech, "rate_limited").Inc()
 		s.srv.log.Warn("auth", "session", s.id, "listener", s.listener, "mechanism", mech, "result", "rate_limited",
-			"remote", s.remote.String())
-		// RFC 4954 §6: 454 4.7.0 temporary authentication failure.
-		return nil, &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
-			Message: "Too many failed authentication attempts, try again later"}
+			"remote", s.remote.String(), "retry_after_seconds", retry.Seconds())
+		return nil, tooManyAuthFailures(retry)
 	}
-	fail := func(result string) {
-		s.srv.limiter.Fail(ip)
+	fail := func(result, login string) {
 		m.WithLabelValues(mech, "failure").Inc()
-		// The attempted login is not logged: users type passwords into the login field.
-		s.srv.log.Info("auth", "session", s.id, "listener", s.listener, "mechanism", mech, "result", result,
-			"remote", s.remote.String(), "tls", s.tls)
+		s.srv.log.Info("auth", append([]any{"session", s.id, "listener", s.listener, "mechanism", mech,
+			"result", result, "remote", s.remote.String(), "tls", s.tls}, s.loginAttrs(login)...)...)
 	}
-	server, ok := auth.NewServer(mech, func(login, password string) error {
-		p, err := s.srv.rules.Load().directory.Authenticate(login, password)
+	server, _ := auth.NewServer(mech, func(login, password string) error {
+		// Waits while checks in flight from this client may still fail; bounded so that a client
+		// cannot park its sessions here.
+		ctx, cancel := context.WithTimeout(s.srv.ctx, authCheckWait)
+		defer cancel()
+		attempt, retry, ok := s.srv.limiter.Begin(ctx, ip, login)
+		if !ok {
+			m.WithLabelValues(mech, "rate_limited").Inc()
+			s.srv.log.Warn("auth", append([]any{"session", s.id, "listener", s.listener, "mechanism", mech,
+				"result", "rate_limited", "remote", s.remote.String(), "retry_after_seconds", retry.Seconds()},
+				s.loginAttrs(login)...)...)
+			return tooManyAuthFailures(retry)
+		}
+		p, err := s.srv.o.CheckPassword(s.srv.rules.Load().directory, login, password)
 		if err != nil {
-			fail("failure")
+			attempt.Failed()
+			fail("failure", login)
 			return smtp.ErrAuthFailed // 535 5.7.8, RFC 4954 §6
 		}
+		attempt.Succeeded()
 		s.mu.Lock()
 		s.authLogin = p.Login
 		s.mu.Unlock()
+		if tc := s.conn; tc != nil {
+			tc.authenticated()
+		}
 		m.WithLabelValues(mech, "success").Inc()
 		s.srv.log.Info("auth", "session", s.id, "listener", s.listener, "mechanism", mech, "result", "success",
 			"principal", p.Login, "remote", s.remote.String(), "tls", s.tls)
 		return nil
 	})
-	if !ok {
-		return nil, smtp.ErrAuthUnknownMechanism
+	return saslGuard{Server: server, fail: func(result string) {
+		// The SASL layer refused before any password check: count it against the client's ceiling
+		// like a failed check, so probing the parser costs attempts too.
+		ctx, cancel := context.WithTimeout(s.srv.ctx, authCheckWait)
+		defer cancel()
+		if attempt, _, ok := s.srv.limiter.Begin(ctx, ip, ""); ok {
+			attempt.Failed()
+		}
+		fail(result, "")
+	}}, nil
+}
+
+// authCheckWait bounds how long a password check waits for the checks in flight before it (from the
+// same client) to end: each is one bcrypt comparison, well under a second.
+const authCheckWait = 10 * time.Second
+
+// mechanismOther is the metric label of every mechanism mailgate does not offer: labels come from a
+// fixed set, never from the client.
+const mechanismOther = "other"
+
+// errUnknownMechanism is RFC 4954 §6's reply to an AUTH mechanism the server does not support.
+var errUnknownMechanism = &smtp.SMTPError{Code: 504, EnhancedCode: smtp.EnhancedCode{5, 5, 4},
+	Message: "Unrecognized authentication type"}
+
+// tooManyAuthFailures is RFC 4954 §6's 454 4.7.0 (temporary authentication failure), telling the
+// client when the window ends.
+func tooManyAuthFailures(retry time.Duration) error {
+	return &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+		Message: fmt.Sprintf("Too many failed authentication attempts, retry in %ds", int(retry.Seconds()))}
+}
+
+// loginAttrs names the login of a failed attempt in the log when it is a known user's. A login no user
+// has is not written: users type passwords into the login field, and a password must never reach a log.
+func (s *session) loginAttrs(login string) []any {
+	if login == "" {
+		return nil
 	}
-	return saslGuard{Server: server, fail: fail}, nil
+	if p, ok := s.srv.rules.Load().directory.Principal(login); ok {
+		return []any{"login", p.Login}
+	}
+	return []any{"login_known", false}
+}
+
+// maxQuoted bounds how much of a client-supplied string a log line quotes.
+const maxQuoted = 64
+
+// quote makes a client string safe to log: at most maxQuoted bytes of printable ASCII.
+func quote(v string) string {
+	if len(v) > maxQuoted {
+		v = v[:maxQuoted]
+	}
+	return sanitize(v)
 }
 
 // saslGuard turns the SASL layer's own errors (malformed PLAIN, foreign authorization identity, LOGIN
@@ -145,6 +226,9 @@ var errAuthRequired = &relay.Error{Code: 530, Enhanced: relay.CodeAuthRequired,
 func (s *session) Mail(from string, _ *smtp.MailOptions) error {
 	if s.principal(s.srv.rules.Load()) == nil {
 		return s.reply(stageMail, errAuthRequired, "remote", s.remote.String())
+	}
+	if s.conn != nil {
+		s.conn.authenticated() // a trusted network's client is done authenticating here
 	}
 	s.mu.Lock()
 	s.recipients = s.recipients[:0]
@@ -201,6 +285,10 @@ func (s *session) Logout() error { return nil }
 
 // Data receives the message (DATA or BDAT) and answers with the one reply of the transaction.
 func (s *session) Data(r io.Reader) error {
+	if s.conn != nil {
+		s.conn.beginData()
+		defer s.conn.endData()
+	}
 	s.mu.Lock()
 	rcpts := append([]string(nil), s.recipients...)
 	s.mu.Unlock()
@@ -222,6 +310,8 @@ func (s *session) Data(r io.Reader) error {
 var (
 	errBareLineEnding = relay.Errorf(554, relay.CodeMalformed, "bare_line_ending",
 		"Message refused: bare CR or LF found; lines must end with CRLF (RFC 5321 section 2.3.8)")
+	errNULByte = relay.Errorf(554, relay.CodeMalformed, "nul_byte",
+		"Message refused: NUL byte found (RFC 5322 section 2.3 forbids it in a message)")
 	errTooBig = relay.Errorf(552, relay.CodeTooBig, "size", "Message too big")
 	// RFC 5322 §2.1.1 limits lines to 998 characters; go-smtp allows twice the RFC 5321 §4.5.3.1.6 limit.
 	errLineTooLong = relay.Errorf(554, relay.CodeMalformed, "line_too_long",
@@ -265,10 +355,19 @@ func (srv *Server) receive(r io.Reader, f *os.File) (int64, error) {
 				// this reply; the client at least learns why.
 				return size, errLineTooLong
 			}
+			var cut *cutError
+			if errors.As(rerr, &cut) && cut.reason == cutDataTooSlow {
+				// The client is still there, only too slow: it reads this before go-smtp's 421.
+				return size, relay.Wrap(rerr, 451, relay.CodeTempTimeout, cutDataTooSlow,
+					fmt.Sprintf("Transfer too slow (under %d bytes per second), closing connection", srv.o.DataMinRate))
+			}
 			// The client went away, timed out, or sent RSET during BDAT: nobody to answer, but the
 			// reason is logged.
 			return size, relay.Wrap(rerr, 451, relay.CodeTempTimeout, "transfer_failed", "Message transfer failed")
 		}
+	}
+	if guard.nul {
+		return size, errNULByte
 	}
 	if !guard.ok() {
 		return size, errBareLineEnding
@@ -334,6 +433,9 @@ func (s *session) deliver(f *os.File, size int64, rcpts []string, received time.
 		return s.reply(stageData, relay.Errorf(550, relay.CodePolicy, "from_not_permitted",
 			"You may not send as %s", from), "principal", p.Login)
 	}
+	if err := checkReplyTo(header, rules, p); err != nil {
+		return s.reply(stageData, err, "principal", p.Login, "channel", ch.Name)
+	}
 
 	sub := &Submission{SessionID: s.id, Principal: p, Channel: ch, MailFrom: ch.MailFrom, Recipients: rcpts,
 		Received: received, Header: header, RawSize: size}
@@ -393,6 +495,12 @@ func (s *session) deliver(f *os.File, size int64, rcpts []string, received time.
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "queued as " + sanitize(queueID)}
 }
 
+// addressParser parses address header fields for their addresses. Display names in unknown charsets
+// are not decoded: only the addresses matter here.
+var addressParser = mail.AddressParser{WordDecoder: &mime.WordDecoder{
+	CharsetReader: func(_ string, input io.Reader) (io.Reader, error) { return input, nil },
+}}
+
 // fromAddress returns the single address of the single From field (RFC 5322 §3.6: exactly one From
 // field; several mailboxes would need a Sender, and mailgate sends as exactly one channel).
 func fromAddress(h textproto.Header) (string, error) {
@@ -400,11 +508,7 @@ func fromAddress(h textproto.Header) (string, error) {
 	if len(values) != 1 {
 		return "", relay.Errorf(554, relay.CodeMalformed, "malformed", "Message must have exactly one From header field")
 	}
-	// Display names in unknown charsets are not decoded: only the address matters here.
-	parser := mail.AddressParser{WordDecoder: &mime.WordDecoder{
-		CharsetReader: func(_ string, input io.Reader) (io.Reader, error) { return input, nil },
-	}}
-	list, err := parser.ParseList(values[0])
+	list, err := addressParser.ParseList(values[0])
 	if err != nil || len(list) != 1 {
 		return "", relay.Errorf(554, relay.CodeMalformed, "malformed", "From header must hold exactly one address")
 	}

@@ -4,27 +4,36 @@
 // Design. One Server runs any number of listeners (STARTTLS, RFC 3207, or implicit TLS, RFC 8314 §3.3)
 // over go-smtp, with a connection limit shared by all of them. A session goes:
 //
-//	connect  — over the limit: 421 4.3.2 and close. Every read and write refreshes its own deadline
-//	           (go-smtp's ReadTimeout is not refreshed during DATA, so a slow upload would desync).
+//	connect  — over the limit: 421 4.3.2 and close. Time is bounded, not only idleness (trackedConn):
+//	           AuthTimeout from connect to AUTH, CommandTimeout per command line (a line dribbled a
+//	           byte at a time is cut), and in DATA/BDAT a minimum transfer rate (451 4.4.2); a cut
+//	           connection gets 421 4.4.2 and is closed, so slow clients cannot hold every slot.
 //	AUTH     — PLAIN or LOGIN, offered only over TLS (RFC 4954 §4) except on a listener marked
-//	           AllowInsecureAuth (the loopback development default). Failed attempts are counted per
-//	           client address; over the limit AUTH answers 454 4.7.0 until the window passes.
+//	           AllowInsecureAuth (the loopback development default). Any other mechanism: 504 5.5.4,
+//	           counted under the one label "other". Failed password checks are counted per (client
+//	           address, login) under a higher per-client ceiling, and a check is reserved before the
+//	           password is verified, so staged or parallel exchanges get no more checks than the limit;
+//	           over it AUTH answers 454 4.7.0 with the seconds until the window ends.
 //	MAIL     — refused with 530 5.7.0 (RFC 4954 §6) unless the session authenticated or the client
 //	           address is in a trusted network. The client's reverse-path is ignored: the envelope
 //	           sender is the channel's MailFrom, so mailgate is never an open relay.
 //	RCPT     — syntax, recipient limit (452 4.5.3, RFC 5321 §4.5.3.1.10), suppression list (550 5.1.1).
-//	DATA/BDAT— streamed to a temporary file, never whole in memory. A bare CR or bare LF anywhere
-//	           refuses the message (554 5.6.0) after the data has been read to its end, so the
-//	           session stays in sync (SMTP smuggling defence; RFC 5321 §2.3.8). Then the header's
-//	           From selects the channel (550 5.7.1 if unknown or the principal lacks "reply"), the
+//	DATA/BDAT— streamed to a temporary file, never whole in memory. A bare CR or bare LF or a NUL
+//	           anywhere refuses the message (554 5.6.0) after the data has been read to its end, so
+//	           the session stays in sync (SMTP smuggling defence; RFC 5321 §2.3.8; the ".\r" case
+//	           needs mailgate's go-smtp, see relay/internal/gosmtp). Then the header's From selects
+//	           the channel (550 5.7.1 if unknown or the principal lacks "reply"), a Reply-To outside
+//	           the domains of the principal's channels is refused (550 5.7.1), the
 //	           Composer writes the customer-facing message into a spool Draft, reply vs new outbound
 //	           is enforced on its verdict (550 5.7.1), the composed size is checked against the
 //	           channel's transport limit (552 5.3.4), and Draft.Commit makes it durable before
 //	           "250 2.0.0 queued as <id>".
 //
 // Errors. Everything a session refuses goes through one function (session.reply): a *relay.Error
-// becomes its code, enhanced code and client-safe text; a context deadline becomes 451 4.4.2; anything
-// else becomes "451 4.3.0 internal error (session <id>)" and is logged with its cause. go-smtp only
+// becomes its code, enhanced code and client-safe text; a full disk or quota (ENOSPC, EDQUOT), however
+// wrapped, becomes 452 4.3.1; a context deadline becomes 451 4.4.2; anything else becomes
+// "451 4.3.0 internal error (session <id>)" and is logged with its cause. FreeSpace is the readiness
+// check that takes an instance out of service before its spool's disk is full. go-smtp only
 // sends *smtp.SMTPError verbatim, so no other error type ever reaches it from this package. Refusals are
 // counted in mailgate_submission_messages_rejected_total{stage,reason}.
 //
@@ -86,17 +95,30 @@ type Options struct {
 	MaxMessageBytes         int64 // raw submitted size (advertised as SIZE, RFC 1870); default 50 MiB
 	MaxRecipients           int   // per message; default 100
 
-	IdleTimeout    time.Duration // per read or write: RFC 5321 §4.5.3.2.7 suggests 5 minutes; default 5m
+	IdleTimeout time.Duration // per read or write: RFC 5321 §4.5.3.2.7 suggests 5 minutes; default 5m
+	// AuthTimeout bounds the time from connect until AUTH succeeds (or a trusted network's first MAIL
+	// is accepted); default 1m. CommandTimeout bounds the arrival of one whole command line; default
+	// 5m. In DATA/BDAT a transfer slower than DataMinRate bytes per second over a DataRateWindow is
+	// cut; defaults 500 B/s over 30s. See trackedConn.
+	AuthTimeout    time.Duration
+	CommandTimeout time.Duration
+	DataMinRate    int64
+	DataRateWindow time.Duration
 	ProcessTimeout time.Duration // composing and committing one message; default 2m
 	LookupTimeout  time.Duration // one suppression lookup; default 10s
 	// ShutdownTimeout bounds how long Serve waits for open sessions after its context ends; default 10s.
 	ShutdownTimeout time.Duration
 
-	// AuthFailures and AuthWindow limit failed AUTH attempts per client address (IPv6 per /64);
-	// defaults 5 per 5 minutes. AuthClients bounds the limiter's memory; default 65536.
-	AuthFailures int
-	AuthWindow   time.Duration
-	AuthClients  int
+	// AuthFailures and AuthWindow limit failed password checks per client address (IPv6 per /64) and
+	// login; defaults 5 per 5 minutes. AuthClientFailures is the ceiling over all logins of one client;
+	// default 4 × AuthFailures. AuthClients bounds the limiter's memory; default 65536.
+	AuthFailures       int
+	AuthWindow         time.Duration
+	AuthClientFailures int
+	AuthClients        int
+	// CheckPassword verifies AUTH credentials against the current directory; nil means
+	// (*auth.Directory).Authenticate. The limiter is consulted before it is called.
+	CheckPassword func(dir *auth.Directory, login, password string) (*auth.Principal, error)
 
 	TempDir string // where raw DATA is streamed before composition; default os.TempDir()
 
