@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -71,5 +72,20 @@ func TestConfigShow(t *testing.T) {
 	}
 	if out, code := in.mailgate("config", "show"); code != 0 || !strings.Contains(out, "development: true") {
 		t.Fatalf("config show of the development default: exit %d\n%s", code, out)
+	}
+}
+
+// TestTestSendDevelopmentDefault: on a fresh machine, before serve ever ran, test-send goes through the
+// development default's outbox transport.
+func TestTestSendDevelopmentDefault(t *testing.T) {
+	dir := t.TempDir()
+	cmd := exec.Command(binary, "test-send", "--channel", "Support", "--to", "customer@example.net")
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	if code := exitCode(t, err); code != 0 || !strings.Contains(string(out), "250 2.0.0 written to mailgate-data/outbox/") {
+		t.Fatalf("test-send on the development default: exit %d\n%s", code, out)
+	}
+	if files, _ := filepath.Glob(filepath.Join(dir, "mailgate-data", "outbox", "*.eml")); len(files) != 1 {
+		t.Fatalf("outbox holds %v", files)
 	}
 }

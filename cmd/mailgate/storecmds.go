@@ -7,6 +7,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"golang.org/x/crypto/bcrypt"
+
 	"github.com/mailgate/mailgate/config"
 	"github.com/mailgate/mailgate/relay/store"
 )
@@ -25,7 +27,15 @@ func loadOrDevelopment(configPath, dataDir string) (*config.Config, error) {
 	if configPath != "" {
 		return loadConfig(configPath)
 	}
-	return config.Development(config.DevelopmentOptions{DataDir: dataDir}), nil
+	// The operator commands never authenticate the demo user, but building the user directory (for
+	// test-send's composition) needs a well-formed hash: the cheapest one.
+	hash, err := bcrypt.GenerateFromPassword([]byte("demo"), bcrypt.MinCost)
+	if err != nil {
+		return nil, err
+	}
+	dev := config.Development(config.DevelopmentOptions{DataDir: dataDir, DemoPasswordHash: string(hash)})
+	dev.ApplyDefaults()
+	return dev, nil
 }
 
 func cmdBounces(ctx context.Context, env *cliEnv, args []string) error {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -108,6 +110,10 @@ func cmdTestSend(ctx context.Context, env *cliEnv, args []string) error {
 // commandDaemon is the part of a daemon an operator command needs to build transports and token
 // sources from cfg: warnings to stderr, private metrics, and the store (close it when done).
 func commandDaemon(env *cliEnv, cfg *config.Config) (*daemon, error) {
+	// As serve does: on a fresh machine the development default's data directory does not exist yet.
+	if err := os.MkdirAll(filepath.Dir(cfg.Store.Path), 0o750); err != nil {
+		return nil, err
+	}
 	st, err := store.Open(cfg.Store.Path)
 	if err != nil {
 		return nil, fmt.Errorf("store %s: %w", cfg.Store.Path, err)
