@@ -12,7 +12,8 @@
 //     in place; missing ones are added at the top; X-Mailgate-* and Bcc are removed. Fields that are
 //     not the agent's to set are removed — Sender (mailgate, as the channel, is the sender: RFC 5322
 //     §3.6.2), Return-Path and Received (trace fields, RFC 5321 §4.4, added by the hops themselves; an
-//     agent's would be forged history) — or refused with 550 5.7.1: Resent-* (RFC 5322 §3.6.6 resending,
+//     agent's would be forged history), X-Mailer and User-Agent (the agent application's internals) — or
+//     refused with 550 5.7.1: Resent-* (RFC 5322 §3.6.6 resending,
 //     which would present the message as resent by someone other than the channel).
 //   - Only "the agent's content" is rewritten: the top-level text part, or in a multipart message the
 //     first non-attachment part, recursively (every text/plain and text/html of a
@@ -378,6 +379,10 @@ func (j *job) run(in *bufio.Reader) (Result, error) {
 			continue // RFC 5322 §3.6.3: blind recipients must not be shown to the others (as Postfix's cleanup does)
 		case f.key == "Sender" || f.key == "Return-Path" || f.key == "Received":
 			// Not the agent's to set (see agentForbidden): removed, the message is otherwise fine.
+			continue
+		case f.key == "X-Mailer" || f.key == "User-Agent":
+			// The agent application's name and version are the contact center's internals, not the
+			// customer's business (and tell an attacker which software to aim at).
 			continue
 		case strings.HasPrefix(strings.ToLower(f.key), "resent-"):
 			return Result{}, relay.Errorf(550, relay.CodePolicy, "resent_header",

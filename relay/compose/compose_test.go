@@ -251,6 +251,8 @@ func TestHeaderFidelity(t *testing.T) {
 		"To: a@example.org,\r\n  b@example.org\r\n" +
 		"Bcc: hidden@example.org\r\n" +
 		"Sender: someone-else@example.net\r\n" +
+		"X-Mailer: CRM Desk 7.3.1 (build 2211)\r\n" +
+		"user-agent: AgentApp/2.0\r\n" +
 		"Subject: Status [#4242]\r\n" +
 		"Date: Thu, 01 Jan 1970 00:00:00 +0000\r\n" +
 		"Message-ID: <client@agent-app>\r\n" +
