@@ -62,9 +62,9 @@ func Development(o DevelopmentOptions) *Config {
 <table role="presentation" width="600" cellpadding="24" cellspacing="0" style="background:#ffffff">
 <tr><td style="background:#1f4e79;color:#ffffff;font-size:20px">{{.DisplayName}}</td></tr>
 <tr><td style="color:#222222;font-size:14px;line-height:1.5">{{.Content}}</td></tr>
-<tr><td style="color:#777777;font-size:12px">Ticket {{.Ticket}} &middot; please keep this number in your reply.</td></tr>
+{{if .Ticket}}<tr><td style="color:#777777;font-size:12px">Ticket {{.Ticket}} &middot; please keep this number in your reply.</td></tr>{{end}}
 </table></td></tr></table></body></html>`,
-			Text: "{{.Content}}\n\n--\n{{.DisplayName}} - ticket {{.Ticket}}\n",
+			Text: "{{.Content}}\n\n--\n{{.DisplayName}}{{if .Ticket}} - ticket {{.Ticket}}{{end}}\n",
 		}},
 		Signatures: []Signature{{
 			Name:  "demo",

@@ -124,3 +124,27 @@ func TestPreviewDevelopmentDefault(t *testing.T) {
 		t.Errorf("preview of an unknown channel: exit %d\n%s%s", code, stdout, stderr)
 	}
 }
+
+// TestPreviewWithoutTicket: a new outbound message has no ticket, and the built-in template shows no
+// empty "Ticket ·" line for it, in HTML or text.
+func TestPreviewWithoutTicket(t *testing.T) {
+	dir := t.TempDir()
+	stdout, stderr, code := runIn(t, dir, "preview", "--channel", "Support", "--user", "demo", "--subject", "Hello")
+	if code != 0 {
+		t.Fatalf("preview: exit %d\n%s%s", code, stdout, stderr)
+	}
+	composed := filepath.Join(dir, "m.eml")
+	if err := os.WriteFile(composed, []byte(stdout), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got := peertest.Python(t, `
+import sys, email, email.policy
+m = email.message_from_bytes(open(sys.argv[1], 'rb').read(), policy=email.policy.default)
+for p in m.walk():
+    if p.get_content_maintype() == "text":
+        print(p.get_content())
+`, composed)
+	if strings.Contains(strings.ToLower(got), "ticket") {
+		t.Fatalf("a message without a ticket mentions one:\n%s", got)
+	}
+}
