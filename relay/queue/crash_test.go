@@ -115,9 +115,9 @@ func TestKill9DuringCommits(t *testing.T) {
 			t.Errorf("committed message %s (%s) lost", id, n)
 			continue
 		}
-		body, err := os.ReadFile(h.q.spool.body(id))
+		body, err := spoolBody(h.q, id)
 		want := strings.Repeat("message "+n+"\r\n", 500)
-		if err != nil || string(body) != want || e.Envelope.MessageID != n || e.Size != int64(len(want)) {
+		if err != nil || body != want || e.Envelope.MessageID != n || e.Size != int64(len(want)) {
 			t.Errorf("message %s: body %d bytes (%v), metadata %+v", id, len(body), err, e)
 		}
 	}
