@@ -109,17 +109,40 @@ func newSpool(dir string, segmentBytes, largeBody int64, log *slog.Logger) (*spo
 func (s *spool) segPath(seq uint64) string { return filepath.Join(s.segDir, fmt.Sprintf("%016x%s", seq, segSuffix)) }
 func (s *spool) bigPath(id string) string  { return filepath.Join(s.bigDir, id+".eml") }
 
-// start makes the first segment of this run and starts the background goroutine. Records are never
-// appended to a segment found at start: its tail may be torn.
+// start picks the segment this run appends to and starts the background goroutine. The last segment
+// found at start is reused when it has room: its tail after the last whole record is zeroed first (it
+// may hold a torn record), which needs no new space on a full disk, so the queue can start, deliver and
+// so free space. Otherwise a new segment is made.
 func (s *spool) start() error {
-	seg, err := s.makeSegment(s.nextSeq, s.segmentBytes)
-	if err != nil {
-		return err
+	if n := len(s.segs); n > 0 && s.segs[n-1].off < s.segs[n-1].size {
+		last := s.segs[n-1]
+		if err := zeroTail(last); err != nil {
+			return err
+		}
+	} else {
+		seg, err := s.makeSegment(s.nextSeq, s.segmentBytes)
+		if err != nil {
+			return err
+		}
+		s.nextSeq++
+		s.segs = append(s.segs, seg)
 	}
-	s.nextSeq++
-	s.segs = append(s.segs, seg)
 	go s.background()
 	s.kickPrepare()
+	return nil
+}
+
+// zeroTail overwrites a segment from the end of its records to its end with zeros and syncs it.
+func zeroTail(seg *segment) error {
+	zeros := make([]byte, min(seg.size-seg.off, 1<<20))
+	for off := seg.off; off < seg.size; off += int64(len(zeros)) {
+		if _, err := seg.f.WriteAt(zeros[:min(int64(len(zeros)), seg.size-off)], off); err != nil {
+			return fmt.Errorf("zero %s: %w", seg.path, err)
+		}
+	}
+	if err := fdatasync(seg.f); err != nil {
+		return fmt.Errorf("fdatasync %s: %w", seg.path, err)
+	}
 	return nil
 }
 
@@ -138,19 +161,14 @@ func (s *spool) makeSegment(seq uint64, size int64) (*segment, error) {
 		os.Remove(path)
 		return nil, fmt.Errorf("make segment: %w", err)
 	}
-	zeros := make([]byte, min(size, 1<<20))
-	for off := int64(0); off < size; off += int64(len(zeros)) {
-		if _, err := f.WriteAt(zeros[:min(int64(len(zeros)), size-off)], off); err != nil {
-			return fail(err)
-		}
-	}
-	if err := f.Sync(); err != nil {
+	seg := &segment{seq: seq, path: path, f: f, size: size}
+	if err := zeroTail(seg); err != nil {
 		return fail(err)
 	}
 	if err := s.segSync.Sync(); err != nil {
 		return fail(err)
 	}
-	return &segment{seq: seq, path: path, f: f, size: size}, nil
+	return seg, nil
 }
 
 func (s *spool) kickPrepare() {
@@ -255,19 +273,32 @@ func (s *spool) reclaim() {
 // append writes rec at the end of the current segment (moving to the next one when it does not fit)
 // and calls placed, under the spool lock, with where it went. It does not wait for the data to be
 // durable: waitDurable(lsn) does.
-func (s *spool) append(rec []byte, placed func(seg *segment, off int64)) (lsn uint64, err error) {
+//
+// keep is room the record must leave in the current segment when no next segment could be made ahead
+// (the disk is full): commits pass reserveFor(segmentBytes), status records 0, so that when new
+// messages are refused for lack of space the deliveries that free it can still be recorded.
+func (s *spool) append(rec []byte, keep int64, placed func(seg *segment, off int64)) (lsn uint64, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.err != nil {
-		return 0, s.err
-	}
-	if s.closed {
-		return 0, errors.New("spool closed")
-	}
 	need := int64(len(rec))
-	cur := s.segs[len(s.segs)-1]
-	if cur.size-cur.off < need {
-		if cur, err = s.rollLocked(need); err != nil {
+	var cur *segment
+	for {
+		if s.err != nil {
+			return 0, s.err
+		}
+		if s.closed {
+			return 0, errors.New("spool closed")
+		}
+		cur = s.segs[len(s.segs)-1]
+		room := cur.size - cur.off
+		if room >= need && (room >= need+keep || s.ready != nil) {
+			break
+		}
+		if s.preparing {
+			s.cond.Wait() // the next segment is being made: wait for it rather than make another
+			continue
+		}
+		if err := s.rollLocked(need); err != nil {
 			return 0, err
 		}
 	}
@@ -290,10 +321,7 @@ func (s *spool) append(rec []byte, placed func(seg *segment, off int64)) (lsn ui
 
 // rollLocked moves to a new segment with room for need bytes: the one made ahead when there is one,
 // otherwise one made now (the disk did not keep up, or the last attempt failed — disk full).
-func (s *spool) rollLocked(need int64) (*segment, error) {
-	for s.preparing {
-		s.cond.Wait()
-	}
+func (s *spool) rollLocked(need int64) error {
 	seg := s.ready
 	if seg != nil && seg.size >= need {
 		s.ready = nil
@@ -302,13 +330,16 @@ func (s *spool) rollLocked(need int64) (*segment, error) {
 		s.nextSeq++
 		var err error
 		if seg, err = s.makeSegment(seq, max(s.segmentBytes, need)); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	s.segs = append(s.segs, seg)
 	s.kickPrepare()
-	return seg, nil
+	return nil
 }
+
+// reserveFor is the room commits leave in a segment for status records when the disk is full.
+func reserveFor(segmentBytes int64) int64 { return segmentBytes / 16 }
 
 // waitDurable returns once every byte appended up to lsn is on disk. Concurrent callers share one
 // fdatasync per segment written: a caller waits for the sync in flight when it started after the
@@ -413,7 +444,7 @@ func (s *spool) replaceMeta(e *Entry) error {
 	if err != nil {
 		return err
 	}
-	_, err = s.append(appendRecord(nil, recUpdate, meta), nil)
+	_, err = s.append(appendRecord(nil, recUpdate, meta), 0, nil)
 	return err
 }
 
@@ -421,7 +452,7 @@ func (s *spool) replaceMeta(e *Entry) error {
 // segments are gone), and a big body is unlinked then. Like replaceMeta it does not wait for a sync.
 func (s *spool) remove(id string) error {
 	var big string
-	lsn, err := s.append(appendRecord(nil, recRemove, []byte(id)), func(*segment, int64) {
+	lsn, err := s.append(appendRecord(nil, recRemove, []byte(id)), 0, func(*segment, int64) {
 		if old, ok := s.releaseLocked(id); ok && old.big {
 			big = s.bigPath(id)
 		}
@@ -497,7 +528,7 @@ func (s *spool) copyForward(e *Entry) error {
 		back = int64(len(rec))
 	}
 	rec = appendCommit(rec, back, meta)
-	_, err = s.append(rec, func(seg *segment, off int64) {
+	_, err = s.append(rec, 0, func(seg *segment, off int64) {
 		nl := location{seg: seg, big: loc.big, n: loc.n, recBytes: int64(len(rec))}
 		if !loc.big {
 			nl.off = off + recHeader + idLen
@@ -713,7 +744,7 @@ func (sp *spool) write(d *draft, e *Entry) error {
 	if d.bufp != nil {
 		*d.bufp = rec // keep the grown buffer for the pool
 	}
-	lsn, err := sp.append(rec, func(seg *segment, off int64) {
+	lsn, err := sp.append(rec, reserveFor(sp.segmentBytes), func(seg *segment, off int64) {
 		loc := location{seg: seg, big: back == 0, n: d.size, recBytes: int64(len(rec))}
 		if back != 0 {
 			loc.off = off + recHeader + idLen
@@ -851,7 +882,7 @@ func (s *spool) recover(quarantine func(name string, data []byte, cause error)) 
 		return nil, err
 	}
 	for _, id := range gone {
-		if _, err := s.append(appendRecord(nil, recRemove, []byte(id)), nil); err != nil {
+		if _, err := s.append(appendRecord(nil, recRemove, []byte(id)), 0, nil); err != nil {
 			return nil, err
 		}
 	}
