@@ -106,8 +106,10 @@ func newSpool(dir string, segmentBytes, largeBody int64, log *slog.Logger) (*spo
 	return s, nil
 }
 
-func (s *spool) segPath(seq uint64) string { return filepath.Join(s.segDir, fmt.Sprintf("%016x%s", seq, segSuffix)) }
-func (s *spool) bigPath(id string) string  { return filepath.Join(s.bigDir, id+".eml") }
+func (s *spool) segPath(seq uint64) string {
+	return filepath.Join(s.segDir, fmt.Sprintf("%016x%s", seq, segSuffix))
+}
+func (s *spool) bigPath(id string) string { return filepath.Join(s.bigDir, id+".eml") }
 
 // start picks the segment this run appends to and starts the background goroutine. The last segment
 // found at start is reused when it has room: its tail after the last whole record is zeroed first (it

@@ -263,4 +263,3 @@ func openFile(path string, flag int, perm uint32) (*os.File, error) {
 	}
 	return os.NewFile(uintptr(fd), path), nil
 }
-
