@@ -121,13 +121,15 @@ func (s *spool) start() error {
 		if err := zeroTail(last); err != nil {
 			return err
 		}
-	} else {
-		seg, err := s.makeSegment(s.nextSeq, s.segmentBytes)
-		if err != nil {
-			return err
-		}
+	} else if seg, err := s.makeSegment(s.nextSeq, s.segmentBytes); err == nil {
 		s.nextSeq++
 		s.segs = append(s.segs, seg)
+	} else if n == 0 {
+		return err
+	} else {
+		// The disk is full: start anyway, so deliveries free space; appends make a segment once they can.
+		s.nextSeq++
+		s.log.Error("spool has no room for new messages", "err", err)
 	}
 	go s.background()
 	s.kickPrepare()
@@ -452,22 +454,21 @@ func (s *spool) replaceMeta(e *Entry) error {
 
 // remove appends id's removal record; its segment is reclaimed once that is durable (and older
 // segments are gone), and a big body is unlinked then. Like replaceMeta it does not wait for a sync.
+//
+// The entry's place is released even when the record cannot be written (the disk is full): deleting
+// its segment later removes it as surely, and until then a crash only repeats its delivery. Without
+// this a full disk would stay full, since nothing could be reclaimed.
 func (s *spool) remove(id string) error {
-	var big string
-	lsn, err := s.append(appendRecord(nil, recRemove, []byte(id)), 0, func(*segment, int64) {
-		if old, ok := s.releaseLocked(id); ok && old.big {
-			big = s.bigPath(id)
-		}
-	})
+	lsn, err := s.append(appendRecord(nil, recRemove, []byte(id)), 0, nil)
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if err != nil {
-		return err
+		lsn = s.written
 	}
-	if big != "" {
-		s.mu.Lock()
-		s.unlinks = append(s.unlinks, pendingUnlink{after: lsn, path: big})
-		s.mu.Unlock()
+	if old, ok := s.releaseLocked(id); ok && old.big {
+		s.unlinks = append(s.unlinks, pendingUnlink{after: lsn, path: s.bigPath(id)})
 	}
-	return nil
+	return err
 }
 
 // open returns a reader of id's body. A segment stays open while a reader of it is.
@@ -885,7 +886,7 @@ func (s *spool) recover(quarantine func(name string, data []byte, cause error)) 
 	}
 	for _, id := range gone {
 		if _, err := s.append(appendRecord(nil, recRemove, []byte(id)), 0, nil); err != nil {
-			return nil, err
+			s.log.Warn("spool cleanup failed", "queue_id", id, "err", err) // quarantined again at next start
 		}
 	}
 	s.reclaim()
