@@ -396,25 +396,13 @@ func (q *Queue) finishDrop(e *Entry) error {
 }
 
 // laterLog is a DeliveryLog that can also take a row without the caller waiting for it
-// (relay/store's group-committing writer).
+// (relay/store's group-committing writer); onError hears of a row that could not be written.
 type laterLog interface {
-	LogDeliveryLater(r relay.DeliveryRecord, onError func(error))
+	LogDeliveryLater(r relay.DeliveryRecord, onError func(relay.DeliveryRecord, error))
 }
 
-// logQueued records a new entry in the delivery log. The client is waiting for its 250, so when the
-// log can take the row without a wait it does; rows keep their order, so "queued" still precedes the
-// outcome of the first attempt.
-func (q *Queue) logQueued(e *Entry) {
-	later, ok := q.opts.DeliveryLog.(laterLog)
-	if !ok {
-		q.logDelivery(e, "queued", "")
-		return
-	}
-	id := e.ID
-	later.LogDeliveryLater(q.deliveryRecord(e, "queued", ""), func(err error) {
-		q.log.Warn("delivery log write failed", "queue_id", id, "error", err)
-	})
-}
+// logQueued records a new entry in the delivery log; the client is waiting for its 250.
+func (q *Queue) logQueued(e *Entry) { q.logDelivery(e, "queued", "") }
 
 // deliveryRecord is e's delivery-log row with the given status and last reply.
 func (q *Queue) deliveryRecord(e *Entry, status, reply string) relay.DeliveryRecord {
@@ -432,17 +420,27 @@ func (q *Queue) deliveryRecord(e *Entry, status, reply string) relay.DeliveryRec
 	}
 }
 
+// logDelivery records e's state in the delivery log. When the log can take the row without a wait it
+// does (see the package doc); rows keep their order either way.
 func (q *Queue) logDelivery(e *Entry, status, reply string) {
 	if q.opts.DeliveryLog == nil {
 		return
 	}
 	r := q.deliveryRecord(e, status, reply)
+	if later, ok := q.opts.DeliveryLog.(laterLog); ok {
+		later.LogDeliveryLater(r, q.logFailed)
+		return
+	}
 	// The log must not hold up delivery or the spool: it gets its own short deadline.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := q.opts.DeliveryLog.LogDelivery(ctx, r); err != nil {
-		q.log.Warn("delivery log write failed", "queue_id", e.ID, "error", err)
+		q.logFailed(r, err)
 	}
+}
+
+func (q *Queue) logFailed(r relay.DeliveryRecord, err error) {
+	q.log.Warn("delivery log write failed", "queue_id", r.QueueID, "status", r.Status, "err", err)
 }
 
 func (q *Queue) updateOldestLocked() {

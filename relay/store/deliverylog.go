@@ -42,9 +42,12 @@ type deliveryLogWriter struct {
 	closed bool
 }
 
+// logRequest is one row to write; the writer answers on result (LogDelivery) or, for a row nobody
+// waits for, calls onError if it failed (LogDeliveryLater) — no goroutine per row.
 type logRequest struct {
-	r      relay.DeliveryRecord
-	result chan error
+	r       relay.DeliveryRecord
+	result  chan error
+	onError func(relay.DeliveryRecord, error)
 }
 
 func newDeliveryLogWriter(db *sql.DB) (*deliveryLogWriter, error) {
@@ -75,7 +78,12 @@ func (w *deliveryLogWriter) run() {
 		}
 		err := w.write(batch)
 		for _, r := range batch {
-			r.result <- err
+			switch {
+			case r.result != nil:
+				r.result <- err
+			case err != nil && r.onError != nil:
+				r.onError(r.r, err)
+			}
 		}
 	}
 }
@@ -150,27 +158,20 @@ func (s *Store) LogDelivery(ctx context.Context, r relay.DeliveryRecord) error {
 }
 
 // LogDeliveryLater queues a delivery-log row and returns at once; onError (if not nil) hears of a
-// failure. Rows still apply in the order they were queued, so a later LogDelivery of the same message
-// wins. Submission uses it for the "queued" row, so no client waits on the log before its 250.
-func (s *Store) LogDeliveryLater(r relay.DeliveryRecord, onError func(error)) {
+// failure, from the writer goroutine. Rows still apply in the order they were queued, so a later row of
+// the same message wins. The queue uses it for every row, so neither a client's 250 nor a delivery
+// worker waits on the log.
+func (s *Store) LogDeliveryLater(r relay.DeliveryRecord, onError func(relay.DeliveryRecord, error)) {
+	fail := func(err error) {
+		if onError != nil {
+			onError(r, err)
+		}
+	}
 	if r.QueueID == "" {
-		if onError != nil {
-			onError(badInput("delivery record without a queue id"))
-		}
+		fail(badInput("delivery record without a queue id"))
 		return
 	}
-	req := logRequest{r: r, result: make(chan error, 1)}
-	if err := s.log.enqueue(context.Background(), req); err != nil {
-		if onError != nil {
-			onError(err)
-		}
-		return
-	}
-	if onError != nil {
-		go func() {
-			if err := <-req.result; err != nil {
-				onError(err)
-			}
-		}()
+	if err := s.log.enqueue(context.Background(), logRequest{r: r, onError: onError}); err != nil {
+		fail(err)
 	}
 }

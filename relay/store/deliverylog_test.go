@@ -64,7 +64,7 @@ func TestLogDeliveryLater(t *testing.T) {
 	s, _ := openStore(t)
 	ctx := context.Background()
 	failed := make(chan error, 1)
-	s.LogDeliveryLater(relay.DeliveryRecord{QueueID: "later1", Ticket: "L1", Status: "queued", Time: time.Now()}, func(err error) { failed <- err })
+	s.LogDeliveryLater(relay.DeliveryRecord{QueueID: "later1", Ticket: "L1", Status: "queued", Time: time.Now()}, func(_ relay.DeliveryRecord, err error) { failed <- err })
 	if err := s.LogDelivery(ctx, relay.DeliveryRecord{QueueID: "later1", Ticket: "L1", Status: "delivered", Time: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
@@ -76,5 +76,15 @@ func TestLogDeliveryLater(t *testing.T) {
 	case err := <-failed:
 		t.Fatalf("queued row failed: %v", err)
 	default:
+	}
+	// A row that cannot be written is reported with the row.
+	s.Close()
+	var gone relay.DeliveryRecord
+	s.LogDeliveryLater(relay.DeliveryRecord{QueueID: "later2", Time: time.Now()}, func(r relay.DeliveryRecord, err error) {
+		gone = r
+		failed <- err
+	})
+	if err := <-failed; err == nil || gone.QueueID != "later2" {
+		t.Errorf("row after Close: %+v, %v", gone, err)
 	}
 }
