@@ -541,9 +541,10 @@ func (s *spool) copyForward(e *Entry) error {
 	return err
 }
 
-// compactable returns the ids whose commit records are in the oldest segment when the spool holds more
-// than twice its live bytes plus two segments: copying them forward frees the oldest segment, so
-// entries deferred for days do not keep every segment written since on disk.
+// compactable returns the ids whose commit records are in the oldest segments when the spool holds
+// more than twice its live bytes plus two segments: as many segments, oldest first, as it takes to get
+// back under that. Copying their entries forward frees them, so entries deferred for days do not keep
+// every segment written since on disk; the copying costs at most what the garbage it frees weighs.
 func (s *spool) compactable() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -555,13 +556,21 @@ func (s *spool) compactable() []string {
 		total += seg.size
 		live += seg.liveBytes
 	}
-	if total <= 2*live+2*s.segmentBytes {
+	excess := total - (2*live + 2*s.segmentBytes)
+	if excess <= 0 {
 		return nil
 	}
-	oldest := s.segs[0]
+	old := map[*segment]bool{}
+	for _, seg := range s.segs[:len(s.segs)-1] {
+		if excess <= 0 {
+			break
+		}
+		old[seg] = true
+		excess -= seg.size
+	}
 	var ids []string
 	for id, loc := range s.locs {
-		if loc.seg == oldest {
+		if old[loc.seg] {
 			ids = append(ids, id)
 		}
 	}
