@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"sync"
+	"time"
 
 	"github.com/mailgate/mailgate/relay"
 )
@@ -13,7 +14,7 @@ import (
 // upsertDelivery keeps one row per queued message: its latest state.
 const upsertDelivery = `INSERT INTO deliveries
 	(queue_id, message_id, ticket, channel, principal, recipients, status, attempts, last_reply, time_ms, created_ms)
-	VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)
+	VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 	ON CONFLICT (queue_id) DO UPDATE SET
 		message_id = excluded.message_id, ticket = excluded.ticket, channel = excluded.channel,
 		principal = excluded.principal, recipients = excluded.recipients, status = excluded.status,
@@ -22,12 +23,19 @@ const upsertDelivery = `INSERT INTO deliveries
 // maxLogBatch bounds one transaction of the delivery log writer.
 const maxLogBatch = 256
 
+// logLinger is how long the writer gathers rows nobody waits for before it writes them: a busy relay
+// then writes the "queued" and the "delivered" row of most messages in the same transaction, where they
+// become one upsert, and pays the transaction's fixed cost (locks, WAL frames) once for many messages.
+const logLinger = 20 * time.Millisecond
+
 // deliveryLogWriter group-commits the delivery log. Every submission and every delivery attempt writes
 // a row, from many goroutines at once; one transaction per row made the log the relay's largest CPU
 // cost (statement parsing and WAL frames per row). One goroutine owns the writer connection: it takes
 // whatever requests are waiting (up to maxLogBatch), writes them in one transaction with a prepared
-// statement, and answers each caller with the transaction's result. An idle relay writes a single row
-// at once, so batching adds no latency; a busy one shares the cost. Rows of one message keep their
+// statement, and answers each caller with the transaction's result. A row somebody waits for
+// (LogDelivery) is written at once with whatever else is waiting, so batching adds it no latency; rows
+// nobody waits for (LogDeliveryLater: every row of the queue) linger up to logLinger to share one
+// transaction, and a message's rows in one batch become one upsert. Rows of one message keep their
 // order (queued before delivered) because requests are applied in arrival order.
 type deliveryLogWriter struct {
 	db *sql.DB
@@ -64,16 +72,34 @@ func (w *deliveryLogWriter) run() {
 	defer close(w.done)
 	for first := range w.reqs {
 		batch := []logRequest{first}
-	drain:
+		// Rows nobody waits for linger (logLinger); a caller waiting for its row ends the lingering.
+		var linger <-chan time.Time
+		if first.result == nil {
+			linger = time.After(logLinger)
+		}
+	gather:
 		for len(batch) < maxLogBatch {
-			select {
-			case r, ok := <-w.reqs:
-				if !ok {
-					break drain
+			var r logRequest
+			var ok bool
+			if linger == nil {
+				select {
+				case r, ok = <-w.reqs:
+				default:
+					break gather
 				}
-				batch = append(batch, r)
-			default:
-				break drain
+			} else {
+				select {
+				case r, ok = <-w.reqs:
+				case <-linger:
+					break gather
+				}
+			}
+			if !ok {
+				break
+			}
+			batch = append(batch, r)
+			if r.result != nil {
+				linger = nil
 			}
 		}
 		err := w.write(batch)
@@ -95,16 +121,27 @@ func (w *deliveryLogWriter) write(batch []logRequest) error {
 		return storeErr(err)
 	}
 	stmt := tx.StmtContext(ctx, w.upsert)
-	for _, req := range batch {
+	// A message's rows in one batch become one upsert: its last row, created when its first was.
+	last := make(map[string]int, len(batch))
+	created := make(map[string]int64, len(batch))
+	for i, req := range batch {
+		last[req.r.QueueID] = i
+		if _, ok := created[req.r.QueueID]; !ok {
+			created[req.r.QueueID] = ms(req.r.Time)
+		}
+	}
+	for i, req := range batch {
 		r := req.r
+		if last[r.QueueID] != i {
+			continue
+		}
 		rcpts, err := json.Marshal(r.Recipients)
 		if err != nil {
 			_ = tx.Rollback()
 			return storeErr(err)
 		}
-		t := ms(r.Time)
 		if _, err := stmt.ExecContext(ctx, r.QueueID, r.MessageID, r.Ticket, r.Channel, r.Principal, string(rcpts),
-			r.Status, r.Attempts, r.LastReply, t); err != nil {
+			r.Status, r.Attempts, r.LastReply, ms(r.Time), created[r.QueueID]); err != nil {
 			_ = tx.Rollback()
 			return storeErr(err)
 		}
