@@ -92,7 +92,7 @@ func (t *Transport) pipeline(s *session, m *relay.Message, body io.Reader, idx [
 		_, _, err := tp.ReadResponse(250)
 		return "", err == nil || isSMTPReply(protoErr(err)), false
 	}
-	dw := tp.DotWriter()
+	dw := newDotWriter(tp.W)
 	if re := t.copyBody(s, dw, body); re != nil {
 		failAll(res.Errs, accepted, re)
 		return "", false, false
