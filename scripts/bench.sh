@@ -171,6 +171,8 @@ roles: [{name: app, channels: {Support: [reply, outbound]}}]
 users: [{login: unused, password_hash: "$HASH", role: app, business_unit: BU}]
 trusted_networks: [{cidr: 127.0.0.0/8, principal: bench-app, role: app, business_unit: BU}]
 limits: {max_connections: 1000}
+# 20 deliveries at once, as Postfix's default_destination_concurrency_limit (mailgate's default is 16).
+queue: {workers_per_transport: 20}
 YAML
 # start_mailgate [WRAPPER...]: starts mailgate on an empty spool and store; MG_PROC is mailgate itself
 # (MG_PID is the wrapper's, when there is one).
