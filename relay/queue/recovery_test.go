@@ -336,3 +336,21 @@ func TestCompactionBoundsDisk(t *testing.T) {
 		t.Errorf("deferred body after compaction: %d bytes, %v", len(got), err)
 	}
 }
+
+// TestCommitReturnsAfterItsSync: Commit returns only once a sync covers every byte appended before it
+// returned (a kill -9 cannot show this: the page cache survives a killed process). The commits are
+// sequential with nothing else appending, so the spool's synced mark must equal its written mark after
+// each.
+func TestCommitReturnsAfterItsSync(t *testing.T) {
+	h := open(t, t.TempDir(), TransportMap{}, nil)
+	defer h.closeNow(t)
+	for i := range 30 {
+		enqueue(t, h.q, fmt.Sprintf("message %d", i), "a@example.net")
+		h.q.spool.mu.Lock()
+		written, synced := h.q.spool.written, h.q.spool.synced
+		h.q.spool.mu.Unlock()
+		if synced != written {
+			t.Fatalf("commit %d returned with %d bytes written and %d synced", i, written, synced)
+		}
+	}
+}
