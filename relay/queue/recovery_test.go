@@ -354,3 +354,34 @@ func TestCommitReturnsAfterItsSync(t *testing.T) {
 		}
 	}
 }
+
+// TestFinalStateWithoutRemoval: an entry whose last recorded state has every recipient final but no
+// removal record (none is written that way, but a spool from a crash or another version may hold one)
+// is not resumed, and its removal is recorded so it stays gone.
+func TestFinalStateWithoutRemoval(t *testing.T) {
+	dir := t.TempDir()
+	seed := open(t, dir, TransportMap{}, nil)
+	id := enqueue(t, seed.q, "final", "a@example.net")
+	keep := enqueue(t, seed.q, "pending", "b@example.net")
+	e, _ := seed.q.Get(id)
+	e.Recipients[0].Status = Delivered
+	must(t, seed.q.spool.replaceMeta(&e))
+	seed.closeNow(t)
+	for range 2 {
+		h := open(t, dir, TransportMap{}, nil)
+		if l := h.q.List(); len(l) != 1 || l[0].ID != keep {
+			t.Errorf("resumed %+v", l)
+		}
+		if live := spoolLive(h.q); !slices.Equal(live, []string{keep}) {
+			t.Errorf("spool holds %v", live)
+		}
+		h.closeNow(t)
+	}
+	removed := false
+	for _, r := range segmentRecords(t, dir) {
+		removed = removed || r.kind == recRemove && r.id == id
+	}
+	if !removed {
+		t.Error("no removal recorded")
+	}
+}
