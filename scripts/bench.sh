@@ -11,8 +11,9 @@
 #           relays hold their connections and queue everything): the time until smtp-source has its
 #           last 250. Queues are emptied between runs (Postfix: postsuper -d ALL; mailgate: restarted on
 #           an empty spool).
-#   mix     relay mode plus BIGN messages of BIG bytes sent at the same time on one more session: the
-#           small messages' rate shows whether large ones stall them.
+#   mix     relay mode plus BIGN messages of BIG bytes sent at the same time on one more session; also
+#           printed: the small messages' own rate (until the last of them reached the sink), which
+#           shows whether large ones stall them.
 # Both relays fsync every message before their 250, log every message, and relay to the same sink over
 # at most 20 connections; smtp-source cannot AUTH, so each relay trusts 127.0.0.0/8 (Postfix
 # mynetworks, mailgate trusted_networks with a service principal whose role still applies). mailgate
@@ -80,12 +81,13 @@ cpu_busy() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
 proc_cpu() { if [ -n "${1:-}" ]; then awk '{print $14+$15}' "/proc/$1/stat"; else echo 0; fi; }
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
-# run PORT OWNPID PIDS... : one measured run; prints "msg_per_s peak_pss_kib machine_us_per_msg own_us_per_msg"
-# (OWNPID: the process whose own CPU is reported, or "-" for none)
+# run PORT OWNPID PIDS... : one measured run; prints "msg_per_s peak_pss_kib machine_us_per_msg
+# own_us_per_msg small_msg_per_s" (OWNPID: the process whose own CPU is reported, or "-" for none;
+# small_msg_per_s: in MODE=mix, the rate of the small messages alone, until the last of them arrived)
 run() {
   local port=$1 own=$2; shift 2; [ "$own" = - ] && own=
   start_sink
-  local peak=0 t0 t1 got pss busy0 busy1 own0 own1 want=$MSGS big=
+  local peak=0 t0 t1 got pss busy0 busy1 own0 own1 want=$MSGS big= tsmall=
   [ "$MODE" = mix ] && want=$((MSGS + BIGN))
   busy0=$(cpu_busy); own0=$(proc_cpu "$own")
   t0=$(ms)
@@ -102,15 +104,18 @@ run() {
       got=$(sink_count); got=${got:-0}
     fi
     pss=$(pss_of "$@"); [ "$pss" -gt "$peak" ] && peak=$pss
+    if [ "$MODE" = mix ] && [ -z "$tsmall" ] && [ "$(find "$WORK/dump" -type f -size -1M | wc -l)" -ge "$MSGS" ]; then
+      tsmall=$(ms)
+    fi
     [ "$MODE" != ingest ] && [ "$got" -ge "$want" ] && break
     [ $(( $(ms) - t0 )) -gt $((TIMEOUT_S*1000)) ] && { echo "timeout: got $got of $want" >&2; break; }
     sleep 0.1
   done
-  t1=$(ms); busy1=$(cpu_busy); own1=$(proc_cpu "$own")
+  t1=$(ms); busy1=$(cpu_busy); own1=$(proc_cpu "$own"); tsmall=${tsmall:-$t1}
   wait "$src" || true; [ -n "$big" ] && { wait "$big" || true; }
   stop_sink
   awk -v n="$got" -v t=$((t1-t0)) -v p="$peak" -v b=$((busy1-busy0)) -v o=$((own1-own0)) -v tick="$TICK_US" \
-    'BEGIN{printf "%.0f %d %.0f %.0f\n", n*1000/t, p, b*tick/n, o*tick/n}'
+    -v m="$MSGS" -v ts=$((tsmall-t0)) 'BEGIN{printf "%.0f %d %.0f %.0f %.0f\n", n*1000/t, p, b*tick/n, o*tick/n, m*1000/ts}'
 }
 
 # --- Postfix as a plain relay to the sink (its own instance; never the system one) ---
@@ -191,7 +196,7 @@ echo "# $(date -u +%FT%TZ) $(nproc) cores; postfix $(postconf -h mail_version); 
 case "$PROFILE" in
 strace)
   start_mailgate strace -c -f -S calls -o "$WORK/strace.txt"
-  read -r e p c o < <(run "$MAILGATE_PORT" "$MG_PROC" "$MG_PROC")
+  read -r e p c o sm < <(run "$MAILGATE_PORT" "$MG_PROC" "$MG_PROC")
   echo "mailgate under strace: $e msg/s (strace slows it), own CPU $o µs/msg"
   kill "$MG_PROC"; wait "$MG_PID" 2>/dev/null || true; MG_PID=
   # Rows of strace -c: % time, seconds, usecs/call, calls, [errors,] syscall (sorted by calls).
@@ -202,7 +207,7 @@ pprof)
   start_mailgate
   curl -s -o "$WORK/cpu.pprof" "http://127.0.0.1:$ADMIN_PORT/debug/pprof/profile?seconds=$PROFILE_SECONDS" &
   prof=$!
-  read -r e p c o < <(run "$MAILGATE_PORT" "$MG_PROC" "$MG_PROC")
+  read -r e p c o sm < <(run "$MAILGATE_PORT" "$MG_PROC" "$MG_PROC")
   wait "$prof"
   echo "mailgate: $e msg/s, own CPU $o µs/msg (profile: the first $PROFILE_SECONDS s of the run)"
   go tool pprof -top -nodecount=10 "$WORK/mailgate" "$WORK/cpu.pprof" 2>/dev/null | sed -n '5,16p'
@@ -221,12 +226,13 @@ reset_queues() {
   postsuper -c "$PF" -d ALL >/dev/null 2>&1 || true
   stop_mailgate; start_mailgate
 }
-PF_E2E=() PF_PSS=() MG_E2E=() MG_PSS=() MG_OWN=()
+PF_E2E=() PF_PSS=() PF_SMALL=() MG_E2E=() MG_PSS=() MG_OWN=() MG_SMALL=()
+small=; [ "$MODE" = mix ] && small=1
 for i in $(seq "$REPS"); do   # interleaved, so drift of the machine hits both alike
-  read -r e p c o < <(run "$POSTFIX_PORT" - "$PF_MASTER"); PF_E2E+=("$e"); PF_PSS+=("$p")
-  echo "run $i postfix : $e msg/s, peak PSS $((p/1024)) MiB (summed over its processes), machine CPU $c µs/msg"
-  read -r e p c o < <(run "$MAILGATE_PORT" "$MG_PROC" "$MG_PROC"); MG_E2E+=("$e"); MG_PSS+=("$p"); MG_OWN+=("$o")
-  echo "run $i mailgate: $e msg/s, peak PSS $((p/1024)) MiB, machine CPU $c µs/msg, mailgate CPU $o µs/msg"
+  read -r e p c o sm < <(run "$POSTFIX_PORT" - "$PF_MASTER"); PF_E2E+=("$e"); PF_PSS+=("$p"); PF_SMALL+=("$sm")
+  echo "run $i postfix : $e msg/s, peak PSS $((p/1024)) MiB (summed over its processes), machine CPU $c µs/msg${small:+, small ones $sm msg/s}"
+  read -r e p c o sm < <(run "$MAILGATE_PORT" "$MG_PROC" "$MG_PROC"); MG_E2E+=("$e"); MG_PSS+=("$p"); MG_OWN+=("$o"); MG_SMALL+=("$sm")
+  echo "run $i mailgate: $e msg/s, peak PSS $((p/1024)) MiB, machine CPU $c µs/msg, mailgate CPU $o µs/msg${small:+, small ones $sm msg/s}"
   reset_queues
 done
 what="end-to-end"; [ "$MODE" = ingest ] && what="ingest (upstream paused)"
@@ -234,3 +240,7 @@ pm=$(median "${PF_E2E[@]}"); mm=$(median "${MG_E2E[@]}")
 echo "MEDIAN postfix : $pm msg/s $what; peak PSS $(( $(median "${PF_PSS[@]}" | cut -d. -f1) / 1024 )) MiB"
 echo "MEDIAN mailgate: $mm msg/s $what; peak PSS $(( $(median "${MG_PSS[@]}" | cut -d. -f1) / 1024 )) MiB; mailgate CPU $(median "${MG_OWN[@]}") µs/msg"
 awk -v m="$mm" -v p="$pm" 'BEGIN{printf "mailgate / postfix = %.2f\n", m/p}'
+if [ -n "$small" ]; then
+  ps=$(median "${PF_SMALL[@]}"); ms_=$(median "${MG_SMALL[@]}")
+  awk -v m="$ms_" -v p="$ps" 'BEGIN{printf "small messages alone: postfix %s msg/s, mailgate %s msg/s, mailgate / postfix = %.2f\n", p, m, m/p}'
+fi
