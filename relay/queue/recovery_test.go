@@ -385,3 +385,35 @@ func TestFinalStateWithoutRemoval(t *testing.T) {
 		t.Error("no removal recorded")
 	}
 }
+
+// TestRecordLargerThanSegment: metadata larger than a segment (a thousand recipients) gets a segment of
+// its own, and records written after it are replayed after it: a drop recorded later stays a drop.
+func TestRecordLargerThanSegment(t *testing.T) {
+	dir := t.TempDir()
+	tweak := func(o *Options) { o.SegmentBytes = 64 << 10 }
+	seed := open(t, dir, TransportMap{}, tweak)
+	var rcpts []string
+	for i := range 1000 {
+		rcpts = append(rcpts, fmt.Sprintf("customer-%04d@example.net", i))
+	}
+	// The next segment has been made ahead (64 KiB: too small for the record).
+	waitFor(t, "a segment made ahead", 5*time.Second, func() bool {
+		seed.q.spool.mu.Lock()
+		defer seed.q.spool.mu.Unlock()
+		return seed.q.spool.ready != nil
+	})
+	many := enqueue(t, seed.q, "to many", rcpts...)
+	b := enqueue(t, seed.q, "b", "b@example.net")
+	must(t, seed.q.Drop(many))
+	c := enqueue(t, seed.q, "c", "c@example.net")
+	seed.closeNow(t)
+	h := open(t, dir, TransportMap{}, tweak)
+	defer h.closeNow(t)
+	var got []string
+	for _, e := range h.q.List() {
+		got = append(got, e.ID)
+	}
+	if !slices.Equal(got, []string{b, c}) {
+		t.Errorf("resumed %v, want %v (the dropped one is %s)", got, []string{b, c}, many)
+	}
+}

@@ -286,7 +286,7 @@ func (s *spool) append(rec []byte, keep int64, placed func(seg *segment, off int
 	defer s.mu.Unlock()
 	need := int64(len(rec))
 	var cur *segment
-	for {
+	for rolled := false; ; {
 		if s.err != nil {
 			return 0, s.err
 		}
@@ -295,7 +295,8 @@ func (s *spool) append(rec []byte, keep int64, placed func(seg *segment, off int
 		}
 		cur = s.segs[len(s.segs)-1]
 		room := cur.size - cur.off
-		if room >= need && (room >= need+keep || s.ready != nil) {
+		// The reserve only decides whether to try for a new segment: one just made is used.
+		if room >= need && (rolled || room >= need+keep || s.ready != nil) {
 			break
 		}
 		if s.preparing {
@@ -305,6 +306,7 @@ func (s *spool) append(rec []byte, keep int64, placed func(seg *segment, off int
 		if err := s.rollLocked(need); err != nil {
 			return 0, err
 		}
+		rolled = true
 	}
 	if _, err := cur.f.WriteAt(rec, cur.off); err != nil {
 		// Nothing after cur.off counts: the next record overwrites whatever part of this one landed.
@@ -325,17 +327,24 @@ func (s *spool) append(rec []byte, keep int64, placed func(seg *segment, off int
 
 // rollLocked moves to a new segment with room for need bytes: the one made ahead when there is one,
 // otherwise one made now (the disk did not keep up, or the last attempt failed — disk full).
+//
+// Segments are used in the order of their sequence numbers, which is the order recovery replays them
+// in: a segment made ahead but too small for a record (larger than a segment) is passed over empty
+// rather than used after the larger one made for the record.
 func (s *spool) rollLocked(need int64) error {
-	seg := s.ready
-	if seg != nil && seg.size >= need {
+	if seg := s.ready; seg != nil {
 		s.ready = nil
-	} else {
-		seq := s.nextSeq
-		s.nextSeq++
-		var err error
-		if seg, err = s.makeSegment(seq, max(s.segmentBytes, need)); err != nil {
-			return err
+		s.segs = append(s.segs, seg)
+		s.kickPrepare()
+		if seg.size >= need {
+			return nil
 		}
+	}
+	seq := s.nextSeq
+	s.nextSeq++
+	seg, err := s.makeSegment(seq, max(s.segmentBytes, need))
+	if err != nil {
+		return err
 	}
 	s.segs = append(s.segs, seg)
 	s.kickPrepare()
