@@ -441,7 +441,7 @@ func (s *spool) releaseLocked(id string) (location, bool) {
 	return old, true
 }
 
-// commitRecord frames a commit record: back is the distance from its start to the entry's body record
+// appendCommit frames a commit record: back is the distance from its start to the entry's body record
 // in the same segment (0: body in big/).
 func appendCommit(b []byte, back int64, meta []byte) []byte {
 	var hdr [8]byte
