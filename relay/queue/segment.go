@@ -734,7 +734,7 @@ func (d *draft) abortFiles() error {
 
 // write makes the draft's body and e's metadata durable, as the package doc says: one append of the
 // body and commit records, then the group sync; a big body is fsynced (with big/) first.
-func (sp *spool) write(d *draft, e *Entry) error {
+func (s *spool) write(d *draft, e *Entry) error {
 	meta, err := encodeMeta(e)
 	if err != nil {
 		return err
@@ -757,7 +757,7 @@ func (sp *spool) write(d *draft, e *Entry) error {
 		}
 		d.big = nil
 		// The file's name must be durable before a commit record points to it.
-		if err := sp.bigSync.Sync(); err != nil {
+		if err := s.bigSync.Sync(); err != nil {
 			return err
 		}
 	}
@@ -765,18 +765,18 @@ func (sp *spool) write(d *draft, e *Entry) error {
 	if d.bufp != nil {
 		*d.bufp = rec // keep the grown buffer for the pool
 	}
-	lsn, err := sp.append(rec, reserveFor(sp.segmentBytes), func(seg *segment, off int64) {
+	lsn, err := s.append(rec, reserveFor(s.segmentBytes), func(seg *segment, off int64) {
 		loc := location{seg: seg, big: back == 0, n: d.size, recBytes: int64(len(rec))}
 		if back != 0 {
 			loc.off = off + recHeader + idLen
 		}
-		sp.setLiveLocked(e.ID, loc)
+		s.setLiveLocked(e.ID, loc)
 	})
 	d.release()
 	if err != nil {
 		return err
 	}
-	return sp.waitDurable(lsn)
+	return s.waitDurable(lsn)
 }
 
 // --- recovery ---
