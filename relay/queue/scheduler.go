@@ -8,7 +8,6 @@ import (
 	"io"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/mailgate/mailgate/relay"
@@ -159,6 +158,7 @@ func (q *Queue) Run(ctx context.Context) error {
 			q.mu.Lock()
 			q.updateOldestLocked()
 			q.mu.Unlock()
+			q.compact()
 		}
 	}
 }
@@ -197,7 +197,7 @@ func (q *Queue) deliver(ctx context.Context, cur *Entry, rcpts []string) relay.R
 		return relay.Failed(len(rcpts), relay.Errorf(451, relay.CodeTempLocal, "config",
 			"transport %q is not configured", name))
 	}
-	body := q.spool.body(cur.ID)
+	id := cur.ID
 	m := &relay.Message{
 		QueueID:    cur.ID,
 		Channel:    cur.Envelope.Channel,
@@ -206,7 +206,7 @@ func (q *Queue) deliver(ctx context.Context, cur *Entry, rcpts []string) relay.R
 		MessageID:  cur.Envelope.MessageID,
 		ForceTLS:   cur.Envelope.ForceTLS,
 		Size:       cur.Size,
-		Open:       func() (io.ReadCloser, error) { return openFile(body, syscall.O_RDONLY, 0) },
+		Open:       func() (io.ReadCloser, error) { return q.spool.open(id) },
 	}
 	ctx, cancel := context.WithTimeout(ctx, q.policy.Load().AttemptTimeout)
 	defer cancel()

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"sync"
+	"time"
 
 	"github.com/mailgate/mailgate/relay"
 )
@@ -13,7 +14,7 @@ import (
 // upsertDelivery keeps one row per queued message: its latest state.
 const upsertDelivery = `INSERT INTO deliveries
 	(queue_id, message_id, ticket, channel, principal, recipients, status, attempts, last_reply, time_ms, created_ms)
-	VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)
+	VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 	ON CONFLICT (queue_id) DO UPDATE SET
 		message_id = excluded.message_id, ticket = excluded.ticket, channel = excluded.channel,
 		principal = excluded.principal, recipients = excluded.recipients, status = excluded.status,
@@ -22,12 +23,19 @@ const upsertDelivery = `INSERT INTO deliveries
 // maxLogBatch bounds one transaction of the delivery log writer.
 const maxLogBatch = 256
 
+// logLinger is how long the writer gathers rows nobody waits for before it writes them: a busy relay
+// then writes the "queued" and the "delivered" row of most messages in the same transaction, where they
+// become one upsert, and pays the transaction's fixed cost (locks, WAL frames) once for many messages.
+const logLinger = 20 * time.Millisecond
+
 // deliveryLogWriter group-commits the delivery log. Every submission and every delivery attempt writes
 // a row, from many goroutines at once; one transaction per row made the log the relay's largest CPU
 // cost (statement parsing and WAL frames per row). One goroutine owns the writer connection: it takes
 // whatever requests are waiting (up to maxLogBatch), writes them in one transaction with a prepared
-// statement, and answers each caller with the transaction's result. An idle relay writes a single row
-// at once, so batching adds no latency; a busy one shares the cost. Rows of one message keep their
+// statement, and answers each caller with the transaction's result. A row somebody waits for
+// (LogDelivery) is written at once with whatever else is waiting, so batching adds it no latency; rows
+// nobody waits for (LogDeliveryLater: every row of the queue) linger up to logLinger to share one
+// transaction, and a message's rows in one batch become one upsert. Rows of one message keep their
 // order (queued before delivered) because requests are applied in arrival order.
 type deliveryLogWriter struct {
 	db *sql.DB
@@ -42,9 +50,12 @@ type deliveryLogWriter struct {
 	closed bool
 }
 
+// logRequest is one row to write; the writer answers on result (LogDelivery) or, for a row nobody
+// waits for, calls onError if it failed (LogDeliveryLater) — no goroutine per row.
 type logRequest struct {
-	r      relay.DeliveryRecord
-	result chan error
+	r       relay.DeliveryRecord
+	result  chan error
+	onError func(relay.DeliveryRecord, error)
 }
 
 func newDeliveryLogWriter(db *sql.DB) (*deliveryLogWriter, error) {
@@ -61,21 +72,44 @@ func (w *deliveryLogWriter) run() {
 	defer close(w.done)
 	for first := range w.reqs {
 		batch := []logRequest{first}
-	drain:
+		// Rows nobody waits for linger (logLinger); a caller waiting for its row ends the lingering.
+		var linger <-chan time.Time
+		if first.result == nil {
+			linger = time.After(logLinger)
+		}
+	gather:
 		for len(batch) < maxLogBatch {
-			select {
-			case r, ok := <-w.reqs:
-				if !ok {
-					break drain
+			var r logRequest
+			var ok bool
+			if linger == nil {
+				select {
+				case r, ok = <-w.reqs:
+				default:
+					break gather
 				}
-				batch = append(batch, r)
-			default:
-				break drain
+			} else {
+				select {
+				case r, ok = <-w.reqs:
+				case <-linger:
+					break gather
+				}
+			}
+			if !ok {
+				break
+			}
+			batch = append(batch, r)
+			if r.result != nil {
+				linger = nil
 			}
 		}
 		err := w.write(batch)
 		for _, r := range batch {
-			r.result <- err
+			switch {
+			case r.result != nil:
+				r.result <- err
+			case err != nil && r.onError != nil:
+				r.onError(r.r, err)
+			}
 		}
 	}
 }
@@ -87,16 +121,27 @@ func (w *deliveryLogWriter) write(batch []logRequest) error {
 		return storeErr(err)
 	}
 	stmt := tx.StmtContext(ctx, w.upsert)
-	for _, req := range batch {
+	// A message's rows in one batch become one upsert: its last row, created when its first was.
+	last := make(map[string]int, len(batch))
+	created := make(map[string]int64, len(batch))
+	for i, req := range batch {
+		last[req.r.QueueID] = i
+		if _, ok := created[req.r.QueueID]; !ok {
+			created[req.r.QueueID] = ms(req.r.Time)
+		}
+	}
+	for i, req := range batch {
 		r := req.r
+		if last[r.QueueID] != i {
+			continue
+		}
 		rcpts, err := json.Marshal(r.Recipients)
 		if err != nil {
 			_ = tx.Rollback()
 			return storeErr(err)
 		}
-		t := ms(r.Time)
 		if _, err := stmt.ExecContext(ctx, r.QueueID, r.MessageID, r.Ticket, r.Channel, r.Principal, string(rcpts),
-			r.Status, r.Attempts, r.LastReply, t); err != nil {
+			r.Status, r.Attempts, r.LastReply, ms(r.Time), created[r.QueueID]); err != nil {
 			_ = tx.Rollback()
 			return storeErr(err)
 		}
@@ -150,27 +195,20 @@ func (s *Store) LogDelivery(ctx context.Context, r relay.DeliveryRecord) error {
 }
 
 // LogDeliveryLater queues a delivery-log row and returns at once; onError (if not nil) hears of a
-// failure. Rows still apply in the order they were queued, so a later LogDelivery of the same message
-// wins. Submission uses it for the "queued" row, so no client waits on the log before its 250.
-func (s *Store) LogDeliveryLater(r relay.DeliveryRecord, onError func(error)) {
+// failure, from the writer goroutine. Rows still apply in the order they were queued, so a later row of
+// the same message wins. The queue uses it for every row, so neither a client's 250 nor a delivery
+// worker waits on the log.
+func (s *Store) LogDeliveryLater(r relay.DeliveryRecord, onError func(relay.DeliveryRecord, error)) {
+	fail := func(err error) {
+		if onError != nil {
+			onError(r, err)
+		}
+	}
 	if r.QueueID == "" {
-		if onError != nil {
-			onError(badInput("delivery record without a queue id"))
-		}
+		fail(badInput("delivery record without a queue id"))
 		return
 	}
-	req := logRequest{r: r, result: make(chan error, 1)}
-	if err := s.log.enqueue(context.Background(), req); err != nil {
-		if onError != nil {
-			onError(err)
-		}
-		return
-	}
-	if onError != nil {
-		go func() {
-			if err := <-req.result; err != nil {
-				onError(err)
-			}
-		}()
+	if err := s.log.enqueue(context.Background(), logRequest{r: r, onError: onError}); err != nil {
+		fail(err)
 	}
 }

@@ -64,7 +64,7 @@ func TestLogDeliveryLater(t *testing.T) {
 	s, _ := openStore(t)
 	ctx := context.Background()
 	failed := make(chan error, 1)
-	s.LogDeliveryLater(relay.DeliveryRecord{QueueID: "later1", Ticket: "L1", Status: "queued", Time: time.Now()}, func(err error) { failed <- err })
+	s.LogDeliveryLater(relay.DeliveryRecord{QueueID: "later1", Ticket: "L1", Status: "queued", Time: time.Now()}, func(_ relay.DeliveryRecord, err error) { failed <- err })
 	if err := s.LogDelivery(ctx, relay.DeliveryRecord{QueueID: "later1", Ticket: "L1", Status: "delivered", Time: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
@@ -76,5 +76,37 @@ func TestLogDeliveryLater(t *testing.T) {
 	case err := <-failed:
 		t.Fatalf("queued row failed: %v", err)
 	default:
+	}
+	// A row that cannot be written is reported with the row.
+	s.Close()
+	var gone relay.DeliveryRecord
+	s.LogDeliveryLater(relay.DeliveryRecord{QueueID: "later2", Time: time.Now()}, func(r relay.DeliveryRecord, err error) {
+		gone = r
+		failed <- err
+	})
+	if err := <-failed; err == nil || gone.QueueID != "later2" {
+		t.Errorf("row after Close: %+v, %v", gone, err)
+	}
+}
+
+// TestLogDeliveryCoalesces: rows nobody waits for linger and a message's rows in one batch become one
+// upsert with the last row's state and the first row's creation time.
+func TestLogDeliveryCoalesces(t *testing.T) {
+	s, _ := openStore(t)
+	ctx := context.Background()
+	queued := time.UnixMilli(1_700_000_000_000)
+	s.LogDeliveryLater(relay.DeliveryRecord{QueueID: "c1", Ticket: "C1", Status: "queued", Time: queued}, nil)
+	s.LogDeliveryLater(relay.DeliveryRecord{QueueID: "c1", Ticket: "C1", Status: "delivered", Time: queued.Add(time.Second)}, nil)
+	// A row someone waits for ends the lingering batch; it is in the same transaction.
+	if err := s.LogDelivery(ctx, relay.DeliveryRecord{QueueID: "c2", Ticket: "C1", Status: "queued", Time: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	var status string
+	var created, updated int64
+	if err := s.read.QueryRowContext(ctx, `SELECT status, created_ms, time_ms FROM deliveries WHERE queue_id = 'c1'`).Scan(&status, &created, &updated); err != nil {
+		t.Fatal(err)
+	}
+	if status != "delivered" || created != queued.UnixMilli() || updated != queued.Add(time.Second).UnixMilli() {
+		t.Errorf("row: %s created %d updated %d", status, created, updated)
 	}
 }

@@ -31,6 +31,8 @@ type Server struct {
 	log     *slog.Logger
 	// bufs recycles the copy buffers of receive: one per message in flight instead of one per message.
 	bufs sync.Pool
+	// raws recycles the in-memory raw messages (rawMessage) between DATA and composition.
+	raws sync.Pool
 
 	listeners []*listener
 

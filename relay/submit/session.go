@@ -9,7 +9,6 @@ import (
 	"mime"
 	"net/mail"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -294,11 +293,7 @@ func (s *session) Data(r io.Reader) error {
 	s.mu.Unlock()
 	received := s.srv.o.Now()
 
-	f, err := rawFile(s.srv.o.TempDir)
-	if err != nil {
-		drain(r)
-		return s.reply(stageData, err)
-	}
+	f := newRawMessage(s.srv.o.TempDir, &s.srv.raws)
 	defer f.Close()
 	size, err := s.srv.receive(r, f)
 	if err != nil {
@@ -318,10 +313,10 @@ var (
 		"Message has a line longer than 2000 characters (RFC 5322 section 2.1.1 allows 998)")
 )
 
-// receive streams the message into f, checking line endings. It always reads r to its end (or to a
+// receive streams the message into f (memory, or a file for a large one), checking line endings. It always reads r to its end (or to a
 // read error), so that the reply is sent at the right place in the stream however bad the content.
 // go-smtp's DATA reader fills the whole buffer before returning, so writes to f are already large.
-func (srv *Server) receive(r io.Reader, f *os.File) (int64, error) {
+func (srv *Server) receive(r io.Reader, f io.Writer) (int64, error) {
 	bp, ok := srv.bufs.Get().(*[]byte)
 	if !ok {
 		b := make([]byte, 32<<10)
@@ -407,13 +402,13 @@ func drain(r io.Reader) { _, _ = io.Copy(io.Discard, r) }
 
 // deliver checks the received message against the channel policy, composes it into a spool draft and
 // commits it.
-func (s *session) deliver(f *os.File, size int64, rcpts []string, received time.Time) error {
+func (s *session) deliver(f io.ReaderAt, size int64, rcpts []string, received time.Time) error {
 	rules := s.srv.rules.Load()
 	p := s.principal(rules)
 	if p == nil {
 		return s.reply(stageData, errAuthRequired)
 	}
-	// The raw file is read twice from its start (header, then composition) with positioned reads.
+	// The raw message is read twice from its start (header, then composition) with positioned reads.
 	header, err := textproto.ReadHeader(bufio.NewReader(&headerLimit{r: io.NewSectionReader(f, 0, size), n: maxHeaderBytes}))
 	if errors.Is(err, errHeaderTooBig) {
 		return s.reply(stageData, relay.Errorf(552, relay.CodeTooBig, "header_size", "Message header too large"),

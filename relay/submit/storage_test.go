@@ -50,9 +50,11 @@ func TestDiskFull(t *testing.T) {
 	body := strings.Repeat("a line of the agent's reply, repeated to fill a small disk\r\n", 900) // ~54 KB
 
 	t.Run("raw DATA file on a full tmpfs", func(t *testing.T) {
+		// Raw DATA stays in memory up to 1 MiB: only a larger message spills to the temporary directory.
+		large := strings.Repeat(body, 24) // ~1.3 MB
 		full := smallTmpfs(t, "16k")
-		h := startServer(t, func(o *Options) { o.TempDir = full }, nil)
-		if got := sendBody(t, h, body); !strings.HasPrefix(got, "452 4.3.1 insufficient system storage") {
+		h := startServer(t, func(o *Options) { o.TempDir, o.MaxMessageBytes = full, 8<<20 }, nil)
+		if got := sendBody(t, h, large); !strings.HasPrefix(got, "452 4.3.1 insufficient system storage") {
 			t.Fatalf("reply %q, want 452 4.3.1", got)
 		}
 		if v := testutil.ToFloat64(h.metrics.MessagesRejected.WithLabelValues("data", "insufficient_storage")); v != 1 {

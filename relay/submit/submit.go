@@ -18,8 +18,9 @@
 //	           address is in a trusted network. The client's reverse-path is ignored: the envelope
 //	           sender is the channel's MailFrom, so mailgate is never an open relay.
 //	RCPT     — syntax, recipient limit (452 4.5.3, RFC 5321 §4.5.3.1.10), suppression list (550 5.1.1).
-//	DATA/BDAT— streamed to a temporary file, never whole in memory. A bare CR or bare LF or a NUL
-//	           anywhere refuses the message (554 5.6.0) after the data has been read to its end, so
+//	DATA/BDAT— kept in memory up to 1 MiB (no file per message), beyond that streamed to a nameless
+//	           temporary file, so a large message is never whole in memory. A bare CR or bare LF or a
+//	           NUL anywhere refuses the message (554 5.6.0) after the data has been read to its end, so
 //	           the session stays in sync (SMTP smuggling defence; RFC 5321 §2.3.8; the ".\r" case
 //	           needs mailgate's go-smtp, see relay/internal/gosmtp). Then the header's From selects
 //	           the channel (550 5.7.1 if unknown or the principal lacks "reply"), a Reply-To outside
@@ -120,7 +121,7 @@ type Options struct {
 	// (*auth.Directory).Authenticate. The limiter is consulted before it is called.
 	CheckPassword func(dir *auth.Directory, login, password string) (*auth.Principal, error)
 
-	TempDir string // where raw DATA is streamed before composition; default os.TempDir()
+	TempDir string // where raw DATA above 1 MiB spills before composition; default os.TempDir()
 
 	Spool        Spool        // required
 	Suppressions Suppressions // required
