@@ -97,12 +97,20 @@
 // the Transports interface, so a configuration reload that swaps transports takes effect at the next
 // attempt. An attempt reads the body straight from its segment (positioned reads of a descriptor kept
 // open; the segment stays while a reader is open). It sees only the recipients still pending; each
-// recipient's error in relay.Result decides its fate: nil is delivered, a permanent error (5xx,
-// relay.IsPermanent) bounces it, anything else defers it. Retries back off exponentially with jitter
-// (or follow an explicit schedule), never sooner than a relay.Error.RetryAfter asks; RFC 5321
-// §4.5.4.1 asks senders to keep trying for 4–5 days, which is the default maximum lifetime, after
-// which the remaining recipients bounce with 5.4.7 (RFC 3463: delivery time expired). An unknown
-// transport name defers (a configuration mistake must never bounce a customer's address).
+// recipient's error in relay.Result decides its fate through relay.Classify, whose fault it is (DESIGN
+// §4): nil is delivered; the address's fault bounces and suppresses; the message's fault and an unmet
+// Force TLS bounce without suppressing; a fault of mailgate's or the relay's setup, and anything
+// temporary, defers. Setup and Force TLS faults also raise an Alert per transport (Queue.Alerts, for
+// /readyz, with the transport's remedy; metrics.DeliveryAlerts), cleared by the next delivery that
+// proves them gone. Retries back off exponentially with jitter (or follow an explicit schedule), never
+// sooner than a relay.Error.RetryAfter asks; RFC 5321 §4.5.4.1 asks senders to keep trying for 4–5
+// days, which is the default maximum lifetime, after which the remaining recipients bounce with 5.4.7
+// (RFC 3463: delivery time expired) — never suppressed: waiting out an outage, or mailgate's own wrong
+// password, says nothing about the address. An unknown transport name defers (a configuration mistake
+// must never bounce a customer's address). A bounce the Bounces store could not take stays on the
+// entry (Recipient.Unrecorded), which stays queued until the record is written at a later attempt.
+// Policy (retry, lifetime, attempt timeout, worker counts) may change while the queue runs
+// (SetPolicy); each transport gets no more workers than it has connections to use.
 //
 // relay.Result.Errs must hold exactly one entry per recipient of the attempt (nil = delivered); a
 // result of any other length is treated as a temporary failure of every recipient and logged as a
@@ -110,9 +118,11 @@
 //
 // # Reports
 //
-// Each attempt counts per-recipient outcomes in metrics.DeliveryAttempts{transport,result}, times the
-// Deliver call in metrics.DeliveryDuration, counts bounces by relay.Error.Reason ("upstream" when empty,
-// "expired" for the lifetime) in metrics.Bounces, records each bounce through Bounces, logs one slog line
+// Each attempt counts per-recipient outcomes in metrics.DeliveryAttempts{transport,result}, failures by
+// fault in metrics.DeliveryFaults, deferrals by reason in metrics.DeliveryDeferrals, acceptance-to-
+// delivery time in metrics.DeliveryLatency, times the Deliver call in metrics.DeliveryDuration, counts
+// bounces by relay.Error.Reason ("upstream" when empty, "expired" for the lifetime) in metrics.Bounces,
+// records each bounce (with its fault, and whether it suppresses) through Bounces, logs one slog line
 // per outcome (queued, delivered, deferred, bounced, dropped) with queue_id, channel and the recipient
 // count, and upserts the delivery log through DeliveryLog with the message's status: queued, deferred,
 // delivered, bounced, partial (some delivered, some bounced) or dropped. A DeliveryLog that can take a
