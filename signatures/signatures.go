@@ -188,33 +188,6 @@ func backOverAttribution(h string, at int) int {
 	return at
 }
 
-var (
-	dropElement = regexp.MustCompile(`(?is)<(style|script|head|title)\b.*?</(style|script|head|title)\s*>`)
-	comment     = regexp.MustCompile(`(?s)<!--.*?-->`)
-	lineBreak   = regexp.MustCompile(`(?i)<br\b[^>]*>|</(p|div|li|tr|h[1-6]|blockquote|table)\s*>|<(p|div|li|tr|h[1-6]|blockquote|table)\b[^>]*>`)
-	anyTag      = regexp.MustCompile(`(?s)<[^>]*>`)
-	spaces      = regexp.MustCompile(`[ \t\r\f\v\x{00a0}]+`)
-	blankLines  = regexp.MustCompile(`\n{3,}`)
-)
-
-// HTMLToText derives a plain form from HTML: invisible elements and comments go, block ends and <br>
-// become line breaks, other tags go, entities are decoded, runs of spaces and of blank lines collapse.
-func HTMLToText(h string) string {
-	s := comment.ReplaceAllString(h, "")
-	s = dropElement.ReplaceAllString(s, "")
-	s = strings.NewReplacer("\r\n", " ", "\n", " ", "\r", " ").Replace(s)
-	s = lineBreak.ReplaceAllString(s, "\n")
-	s = anyTag.ReplaceAllString(s, "")
-	s = html.UnescapeString(s)
-	s = spaces.ReplaceAllString(s, " ")
-	lines := strings.Split(s, "\n")
-	for i, l := range lines {
-		lines[i] = strings.TrimSpace(l)
-	}
-	s = blankLines.ReplaceAllString(strings.Join(lines, "\n"), "\n\n")
-	return strings.TrimSpace(s)
-}
-
 // TextToHTML derives an HTML form from plain text: escaped, with <br> for line breaks.
 func TextToHTML(text string) string {
 	lines := strings.Split(strings.ReplaceAll(text, "\r\n", "\n"), "\n")

@@ -4,6 +4,7 @@ import (
 	"html"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 func TestNewDerivesMissingForm(t *testing.T) {
@@ -11,7 +12,7 @@ func TestNewDerivesMissingForm(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.Text != "Jane Doe\nSupport & Sales\n\nTel. +49 89 123" {
+	if s.Text != "Jane Doe\nSupport & Sales\n\nTel. +49\u00a089 123" { // &nbsp; stays non-breaking
 		t.Errorf("derived text %q", s.Text)
 	}
 	s, err = New("b", "Jane <jd@example.com>\r\nSupport & Sales", "")
@@ -120,15 +121,27 @@ func FuzzSplit(f *testing.F) {
 	})
 }
 
-// FuzzHTMLToText: the derived plain form never contains a tag, and text→HTML→text keeps the words.
+// FuzzHTMLToText: the plain form has no CR, is valid UTF-8 when its input is, has no leading or
+// trailing line break, never shows a script element's content, and text→HTML→text keeps the words.
 func FuzzHTMLToText(f *testing.F) {
-	for _, s := range []string{"<b>x</b><br>y", "a &amp; b", "<style>x</style>y", "<<>>", "Jane\nDoe"} {
+	for _, s := range []string{"<b>x</b><br>y", "a &amp; b", "<style>x</style>y", "<<>>", "Jane\nDoe",
+		"<p>Hello <a href='https://x.example'>x</a></p><blockquote>q<br>r</blockquote>",
+		"<ol><li><ul><li>a</ul></ol><pre>\n\n</pre>", "<a href=mailto:a@b><a href=http://c>d</a></a>"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
 		txt := HTMLToText(s)
 		if strings.Contains(txt, "\r") {
 			t.Fatalf("CR in %q", txt)
+		}
+		if utf8.ValidString(s) && !utf8.ValidString(txt) {
+			t.Fatalf("invalid UTF-8 from %q: %q", s, txt)
+		}
+		if strings.HasPrefix(txt, "\n") || strings.HasSuffix(txt, "\n") {
+			t.Fatalf("%q starts or ends with a line break", txt)
+		}
+		if w := HTMLToText("<p>a</p><script>" + strings.ReplaceAll(s, "<", "") + "</script><p>b</p>"); w != "a\n\nb" {
+			t.Fatalf("script content shown: %q", w)
 		}
 		if !strings.ContainsAny(s, "<>&") {
 			back := HTMLToText(TextToHTML(s))

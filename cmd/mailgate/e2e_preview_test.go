@@ -60,8 +60,9 @@ func TestPreviewDevelopmentDefault(t *testing.T) {
 			"TEXT=Hello,|your order 42 has shipped.||Demo Agent|Example Support | support@example.com||-----Original Message-----",
 		}},
 		{"html body", `<p>Hello,</p><p>your order 42 has shipped.</p><blockquote type="cite">where is my order?</blockquote>`, []string{
-			// An HTML body stays HTML only (a text-only one is what gets an HTML alternative).
-			"CTYPE=text/html\n", "TEXT=NONE\n",
+			// An HTML body gets a text alternative read from it, the plain signature before the quote.
+			"CTYPE=multipart/alternative\n", "PARTS=text/plain,text/html\n",
+			"TEXT=Hello,||your order 42 has shipped.||Demo Agent|Example Support | support@example.com||> where is my order?",
 			`<blockquote type="cite">where is my order?</blockquote>`,
 		}},
 	} {

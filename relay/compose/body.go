@@ -31,6 +31,23 @@ func (j *job) agentText(text string) (string, error) {
 	if sig := j.req.Agent.Signature; sig != nil {
 		text = sig.InsertText(text)
 	}
+	return j.textTemplate(text)
+}
+
+// htmlAsText makes the text alternative of an HTML-only message: the agent's HTML read as text
+// (signatures.HTMLToText), the plain signature where the HTML one goes (before the quoted history the
+// HTML marks, which the text cannot tell), then the template's text form.
+func (j *job) htmlAsText(h string) (string, error) {
+	text := signatures.HTMLToText(h) + "\n"
+	if sig := j.req.Agent.Signature; sig != nil {
+		body, quoted := signatures.SplitHTML(h)
+		text = signatures.JoinText(signatures.HTMLToText(body), sig.Text, signatures.HTMLToText(quoted))
+	}
+	return j.textTemplate(text)
+}
+
+// textTemplate wraps text in the channel template's plain-text form, if it has one.
+func (j *job) textTemplate(text string) (string, error) {
 	if t := j.ch.Template; t != nil && t.HasText() {
 		out, err := t.RenderText(j.data(text))
 		if err != nil {

@@ -182,7 +182,9 @@ func goldenCases() []goldenCase {
 			base64Lines(`<html><head><style>p{color:#333}</style></head><body><p>Your refund is <i>on its way</i>.</p></body></html>`),
 		subject:     "Re: {#42} Refund",
 		displayName: "Example Shop Support",
-		structure:   []string{"text/html"},
+		// HTML alone gets a text alternative read from it, with the plain signature.
+		structure:   []string{"multipart/alternative", "text/plain", "text/html"},
+		textOrder:   []string{"Your refund is on its way.", "Jane Doe"},
 		htmlOrder:   []string{"<style>p{color:#333}</style>", "<p>Your refund is <i>on its way</i>.</p>", "<b>Jane Doe</b>", "Ticket 42"},
 		ticket:      "42", reply: true,
 	})

@@ -25,6 +25,7 @@ const (
 	kindText                      // the agent's text/plain, rewritten (signature, text template)
 	kindHTML                      // the agent's text/html, rewritten (signature, template)
 	kindTextToAlt                 // the agent's text/plain, becoming multipart/alternative with an HTML part
+	kindHTMLToAlt                 // the agent's text/html alone, becoming multipart/alternative with a text part
 	kindMultipart                 // a multipart holding the agent's content: rebuilt part by part
 	kindMultipartPass             // any other multipart: copied byte for byte (parsed only to check attachments)
 	kindMessage                   // message/rfc822, message/global: copied byte for byte (parsed likewise)
@@ -39,10 +40,13 @@ type entity struct {
 	cte         string
 	disposition string
 	name        string // file name from Content-Disposition filename (RFC 2231 too) or Content-Type name
+	// inAlternative: the entity is (inside) an alternative of a multipart/alternative, so its text or
+	// HTML already has its other form beside it.
+	inAlternative bool
 }
 
 func (j *job) entityOf(h *textproto.Header, isBody, inAlternative bool) (entity, error) {
-	e := entity{mediaType: "text/plain", params: map[string]string{}} // RFC 2045 §5.2 default
+	e := entity{mediaType: "text/plain", params: map[string]string{}, inAlternative: inAlternative} // RFC 2045 §5.2 default
 	if ct := h.Get("Content-Type"); ct != "" {
 		mt, params, err := mime.ParseMediaType(ct)
 		switch {
@@ -110,9 +114,14 @@ func (j *job) entityOf(h *textproto.Header, isBody, inAlternative bool) (entity,
 			e.kind = kindPass // nothing to change: keep the bytes
 		}
 	case isBody && !attachment && e.mediaType == "text/html":
-		if sig || tmpl != nil {
+		switch {
+		case !inAlternative:
+			// HTML alone scores as spam and leaves text-only readers with markup: it gets a text
+			// alternative, rendered from it (HTMLToText), whatever the channel's template and signature.
+			e.kind = kindHTMLToAlt
+		case sig || tmpl != nil:
 			e.kind = kindHTML
-		} else {
+		default:
 			e.kind = kindPass
 		}
 	default:
@@ -187,7 +196,7 @@ func (j *job) writeEntity(fs []hfield, e entity, body io.Reader, depth int, top 
 		_, err := io.Copy(io.Discard, tee)
 		return err
 
-	case kindText, kindHTML, kindTextToAlt:
+	case kindText, kindHTML, kindTextToAlt, kindHTMLToAlt:
 		// The part is held in memory several times over (decoded, with signature, inside the
 		// template): reserve the most it can hold before decoding, keep what it really holds.
 		factor := memoryFactor(e.kind)
@@ -252,8 +261,17 @@ func (j *job) writeRewritten(fs []hfield, e entity, content string, top bool) er
 		}
 		return j.writeQP(h)
 	}
-	// kindTextToAlt: the agent's text plus an HTML alternative from the template (RFC 2046 §5.1.4:
-	// the plainest first). Each part is built when it is written, so both are never held at once.
+	// kindTextToAlt: the agent's text plus an HTML alternative from the template; kindHTMLToAlt: a text
+	// alternative rendered from the agent's HTML, then the HTML (RFC 2046 §5.1.4: the plainest first).
+	// Each part is built when it is written, so both are never held at once.
+	parts := []struct {
+		mt   string
+		body func(string) (string, error)
+	}{{"text/plain", j.agentText}, {"text/html", j.textAsHTML}}
+	if e.kind == kindHTMLToAlt {
+		parts[0].body = j.htmlAsText
+		parts[1].body = j.agentHTML
+	}
 	b, err := j.boundary()
 	if err != nil {
 		return err
@@ -261,10 +279,6 @@ func (j *job) writeRewritten(fs []hfield, e entity, content string, top bool) er
 	ct := FoldHeader("Content-Type", mime.FormatMediaType("multipart/alternative", map[string]string{"boundary": b}))
 	out := setField(fs, "Content-Type", ct)
 	out = setField(out, "Content-Transfer-Encoding", nil)
-	parts := []struct {
-		mt   string
-		body func(string) (string, error)
-	}{{"text/plain", j.agentText}, {"text/html", j.textAsHTML}}
 	for i, p := range parts {
 		body, err := p.body(content)
 		if err != nil {
@@ -444,7 +458,7 @@ func readLF(r io.Reader) (text string, read int64, err error) {
 // decoded size, measured with TestComposeMemory: the decoded text, the text with the signature, the
 // template's output (and for a text-only message, its HTML alternative besides).
 func memoryFactor(k kind) int64 {
-	if k == kindTextToAlt {
+	if k == kindTextToAlt || k == kindHTMLToAlt {
 		return 8
 	}
 	return 6
@@ -527,7 +541,7 @@ func (j *job) rebuildMultipart(e entity, body io.Reader, depth int) error {
 			isBody = !bodyTaken && isContentPart(&p.Header)
 			bodyTaken = bodyTaken || isBody
 		}
-		ce, err := j.entityOf(&p.Header, isBody, alternative)
+		ce, err := j.entityOf(&p.Header, isBody, alternative || e.inAlternative)
 		if err != nil {
 			return err
 		}

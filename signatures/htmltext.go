@@ -1,4 +1,4 @@
-package compose
+package signatures
 
 import (
 	"strconv"
@@ -8,9 +8,10 @@ import (
 	"golang.org/x/net/html/atom"
 )
 
-// HTMLToText renders an agent's HTML as the plain text a mail client shows for it, for the text/plain
-// alternative of an HTML-only reply: an HTML-only message scores as spam with common filters, and some
-// customers read mail as text. It is a reading of the document, not a browser: block elements become
+// HTMLToText renders HTML as the plain text a mail client shows for it: the plain form of an HTML-only
+// signature, and the text/plain alternative of an HTML-only reply (an HTML-only message scores as spam
+// with common filters, and some customers read mail as text). It is a reading of the document, not a
+// browser: block elements become
 // line breaks (paragraphs and headings a blank line), list items get "- ", a link whose text is not its
 // address becomes "text <address>", blockquotes (quoted history) get "> " per line, <pre> keeps its
 // spacing, and <head>, <style>, <script> and <template> say nothing. Entities are decoded. Malformed
@@ -265,5 +266,5 @@ func (r *textRenderer) writeLine(s string) {
 
 func (r *textRenderer) finish() string {
 	r.flush()
-	return strings.TrimRight(r.out.String(), "\n") + "\n"
+	return strings.Trim(r.out.String(), "\n")
 }
