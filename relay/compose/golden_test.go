@@ -183,10 +183,10 @@ func goldenCases() []goldenCase {
 		subject:     "Re: {#42} Refund",
 		displayName: "Example Shop Support",
 		// HTML alone gets a text alternative read from it, with the plain signature.
-		structure:   []string{"multipart/alternative", "text/plain", "text/html"},
-		textOrder:   []string{"Your refund is on its way.", "Jane Doe"},
-		htmlOrder:   []string{"<style>p{color:#333}</style>", "<p>Your refund is <i>on its way</i>.</p>", "<b>Jane Doe</b>", "Ticket 42"},
-		ticket:      "42", reply: true,
+		structure: []string{"multipart/alternative", "text/plain", "text/html"},
+		textOrder: []string{"Your refund is on its way.", "Jane Doe"},
+		htmlOrder: []string{"<style>p{color:#333}</style>", "<p>Your refund is <i>on its way</i>.</p>", "<b>Jane Doe</b>", "Ticket 42"},
+		ticket:    "42", reply: true,
 	})
 	cases = append(cases, goldenCase{
 		name:    "alternative",
