@@ -83,8 +83,8 @@ const (
 //	4xx at any stage                                          temporary
 //	5.7.10 / tls_required                                      tls
 //	530, 535, 5.7.0, 5.7.3, 5.7.8, 5.7.30, 5.7.57, 5.7.60,
-//	  5.7.139, 5.7.708, 5.7.750 (authentication, send-as,
-//	  tenant and IP blocks), 5.5.x and 500–504/555 with no
+//	  5.7.139, 5.7.233, 5.7.708, 5.7.750 (authentication,
+//	  send-as, tenant limits and IP blocks), 5.5.x and 500–504/555 with no
 //	  specific enhanced code (protocol)                       setup
 //	5xx at connect, tls or auth                               setup
 //	5.3.4 or 552 at MAIL                                      message
@@ -146,7 +146,9 @@ func setupReply(code int, enh EnhancedCode, subject string) bool {
 		}
 	}
 	switch enh {
-	case "5.7.0", "5.7.3", "5.7.8", "5.7.30", "5.7.57", "5.7.60", "5.7.139", "5.7.708", "5.7.750":
+	case "5.7.0", "5.7.3", "5.7.8", "5.7.30", "5.7.57", "5.7.60", "5.7.139", "5.7.233", "5.7.708", "5.7.750":
+		// 5.7.233: the tenant's external-recipient rate limit, a quota of the account however the
+		// reply is worded (550): the mail waits, the customer did nothing.
 		return true
 	}
 	return subject == "5"
