@@ -447,6 +447,7 @@ func (s *session) deliver(f io.ReaderAt, size int64, rcpts []string, received ti
 			_ = draft.Abort()
 		}
 	}()
+	started := time.Now()
 	composed, err := rules.composer.Compose(ctx, bufio.NewReaderSize(io.NewSectionReader(f, 0, size), 32<<10), draft, sub)
 	if err == nil && composed == nil {
 		err = errors.New("composer returned no result")
@@ -454,6 +455,8 @@ func (s *session) deliver(f io.ReaderAt, size int64, rcpts []string, received ti
 	if err != nil {
 		return s.reply(stageData, err, "principal", p.Login, "channel", ch.Name)
 	}
+	s.srv.o.Metrics.ComposeDuration.Observe(time.Since(started).Seconds())
+	s.srv.o.Metrics.ComposedMessageBytes.Observe(float64(composed.Size))
 	if !composed.Reply {
 		// DESIGN §2: a message that is not a reply is new outbound email.
 		if !ch.OutboundActive {

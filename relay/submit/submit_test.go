@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/mailgate/mailgate/auth"
 	"github.com/mailgate/mailgate/relay"
@@ -70,6 +71,13 @@ func TestSwaksStartTLSAuth(t *testing.T) {
 	}
 	if v := testutil.ToFloat64(h.metrics.MessagesAccepted.WithLabelValues("Support")); v != 2 {
 		t.Errorf("accepted metric %v, want 2", v)
+	}
+	// Every accepted message's composition is timed and sized.
+	if n := testutil.CollectAndCount(h.metrics.ComposeDuration); n != 1 {
+		t.Errorf("compose duration series %d", n)
+	}
+	if c := histogramCount(t, h.metrics.ComposedMessageBytes); c != 2 {
+		t.Errorf("composed message sizes observed %d, want 2", c)
 	}
 	if left := filesIn(t, h.tmp); len(left) != 0 {
 		t.Errorf("raw DATA files left behind: %v", left)
@@ -779,4 +787,14 @@ func TestReplyTo(t *testing.T) {
 	if n := len(h.spool.Messages()); n != 2 {
 		t.Fatalf("%d messages queued, want 2", n)
 	}
+}
+
+// histogramCount is how many observations a histogram holds.
+func histogramCount(t *testing.T, h prometheus.Histogram) uint64 {
+	t.Helper()
+	var m dto.Metric
+	if err := h.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetHistogram().GetSampleCount()
 }
