@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -436,6 +437,20 @@ func TestQueueRetryDropThroughAdmin(t *testing.T) {
 		t.Errorf("queue list:\n%s", l)
 	}
 
+	// --json: stable snake_case fields, one object per message.
+	out, code = in.mailgate("queue", "list", "--config", in.config, "--json")
+	var entries []map[string]any
+	if err := json.Unmarshal([]byte(out), &entries); code != 0 || err != nil || len(entries) != 2 {
+		t.Fatalf("queue list --json: exit %d, %v\n%s", code, err, out)
+	}
+	for _, e := range entries {
+		rcpts, _ := e["recipients"].([]any)
+		if e["queue_id"] == "" || e["channel"] != "Support" || e["attempts"] != float64(1) || len(rcpts) != 1 ||
+			rcpts[0].(map[string]any)["status"] != "pending" {
+			t.Errorf("queue list --json entry %v", e)
+		}
+	}
+
 	out, code = in.mailgate("queue", "drop", drop, "--config", in.config)
 	if code != 0 || !strings.Contains(out, "drop "+drop+": ok") {
 		t.Fatalf("queue drop: exit %d\n%s", code, out)
@@ -477,6 +492,12 @@ func TestQueueRetryDropThroughAdmin(t *testing.T) {
 	}
 	if strings.Contains(out, drop) {
 		t.Errorf("log search title=880001 shows the other message:\n%s", out)
+	}
+	out, _ = in.mailgate("log", "search", "--config", in.config, "--json", "title=880001")
+	var records []map[string]any
+	if err := json.Unmarshal([]byte(out), &records); err != nil || len(records) != 1 || records[0]["queue_id"] != keep ||
+		records[0]["ticket"] != "880001" || records[0]["status"] != "delivered" {
+		t.Errorf("log search --json: %v\n%s", err, out)
 	}
 	out, _ = in.mailgate("log", "search", "--config", in.config, "title=880002")
 	if !strings.Contains(out, drop) || !strings.Contains(out, "dropped") {

@@ -21,7 +21,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -99,10 +98,14 @@ func TestSESBounceSuppressesThroughTheBinary(t *testing.T) {
 	if code := post(); code != http.StatusOK {
 		t.Fatalf("SNS's redelivery answered %d", code)
 	}
-	list, _ := in.mailgate("bounces", "list", "--config", in.config)
-	records := regexp.MustCompile(`(?m)^\S+ +`+regexp.QuoteMeta(gone)+` +Support +550 5\.1\.1 +address +yes +ses_bounce `).FindAllString(list, -1)
-	if len(records) != 1 {
-		t.Fatalf("bounces list (want one suppressing ses_bounce record):\n%s", list)
+	out, _ = in.mailgate("bounces", "list", "--config", in.config, "--json")
+	var records []map[string]any
+	if err := json.Unmarshal([]byte(out), &records); err != nil || len(records) != 1 {
+		t.Fatalf("bounces list --json (want the one record): %v\n%s", err, out)
+	}
+	if r := records[0]; r["address"] != gone || r["fault"] != "address" || r["suppressed"] != true ||
+		r["reason"] != "ses_bounce" || r["enhanced_code"] != "5.1.1" {
+		t.Fatalf("bounce record %v", r)
 	}
 }
 

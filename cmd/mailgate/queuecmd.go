@@ -27,6 +27,7 @@ func cmdQueue(ctx context.Context, env *cliEnv, args []string) error {
 	cfgPath := fs.String("config", "", "configuration file: its admin.address and admin.token_file")
 	dataDir := fs.String("data-dir", "mailgate-data", "data directory of the development default (admin.token, admin.address)")
 	tokenFile := fs.String("token-file", "", "file holding the admin bearer token (default: --config's admin.token_file, else --data-dir's admin.token)")
+	asJSON := fs.Bool("json", false, "print a JSON array (list)")
 	ids, err := parseArgs(fs, args[1:])
 	if err != nil {
 		return err
@@ -68,6 +69,9 @@ func cmdQueue(ctx context.Context, env *cliEnv, args []string) error {
 		var entries []queue.Entry
 		if err := json.NewDecoder(resp.Body).Decode(&entries); err != nil {
 			return err
+		}
+		if *asJSON {
+			return writeJSON(env.stdout, mapRows(entries, queueView))
 		}
 		w := tabwriter.NewWriter(env.stdout, 2, 4, 2, ' ', 0)
 		fmt.Fprintln(w, "QUEUE-ID\tCHANNEL\tTRANSPORT\tAGE\tATTEMPTS\tPENDING\tNEXT\tLAST-ERROR")

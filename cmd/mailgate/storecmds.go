@@ -49,6 +49,7 @@ func cmdBounces(ctx context.Context, env *cliEnv, args []string) error {
 	address := fs.String("address", "", "only this recipient address (list)")
 	channel := fs.String("channel", "", "only this channel (list)")
 	limit := fs.Int("limit", 100, "at most this many (list)")
+	asJSON := fs.Bool("json", false, "print a JSON array (list)")
 	pos, err := parseArgs(fs, args[1:])
 	if err != nil {
 		return err
@@ -74,6 +75,9 @@ func cmdBounces(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
+	if *asJSON {
+		return writeJSON(env.stdout, mapRows(bs, bounceView))
+	}
 	w := tabwriter.NewWriter(env.stdout, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "TIME\tADDRESS\tCHANNEL\tCODE\tFAULT\tSUPPRESSED\tREASON\tMESSAGE-ID\tDIAGNOSTIC")
 	for _, b := range bs {
@@ -95,6 +99,7 @@ func cmdLog(ctx context.Context, env *cliEnv, args []string) error {
 	cfg := fs.String("config", "", "configuration file (default: the development default)")
 	dataDir := fs.String("data-dir", "mailgate-data", "data directory of the development default")
 	limit := fs.Int("limit", 100, "at most this many")
+	asJSON := fs.Bool("json", false, "print a JSON array")
 	queries, err := parseArgs(fs, args[1:])
 	if err != nil {
 		return err
@@ -121,6 +126,9 @@ func cmdLog(ctx context.Context, env *cliEnv, args []string) error {
 	rs, err := st.Deliveries(ctx, f)
 	if err != nil {
 		return err
+	}
+	if *asJSON {
+		return writeJSON(env.stdout, mapRows(rs, deliveryView))
 	}
 	w := tabwriter.NewWriter(env.stdout, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "TIME\tQUEUE-ID\tTICKET\tCHANNEL\tPRINCIPAL\tSTATUS\tATTEMPTS\tRECIPIENTS\tLAST-REPLY")
