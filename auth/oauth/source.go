@@ -212,7 +212,7 @@ func (s *Source) fail(err error) *relay.Error {
 		s.o.Metrics.OAuthTokenErrors.WithLabelValues(s.o.Server, rerr.Reason).Inc()
 	}
 	te := tokenErrorOf(rerr)
-	s.log.Warn("oauth token error", "reason", rerr.Reason, "aadsts", te.AADSTS, "error", te.Detail, "remedy", te.Remedy)
+	s.log.Warn("oauth token error", "reason", rerr.Reason, "aadsts", te.AADSTS, "err", te.Detail, "remedy", te.Remedy)
 	return rerr
 }
 
@@ -247,7 +247,7 @@ func (s *Source) loadRefreshToken(ctx context.Context) (kms.Secret, error) {
 	sealed, ok, err := s.o.Store.GetSecret(ctx, key)
 	switch {
 	case err != nil && !mem.IsZero():
-		s.log.Warn("oauth refresh token: store unreadable, using the copy in memory", "error", err.Error())
+		s.log.Warn("oauth refresh token: store unreadable, using the copy in memory", "err", err.Error())
 		return mem, nil
 	case err != nil:
 		return kms.Secret{}, &refreshTokenError{what: "reading the stored refresh token", err: err}
@@ -277,7 +277,7 @@ func (s *Source) keepRefreshToken(ctx context.Context, rt kms.Secret) {
 	s.refresh, s.refreshStored = rt, err == nil
 	s.mu.Unlock()
 	if err != nil {
-		s.log.Error("oauth refresh token rotated but not persisted; kept in memory and retried at the next refresh", "error", err.Error())
+		s.log.Error("oauth refresh token rotated but not persisted; kept in memory and retried at the next refresh", "err", err.Error())
 		return
 	}
 	s.log.Info("oauth refresh token rotated and persisted")

@@ -169,7 +169,7 @@ func (d *daemon) smtpTransport(cfg *config.Config, i int, s config.SMTPServer, s
 		HeloName: cfg.Hostname, MaxConnections: s.MaxConnections, MessagesPerMinute: s.MessagesPerMinute,
 		RecipientsPerDay: s.RecipientsPerDay, MaxMessageBytes: s.MaxMessageBytes,
 		DialTimeout: s.Timeouts.Connect.D(), CommandTimeout: s.Timeouts.Command.D(), DataTimeout: s.Timeouts.Data.D(), IdleTimeout: s.Timeouts.Idle.D(),
-		Logger: d.log.With("server", s.Name), Metrics: d.metrics, Budgets: d.budgets,
+		Logger: d.log, Metrics: d.metrics, Budgets: d.budgets, // the transport names the server on every line
 	}
 	if s.Provider == "microsoft" {
 		o.Provider = smtpdeliver.ProviderMicrosoft
@@ -220,7 +220,7 @@ func (d *daemon) oauthOptions(s config.SMTPServer, secret kms.Secret, resolver *
 		Server: s.Name, Provider: oauth.ProviderMicrosoft, Tenant: o.TenantID, ClientID: o.ClientID,
 		ClientSecret: secret, Mailbox: o.Mailbox, Flow: oauth.Flow(o.Flow), Scopes: o.Scopes,
 		RedirectURL: o.RedirectURL, AuthURL: o.AuthorizeURL, TokenURL: o.TokenURL,
-		Store: d.store, Sealer: resolver, Metrics: d.metrics, Logger: d.log.With("server", s.Name),
+		Store: d.store, Sealer: resolver, Metrics: d.metrics, Logger: d.log, // the source names the server itself
 	}
 }
 

@@ -475,7 +475,7 @@ func (q *Queue) report(e *Entry, res relay.Result, elapsed time.Duration, delive
 
 	base := []any{"queue_id", e.ID, "channel", e.Envelope.Channel, "transport", transport, "attempt", e.Attempts}
 	if len(delivered) > 0 {
-		q.log.Info("delivered", append(base, "recipients", len(delivered), "reply", res.Reply, "duration", elapsed)...)
+		q.log.Info("delivered", append(base, "recipients", len(delivered), "reply", res.Reply, "duration", elapsed.Seconds())...)
 	}
 	if len(deferred) > 0 {
 		attrs := append(base, "recipients", len(deferred), "reply", clientText(deferErr),

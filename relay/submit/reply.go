@@ -56,7 +56,7 @@ func (s *session) reply(stage string, err error, attrs ...any) error {
 	if internal || code < 500 {
 		// The cause is for operators only; it may hold paths or upstream details, never client data
 		// that was not already theirs, and never AUTH data (AUTH errors do not come through here).
-		args = append(args, "error", err.Error())
+		args = append(args, "err", err.Error())
 		level = slog.LevelWarn
 	}
 	s.srv.log.Log(context.Background(), level, "rejected", args...)

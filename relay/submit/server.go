@@ -558,11 +558,11 @@ type errorLog struct {
 }
 
 func (e errorLog) Printf(format string, v ...any) {
-	e.log.Info("smtp connection error", "listener", e.listener, "error", strings.TrimSpace(fmt.Sprintf(format, v...)))
+	e.log.Info("smtp connection error", "listener", e.listener, "err", strings.TrimSpace(fmt.Sprintf(format, v...)))
 }
 
 func (e errorLog) Println(v ...any) {
-	e.log.Info("smtp connection error", "listener", e.listener, "error", strings.TrimSpace(fmt.Sprintln(v...)))
+	e.log.Info("smtp connection error", "listener", e.listener, "err", strings.TrimSpace(fmt.Sprintln(v...)))
 }
 
 // clientKey groups client addresses the way one host holds them: an IPv4 address, or an IPv6 /64.
