@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -238,6 +239,14 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error
 		fmt.Fprintf(env.stdout, "mailgate: TLS certificate %s\n", devCert)
 		if cfg.Outbox != nil {
 			fmt.Fprintf(env.stdout, "mailgate: delivered mail lands in %s\n", cfg.Outbox.Dir)
+		}
+		if len(cfg.Listeners) > 0 {
+			host, port, _ := net.SplitHostPort(sub.Addr(cfg.Listeners[0].Name).String())
+			fmt.Fprintf(env.stdout, "mailgate: next: send a reply as the demo agent —\n"+
+				"  swaks --server %s --port %s --tls --tls-ca-path %s --auth LOGIN --auth-user demo --auth-password demo \\\n"+
+				"        --to customer@example.net --h-From support@example.com --add-header 'X-Mailgate-Ticket: 123456'\n"+
+				"  then: mailgate preview --channel Support, mailgate config show, and a production file from examples/mailgate.yaml\n",
+				host, port, devCert)
 		}
 	}
 
