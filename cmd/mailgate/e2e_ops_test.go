@@ -542,3 +542,57 @@ func TestCheckConfigBrokenSet(t *testing.T) {
 		}
 	}
 }
+
+// TestQueueOperatorCommands: show, hold/release, summary and the bulk actions by filter, against a
+// running daemon whose upstream is down.
+func TestQueueOperatorCommands(t *testing.T) {
+	addr := "127.0.0.1:" + strconv.Itoa(peertest.FreePort(t))
+	in := newInstance(t, sinkChannels(addr))
+	in.rewriteConfig("retry_initial: 300ms\n  retry_max: 1s\n  max_lifetime: 1h", "retry_initial: 1h\n  retry_max: 2h\n  max_lifetime: 5d")
+	in.start()
+	var ids []string
+	for _, rcpt := range []string{"one@example.net", "two@example.net", "three@example.org"} {
+		out, code := in.swaks("--to", rcpt, "--h-From", "support@example.com", "--h-Subject", "about "+rcpt)
+		if code != 0 {
+			t.Fatalf("swaks: %d\n%s", code, out)
+		}
+		ids = append(ids, queueID(t, out))
+	}
+	q := func(args ...string) (string, int) { return in.mailgate(append([]string{"queue"}, append(args, "--config", in.config)...)...) }
+	waitFor(t, 15*time.Second, "three deferred messages", func() bool {
+		out, _ := q("list", "--json")
+		return strings.Count(out, `"attempts": 1`) == 3
+	})
+
+	out, code := q("summary")
+	if code != 0 || !regexp.MustCompile(`(?m)^\s*TOTAL\s+3\s+3\s`).MatchString(out) || !regexp.MustCompile(`(?m)^\s*up\s+3\s`).MatchString(out) {
+		t.Errorf("queue summary: exit %d\n%s", code, out)
+	}
+	out, code = q("show", ids[2])
+	for _, want := range []string{"queue id:     " + ids[2], "three@example.org — pending", "Subject: about three@example.org", "From: "} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("queue show lacks %q: exit %d\n%s", want, code, out)
+		}
+	}
+	if _, code := q("drop"); code != 2 {
+		t.Errorf("queue drop without ids or filters: exit %d, want 2 (it must not empty the queue)", code)
+	}
+	if out, code := q("hold", "--rcpt", "THREE@example.org"); code != 0 || !strings.Contains(out, "hold "+ids[2]+": ok") || strings.Contains(out, ids[0]) {
+		t.Fatalf("queue hold --rcpt: exit %d\n%s", code, out)
+	}
+	if out, code := q("list"); !regexp.MustCompile(ids[2] + `.*\sheld\s`).MatchString(out) {
+		t.Errorf("held message not shown as held: exit %d\n%s", code, out)
+	}
+	if out, code := q("retry", ids[2]); code != 1 || !strings.Contains(out, "release it first") {
+		t.Errorf("retry of a held message: exit %d\n%s", code, out)
+	}
+	if out, code := q("release", ids[2]); code != 0 || !strings.Contains(out, "release "+ids[2]+": ok") {
+		t.Errorf("release: exit %d\n%s", code, out)
+	}
+	if out, code := q("drop", "--channel", "Support", "--older-than", "0s"); code != 0 || strings.Count(out, ": ok") != 3 {
+		t.Errorf("bulk drop: exit %d\n%s", code, out)
+	}
+	if out, _ := q("list", "--json"); strings.TrimSpace(out) != "[]" {
+		t.Errorf("queue after the bulk drop:\n%s", out)
+	}
+}

@@ -52,7 +52,8 @@ type Options struct {
 	Token []byte
 	// AllowedHosts are host names accepted in the Host header besides localhost and IP literals.
 	AllowedHosts []string
-	// Queue, when set, is served as the queue API (GET /queue, POST /queue/{id}/retry|drop).
+	// Queue, when set, is served as the queue API (GET /queue, GET /queue/{id},
+	// POST /queue/{id}/retry|drop|hold|release).
 	Queue Queue
 	// Limits bound clients; zero fields take the defaults (32 connections, 5 s for headers, 30 s per
 	// request, 1 min idle, 16 KiB of headers, 64 KiB of body).
@@ -97,6 +98,9 @@ func New(o Options) *Server {
 		s.mux.Handle("GET /queue", s.operator(http.HandlerFunc(api.list)))
 		s.mux.Handle("POST /queue/{id}/retry", s.operator(http.HandlerFunc(api.retry)))
 		s.mux.Handle("POST /queue/{id}/drop", s.operator(http.HandlerFunc(api.drop)))
+		s.mux.Handle("GET /queue/{id}", s.operator(http.HandlerFunc(api.show)))
+		s.mux.Handle("POST /queue/{id}/hold", s.operator(http.HandlerFunc(api.hold)))
+		s.mux.Handle("POST /queue/{id}/release", s.operator(http.HandlerFunc(api.release)))
 	}
 	s.listener = listener{name: "admin", limits: o.Limits.withDefaults(adminLimits()), handler: s.checkHost(s.mux)}
 	return s

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/textproto"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -29,6 +30,13 @@ func (f *fakeQueue) Drop(id string) error {
 	f.dropped = append(f.dropped, id)
 	return nil
 }
+
+func (f *fakeQueue) Get(id string) (queue.Entry, bool) { return queue.Entry{ID: id}, id == "q1" }
+func (f *fakeQueue) Header(string, int64) (textproto.MIMEHeader, error) {
+	return textproto.MIMEHeader{"Subject": {"hi"}}, nil
+}
+func (f *fakeQueue) Hold(string) error    { return nil }
+func (f *fakeQueue) Release(string) error { return nil }
 
 func (f *fakeQueue) droppedIDs() []string {
 	f.mu.Lock()

@@ -143,6 +143,7 @@ const (
 	stateReady           // in its transport pool's ready list
 	stateInflight        // a worker is delivering it
 	stateGone            // removed (delivered, bounced or dropped)
+	stateHeld            // held by an operator: not attempted until released
 )
 
 type entry struct {
@@ -151,6 +152,7 @@ type entry struct {
 	heapIndex int
 	dropped   bool // Drop was called while in flight
 	retryNow  bool // RetryNow was called while in flight
+	hold      bool // Hold was called while in flight
 }
 
 // Queue is the durable spool and its scheduler. Create it with New, start delivery with Run; Create,
@@ -258,6 +260,10 @@ func (q *Queue) load() error {
 		q.entries[id] = &entry{data: e, heapIndex: -1}
 	}
 	for _, e := range q.entries {
+		if e.data.Held {
+			e.state = stateHeld
+			continue
+		}
 		q.scheduleLocked(e, e.data.NextAttempt)
 	}
 	q.metrics.QueueDepth.Set(float64(len(q.entries)))
@@ -403,6 +409,8 @@ func (q *Queue) RetryNow(id string) error {
 		q.scheduleLocked(e, time.Now())
 	case stateInflight:
 		e.retryNow = true
+	case stateHeld:
+		return relay.Wrap(ErrHeld, 550, "5.0.0", "held", fmt.Sprintf("queued message %q is held: release it first", id))
 	}
 	q.log.Info("retry requested", "queue_id", id, "channel", e.data.Envelope.Channel)
 	return nil
@@ -428,7 +436,7 @@ func (q *Queue) Drop(id string) error {
 	if e.state == stateWaiting {
 		q.waiting.remove(e)
 	}
-	e.state = stateGone // a ready entry is skipped by the worker that pops it
+	e.state = stateGone // a ready entry is skipped by the worker that pops it; a held one just goes
 	delete(q.entries, id)
 	q.metrics.QueueDepth.Set(float64(len(q.entries)))
 	data := e.data

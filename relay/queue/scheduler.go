@@ -370,6 +370,9 @@ func deferralReason(err error, fault relay.Fault) string {
 func (q *Queue) finish(e *entry, next *Entry, now time.Time) {
 	q.mu.Lock()
 	dropped := e.dropped
+	if e.hold {
+		next.Held = true // held while this attempt ran: persisted with its outcome
+	}
 	q.mu.Unlock()
 	final := next.done()
 	var perr error
@@ -391,6 +394,9 @@ func (q *Queue) finish(e *entry, next *Entry, now time.Time) {
 		e.state = stateGone
 		delete(q.entries, next.ID)
 		q.metrics.QueueDepth.Set(float64(len(q.entries)))
+	case next.Held:
+		e.data, e.hold, e.retryNow = *next, false, false
+		e.state = stateHeld
 	default:
 		e.data = *next
 		at := next.NextAttempt

@@ -54,6 +54,9 @@ type Entry struct {
 	FirstError  string         `json:"first_error,omitempty"`
 	LastError   string         `json:"last_error,omitempty"`
 	LastReply   string         `json:"last_reply,omitempty"`
+	// Held: an operator put the message on hold (mailgate queue hold); it is not attempted, and keeps
+	// its place, until released.
+	Held bool `json:"held,omitempty"`
 }
 
 // done reports whether nothing is left to do for the entry: every recipient final, every bounce
