@@ -558,7 +558,9 @@ func TestQueueOperatorCommands(t *testing.T) {
 		}
 		ids = append(ids, queueID(t, out))
 	}
-	q := func(args ...string) (string, int) { return in.mailgate(append([]string{"queue"}, append(args, "--config", in.config)...)...) }
+	q := func(args ...string) (string, int) {
+		return in.mailgate(append([]string{"queue"}, append(args, "--config", in.config)...)...)
+	}
 	waitFor(t, 15*time.Second, "three deferred messages", func() bool {
 		out, _ := q("list", "--json")
 		return strings.Count(out, `"attempts": 1`) == 3
