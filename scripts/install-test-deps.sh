@@ -3,7 +3,8 @@
 # about a second when everything is present.
 #   Debian: swaks (+ the Perl TLS modules it only recommends), Postfix (for smtp-sink, smtp-source and
 #           the benchmark baseline; never started at boot), openssl, curl, python3, prometheus (for
-#           promtool, which checks examples/prometheus; never started)
+#           promtool, which checks examples/prometheus; never started), chromium (headless, renders
+#           `preview --html-out` for the screenshot test)
 #   npm:    aws-ses-v2-local, smtp-server, oauth2-mock-server, nodemailer  -> $MAILGATE_PEERS/node
 #   Go:     local-kms (AWS KMS emulator)                                    -> $MAILGATE_PEERS/bin
 # Nothing is installed inside the repository.
@@ -15,7 +16,7 @@ export PATH="/usr/local/go/bin:$PATH"
 mkdir -p "$PEERS/node" "$PEERS/bin"
 
 apt_pkgs=(swaks libnet-ssleay-perl libio-socket-ssl-perl libio-socket-inet6-perl libauthen-sasl-perl
-          postfix openssl curl python3 iproute2 procps prometheus)
+          postfix openssl curl python3 iproute2 procps prometheus chromium)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
