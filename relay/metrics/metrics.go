@@ -24,6 +24,8 @@ type Metrics struct {
 	// Queue.
 	QueueDepth           prometheus.Gauge
 	QueueOldestAge       prometheus.Gauge
+	QueueByTransport     *prometheus.GaugeVec // transport: messages queued for it
+	QueueHeld            prometheus.Gauge     // messages on hold (mailgate queue hold)
 	QueueQuarantined     prometheus.Counter
 	DeliveryAttempts     *prometheus.CounterVec   // transport, result (delivered, deferred, bounced)
 	DeliveryDuration     *prometheus.HistogramVec // transport, result
@@ -74,6 +76,12 @@ func New(reg prometheus.Registerer) *Metrics {
 		}),
 		QueueOldestAge: f.NewGauge(prometheus.GaugeOpts{
 			Name: "mailgate_queue_oldest_message_age_seconds", Help: "Age of the oldest message in the spool.",
+		}),
+		QueueByTransport: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "mailgate_queue_transport_messages", Help: "Messages in the spool by the transport that delivers them (updated every second).",
+		}, []string{"transport"}),
+		QueueHeld: f.NewGauge(prometheus.GaugeOpts{
+			Name: "mailgate_queue_held_messages", Help: "Messages on hold in the spool (mailgate queue hold), not attempted until released.",
 		}),
 		QueueQuarantined: f.NewCounter(prometheus.CounterOpts{
 			Name: "mailgate_queue_quarantined_total", Help: "Unreadable spool entries moved to quarantine.",

@@ -10,7 +10,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/mailgate/mailgate/relay"
+	"github.com/mailgate/mailgate/relay/metrics"
 	"github.com/mailgate/mailgate/relay/queue"
 )
 
@@ -29,9 +33,9 @@ func (c *countingTransport) Deliver(_ context.Context, m *relay.Message) relay.R
 }
 
 // runQueue opens a queue on dir and runs it until the returned stop is called.
-func runQueue(t *testing.T, dir string, tr relay.Transport) (*queue.Queue, func()) {
+func runQueue(t *testing.T, dir string, tr relay.Transport, m *metrics.Metrics) (*queue.Queue, func()) {
 	t.Helper()
-	q, err := queue.New(queue.Options{Dir: dir, Transports: queue.TransportMap{"upstream": tr}, Workers: 2,
+	q, err := queue.New(queue.Options{Dir: dir, Transports: queue.TransportMap{"upstream": tr}, Workers: 2, Metrics: m,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Retry: queue.Backoff{Schedule: []time.Duration{30 * time.Millisecond}, Jitter: -1}})
 	if err != nil {
 		t.Fatal(err)
@@ -50,7 +54,8 @@ func TestHoldAndRelease(t *testing.T) {
 	dir := t.TempDir()
 	tr := &countingTransport{}
 	tr.failing.Store(true)
-	q, stop := runQueue(t, dir, tr)
+	m := metrics.New(prometheus.NewRegistry())
+	q, stop := runQueue(t, dir, tr, m)
 	r := &rig{q: q}
 	id := r.enqueue(t, "", "held@example.net", "X-Case: 77\r\n")
 	r.waitAttempted(t, id)
@@ -65,6 +70,9 @@ func TestHoldAndRelease(t *testing.T) {
 	if err := q.RetryNow(id); !errors.Is(err, queue.ErrHeld) {
 		t.Fatalf("retry of a held message: %v", err)
 	}
+	waitUntil(t, "the held and per-transport gauges", func() bool {
+		return testutil.ToFloat64(m.QueueHeld) == 1 && testutil.ToFloat64(m.QueueByTransport.WithLabelValues("upstream")) == 1
+	})
 	h, err := q.Header(id, 64<<10)
 	if err != nil || h.Get("X-Case") != "77" || h.Get("Subject") == "" {
 		t.Fatalf("header %v %v", h, err)
@@ -72,7 +80,7 @@ func TestHoldAndRelease(t *testing.T) {
 	stop()
 
 	tr.failing.Store(false)
-	q, stop = runQueue(t, dir, tr)
+	q, stop = runQueue(t, dir, tr, metrics.New(prometheus.NewRegistry()))
 	defer stop()
 	r = &rig{q: q}
 	before = tr.attempts.Load()

@@ -505,16 +505,36 @@ func (q *Queue) logFailed(r relay.DeliveryRecord, err error) {
 
 func (q *Queue) updateOldestLocked() {
 	var oldest time.Time
+	byTransport := map[string]int{}
 	for _, e := range q.entries {
 		if oldest.IsZero() || e.data.Created.Before(oldest) {
 			oldest = e.data.Created
 		}
+		byTransport[e.data.Envelope.Transport]++
 	}
+	for name := range q.pools {
+		// A pool exists for every transport that had mail since start: its gauge goes back to 0.
+		q.metrics.QueueByTransport.WithLabelValues(name).Set(float64(byTransport[name]))
+	}
+	for name, n := range byTransport {
+		q.metrics.QueueByTransport.WithLabelValues(name).Set(float64(n))
+	}
+	q.metrics.QueueHeld.Set(float64(q.heldLocked()))
 	if oldest.IsZero() {
 		q.metrics.QueueOldestAge.Set(0)
 		return
 	}
 	q.metrics.QueueOldestAge.Set(time.Since(oldest).Seconds())
+}
+
+func (q *Queue) heldLocked() int {
+	n := 0
+	for _, e := range q.entries {
+		if e.state == stateHeld {
+			n++
+		}
+	}
+	return n
 }
 
 // compact copies the live entries of the oldest segment forward when the spool holds far more than
