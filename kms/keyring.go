@@ -12,8 +12,9 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"time"
+
+	"github.com/mailgate/mailgate/relay"
 )
 
 // Keyring is a set of AES-256-GCM keys read from a keyring file, for local: references. Keys are kept
@@ -220,43 +221,9 @@ func Keygen(path string) (keyID string, err error) {
 	if err != nil {
 		return "", err
 	}
-	if err := writeFileAtomic(path, append(data, '\n')); err != nil {
+	data = append(data, '\n')
+	if err := relay.WriteFileAtomic(path, 0o600, func(w io.Writer) error { _, err := w.Write(data); return err }); err != nil {
 		return "", fmt.Errorf("kms: keyring %s: %w", path, err)
 	}
 	return keyID, nil
-}
-
-// writeFileAtomic replaces path with data, mode 0600, surviving a crash at any point: the old file
-// or the new one, never a torn one.
-func writeFileAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name()) // no-op after a successful rename
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/mailgate/mailgate/relay"
 )
 
 // spool is the log-structured store of the queue (the package doc describes the format): segment files
@@ -987,21 +989,8 @@ func zeroFrom(f *os.File, off, size int64) bool {
 
 // writeQuarantine keeps data for an operator in quarantine/name (off the hot path: start-up only).
 func (s *spool) writeQuarantine(name string, data []byte) error {
-	path := filepath.Join(s.quarantineDir, name)
-	f, err := openFile(path, syscall.O_WRONLY|syscall.O_CREAT|syscall.O_TRUNC, 0o600)
-	if err != nil {
+	return relay.WriteFileAtomic(filepath.Join(s.quarantineDir, name), 0o600, func(w io.Writer) error {
+		_, err := w.Write(data)
 		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return syncDir(s.quarantineDir)
+	})
 }

@@ -38,31 +38,11 @@ func (o *Outbox) write(m *relay.Message) error {
 	}
 	defer body.Close()
 	final := filepath.Join(o.Dir, m.QueueID+".eml")
-	f, err := os.CreateTemp(o.Dir, ".tmp-*")
-	if err != nil {
+	return relay.WriteFileAtomic(final, 0o644, func(w io.Writer) error {
+		if _, err := fmt.Fprintf(w, "Return-Path: <%s>\r\nX-Envelope-To: %s\r\n", m.MailFrom, strings.Join(m.Recipients, ", ")); err != nil {
+			return err
+		}
+		_, err := io.Copy(w, body)
 		return err
-	}
-	defer os.Remove(f.Name())
-	defer f.Close()
-	if _, err := fmt.Fprintf(f, "Return-Path: <%s>\r\nX-Envelope-To: %s\r\n", m.MailFrom, strings.Join(m.Recipients, ", ")); err != nil {
-		return err
-	}
-	if _, err := io.Copy(f, body); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(f.Name(), final); err != nil {
-		return err
-	}
-	d, err := os.Open(o.Dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	})
 }
