@@ -5,6 +5,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/mailgate/mailgate/relay/deliver/internal/shaping"
 )
 
 // Budgets holds the shaping state of every upstream identity — connection slots, the messages-per-minute
@@ -41,83 +43,28 @@ func (r *Budgets) budget(o *Options) *budget {
 	}
 	r.mu.Unlock()
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.perMinute = b.perMinute.resized(o.MessagesPerMinute, time.Minute)
-	b.perDay = b.perDay.resized(o.RecipientsPerDay, 24*time.Hour)
-	b.limit = o.MaxConnections
-	b.handOver()
+	b.perMinute = b.perMinute.Resized(o.MessagesPerMinute, time.Minute)
+	b.perDay = b.perDay.Resized(o.RecipientsPerDay, 24*time.Hour)
+	b.mu.Unlock()
+	b.slots.SetLimit(o.MaxConnections)
 	return b
 }
 
-// budget is one identity's shaping state and its pool of idle sessions. Its slots are a semaphore whose
-// size a reload may change: waiters are served in arrival order, and after a reduction releases only
-// shrink the count until it is under the new limit. A delivery holds a slot while it uses a session and
-// dials only when the pool is empty, so open connections (busy + idle) never exceed the slots.
+// budget is one identity's shaping state and its pool of idle sessions. A delivery holds one of its
+// slots while it uses a session and dials only when the pool is empty, so open connections (busy +
+// idle) never exceed the slots.
 type budget struct {
+	slots       shaping.Slots // connection slots
 	mu          sync.Mutex
-	limit, used int             // connection slots
-	waiters     []chan struct{} // closed when a slot is handed over, oldest first
-	perMinute   *window
-	perDay      *window
+	perMinute   *shaping.Window
+	perDay      *shaping.Window
 	pausedUntil time.Time
 	idle        []*session     // set-up sessions not in use, most recently used last
 	users       map[string]int // open Transports by fingerprint: the last one to close ends their sessions
 }
 
 // acquire takes a connection slot, waiting in line until one is free or ctx ends.
-func (b *budget) acquire(ctx context.Context) error {
-	b.mu.Lock()
-	if b.used < b.limit && len(b.waiters) == 0 {
-		b.used++
-		b.mu.Unlock()
-		return nil
-	}
-	ch := make(chan struct{})
-	b.waiters = append(b.waiters, ch)
-	b.mu.Unlock()
-	select {
-	case <-ch:
-		return nil
-	case <-ctx.Done():
-		b.mu.Lock()
-		for i, w := range b.waiters {
-			if w == ch {
-				b.waiters = append(b.waiters[:i], b.waiters[i+1:]...)
-				b.mu.Unlock()
-				return ctx.Err()
-			}
-		}
-		b.mu.Unlock()
-		b.release() // handed over just as ctx ended: give it back
-		return ctx.Err()
-	}
-}
+func (b *budget) acquire(ctx context.Context) error { return b.slots.Acquire(ctx) }
 
-// release gives a slot back, to the longest waiter when the limit allows.
-func (b *budget) release() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.used--
-	b.handOver()
-}
-
-// handOver gives free slots to waiters; b.mu is held.
-func (b *budget) handOver() {
-	for b.used < b.limit && len(b.waiters) > 0 {
-		close(b.waiters[0])
-		b.waiters = b.waiters[1:]
-		b.used++
-	}
-}
-
-// resized returns w with a new limit, keeping what it counted; nil (no limit) when limit ≤ 0.
-func (w *window) resized(limit int, span time.Duration) *window {
-	switch {
-	case limit <= 0:
-		return nil
-	case w == nil:
-		return newWindow(limit, span)
-	}
-	w.limit = limit
-	return w
-}
+// release gives a slot back.
+func (b *budget) release() { b.slots.Release() }

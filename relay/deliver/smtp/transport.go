@@ -142,7 +142,7 @@ func (t *Transport) Deliver(ctx context.Context, m *relay.Message) relay.Result 
 
 	// Recipients per day: send what the budget allows now, defer the rest.
 	t.b.mu.Lock()
-	granted, dayStamp, dayWait := t.b.perDay.reserve(n, time.Now())
+	granted, dayStamp, dayWait := t.b.perDay.Reserve(n, time.Now())
 	t.b.mu.Unlock()
 	if granted < n {
 		failAll(res.Errs, all[granted:], &relay.Error{Code: 451, Enhanced: "4.7.0", Reason: ReasonRateLimited, RetryAfter: dayWait,
@@ -252,7 +252,7 @@ func (t *Transport) precheck(m *relay.Message) error {
 func (t *Transport) waitRate(ctx context.Context) (int64, error) {
 	for {
 		t.b.mu.Lock()
-		g, stamp, wait := t.b.perMinute.reserve(1, time.Now())
+		g, stamp, wait := t.b.perMinute.Reserve(1, time.Now())
 		t.b.mu.Unlock()
 		if g == 1 {
 			return stamp, nil
@@ -275,9 +275,9 @@ func (t *Transport) waitRate(ctx context.Context) (int64, error) {
 func (t *Transport) refund(rcpts int, dayStamp int64, message bool, minuteStamp int64) {
 	t.b.mu.Lock()
 	defer t.b.mu.Unlock()
-	t.b.perDay.release(rcpts, dayStamp)
+	t.b.perDay.Release(rcpts, dayStamp)
 	if message && minuteStamp != 0 {
-		t.b.perMinute.release(1, minuteStamp)
+		t.b.perMinute.Release(1, minuteStamp)
 	}
 }
 
@@ -430,7 +430,7 @@ func (t *Transport) checkQuota(re *relay.Error) {
 	}
 	now := time.Now()
 	t.b.mu.Lock()
-	wait := t.b.perDay.oldestExpiry(now)
+	wait := t.b.perDay.OldestExpiry(now)
 	if wait <= 0 {
 		wait = t.o.QuotaPause
 	}
