@@ -149,7 +149,7 @@ func (s *Source) classify(err error) *relay.Error {
 		te.Remedy = "check server " + s.o.Server + "'s OAuth settings"
 	}
 	return &relay.Error{
-		Code: 451, Enhanced: relay.CodeTempAuth, Reason: te.Reason, RetryAfter: retryAfter, Err: te,
+		Code: 451, Enhanced: relay.CodeTempAuth, Reason: te.Reason, RetryAfter: retryAfter, Err: te, Remedy: te.Remedy,
 		Msg: fmt.Sprintf("OAuth token for server %s unavailable (%s); %s", s.o.Server, te.Reason, te.Remedy),
 	}
 }

@@ -29,11 +29,31 @@ const (
 // ProviderMicrosoft is the only provider so far: Microsoft Entra ID (Azure AD) v2.0 endpoints.
 const ProviderMicrosoft = "microsoft"
 
-// Default scopes, per Microsoft's "Authenticate an IMAP, POP or SMTP connection using OAuth".
-var (
-	clientCredentialsScopes = []string{"https://outlook.office365.com/.default"}
-	authorizationCodeScopes = []string{"https://outlook.office.com/SMTP.Send", "offline_access"}
+// API is what a credential's tokens are for: it decides their audience (the default scopes). A token
+// is only accepted by the API it was issued for: Exchange Online answers 535 5.7.3 to a Graph token
+// on SMTP, and Graph answers 401 to an Outlook one.
+type API string
+
+const (
+	// APISMTP is Exchange Online SMTP AUTH with XOAUTH2 (the default).
+	APISMTP API = "smtp"
+	// APIGraph is Microsoft Graph (sendMail).
+	APIGraph API = "graph"
 )
+
+// Default scopes per API and flow: Microsoft's "Authenticate an IMAP, POP or SMTP connection using
+// OAuth" for SMTP (application permission SMTP.SendAsApp, delegated SMTP.Send), and Graph's Mail.Send
+// (application or delegated) for sendMail.
+var defaultScopes = map[API]map[Flow][]string{
+	APISMTP: {
+		ClientCredentials: {"https://outlook.office365.com/.default"},
+		AuthorizationCode: {"https://outlook.office.com/SMTP.Send", "offline_access"},
+	},
+	APIGraph: {
+		ClientCredentials: {"https://graph.microsoft.com/.default"},
+		AuthorizationCode: {"https://graph.microsoft.com/Mail.Send", "offline_access"},
+	},
+}
 
 // RefreshMargin is how long before expiry a cached token is replaced: at least 10 minutes, so a
 // connection authenticated just before the refresh still has a valid token for its whole session.
@@ -63,7 +83,9 @@ type Options struct {
 	ClientSecret kms.Secret
 	Mailbox      string // the sending mailbox (the XOAUTH2 user); also the sign-in hint
 	Flow         Flow
-	// Scopes default per flow (see the package doc); set only for unusual tenants.
+	// API is what the tokens are for: APISMTP (default) or APIGraph. It picks the default Scopes.
+	API API
+	// Scopes default per API and flow (see the package doc); set only for unusual tenants.
 	Scopes []string
 	// RedirectURL is where the provider sends the browser after sign-in (authorization_code):
 	// a loopback URL such as http://localhost:8765/callback, registered on the app as a
@@ -104,6 +126,11 @@ func (o *Options) validate() error {
 	if o.Tenant == "" && (o.AuthURL == "" || o.TokenURL == "") {
 		errs = append(errs, errors.New("tenant id is empty (and the endpoints are not overridden)"))
 	}
+	switch o.API {
+	case "", APISMTP, APIGraph:
+	default:
+		errs = append(errs, fmt.Errorf("api %q: want %s or %s", o.API, APISMTP, APIGraph))
+	}
 	switch o.Flow {
 	case ClientCredentials:
 		if o.ClientSecret.IsZero() {
@@ -142,10 +169,11 @@ func (o *Options) scopes() []string {
 	if len(o.Scopes) > 0 {
 		return o.Scopes
 	}
-	if o.Flow == ClientCredentials {
-		return clientCredentialsScopes
+	api := o.API
+	if api == "" {
+		api = APISMTP
 	}
-	return authorizationCodeScopes
+	return defaultScopes[api][o.Flow]
 }
 
 func (o *Options) clientCredentials() *clientcredentials.Config {

@@ -400,6 +400,23 @@ func OAuth2Mock(t testing.TB) *OAuthMock {
 	return &OAuthMock{Process: p, URL: "http://127.0.0.1:" + port, Issuer: "http://localhost:" + port}
 }
 
+// EntraMock starts oauth2-mock-server shaped like Microsoft Entra ID (testdata/entra-mock.mjs):
+// client-credentials tokens carry aud = the .default scope's resource and roles = what roles grants
+// ("<client_id> <resource>" or "<resource>" → application permissions); delegated tokens carry aud and
+// scp. Tokens are signed by the mock; verify them against URL+"/jwks" and Issuer.
+func EntraMock(t testing.TB, roles map[string][]string) *OAuthMock {
+	t.Helper()
+	port := strconv.Itoa(FreePort(t))
+	mod := need(t, filepath.Join(Home(), "node", "node_modules", "oauth2-mock-server", "dist", "index.mjs"))
+	rj, err := json.Marshal(roles)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"HOST=127.0.0.1", "PORT=" + port, "MOCK_MODULE=" + mod, "ROLES=" + string(rj)}
+	p := Start(t, "entra-mock", "127.0.0.1:"+port, env, "node", filepath.Join(sourceDir(), "testdata", "entra-mock.mjs"))
+	return &OAuthMock{Process: p, URL: "http://127.0.0.1:" + port, Issuer: "http://localhost:" + port}
+}
+
 // SES is a running aws-ses-v2-local.
 type SES struct {
 	*Process
