@@ -35,6 +35,7 @@ type Config struct {
 	BusinessUnits   []BusinessUnit   `yaml:"business_units"`
 	Channels        []Channel        `yaml:"channels"`
 	SMTPServers     []SMTPServer     `yaml:"smtp_servers"`
+	GraphServers    []GraphServer    `yaml:"graph_servers"`
 	SES             *SES             `yaml:"ses"`
 	Outbox          *Outbox          `yaml:"outbox"`
 	KMS             KMS              `yaml:"kms"`
@@ -167,6 +168,25 @@ type SMTPServer struct {
 	MaxMessageBytes   int64        `yaml:"max_message_bytes"`
 	CAFile            string       `yaml:"ca_file"` // extra trust anchors (a private CA); system roots otherwise
 	Timeouts          SMTPTimeouts `yaml:"timeouts"`
+}
+
+// GraphServer is a Microsoft 365 mailbox that sends through Microsoft Graph's sendMail instead of SMTP
+// (for tenants that keep SMTP AUTH disabled). Channels name it as their transport, like a custom SMTP
+// server. The credential is a Microsoft OAuth one whose tokens are issued for Graph: application
+// permission Mail.Send (client_credentials) or delegated Mail.Send (authorization_code); oauth.mailbox
+// is the sending mailbox.
+type GraphServer struct {
+	Name string `yaml:"name"`
+	// Endpoint overrides https://graph.microsoft.com/v1.0 (national clouds, tests); https only.
+	Endpoint string `yaml:"endpoint"`
+	OAuth    *OAuth `yaml:"oauth"`
+	// MaxConcurrentRequests defaults to Graph's 4 per mailbox; MessagesPerMinute and RecipientsPerDay
+	// to Exchange Online's 30 and 10,000; MaxMessageBytes to the mailbox default of 35 MB.
+	MaxConcurrentRequests int    `yaml:"max_concurrent_requests"`
+	MessagesPerMinute     int    `yaml:"messages_per_minute"`
+	RecipientsPerDay      int    `yaml:"recipients_per_day"`
+	MaxMessageBytes       int64  `yaml:"max_message_bytes"`
+	CAFile                string `yaml:"ca_file"` // extra trust anchors (a TLS-inspecting proxy's CA)
 }
 
 // SMTPTimeouts bound each step of an upstream session.

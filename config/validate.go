@@ -91,6 +91,11 @@ func (c *Config) ApplyDefaults() {
 			o.Flow = "client_credentials"
 		}
 	}
+	for i := range c.GraphServers {
+		if o := c.GraphServers[i].OAuth; o != nil && o.Flow == "" {
+			o.Flow = "client_credentials"
+		}
+	}
 }
 
 func setInt(p *int, v int) {
@@ -111,6 +116,7 @@ func (c *Config) Validate() error {
 	c.validateListeners(&ps)
 	bus := c.validateBusinessUnits(&ps)
 	servers := c.validateSMTPServers(&ps)
+	graphs := c.validateGraphServers(&ps, servers)
 	templateNames := map[string]bool{}
 	for i, t := range c.Templates {
 		p := fmt.Sprintf("templates[%d]", i)
@@ -127,7 +133,7 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
-	channels := c.validateChannels(&ps, bus, servers, templateNames)
+	channels := c.validateChannels(&ps, bus, servers, graphs, templateNames)
 	roles := c.validateRoles(&ps, channels)
 	logins := map[string]bool{}
 	for i, u := range c.Users {
@@ -477,6 +483,42 @@ func (c *Config) validateSMTPServers(ps *Problems) map[string]*SMTPServer {
 	return servers
 }
 
+// validateGraphServers checks the Graph mailboxes; their names share one space with smtp_servers
+// (a channel's transport names either).
+func (c *Config) validateGraphServers(ps *Problems, servers map[string]*SMTPServer) map[string]bool {
+	graphs := map[string]bool{}
+	for i, g := range c.GraphServers {
+		p := fmt.Sprintf("graph_servers[%d]", i)
+		switch {
+		case g.Name == "":
+			ps.add(p+".name", "required")
+		case g.Name == TransportSES || g.Name == TransportOutbox:
+			ps.add(p+".name", "%q is reserved for the built-in transport; pick another name", g.Name)
+		case servers[g.Name] != nil || graphs[g.Name]:
+			ps.add(p+".name", "duplicate server %q (smtp_servers and graph_servers share names)", g.Name)
+		}
+		graphs[g.Name] = true
+		if g.Endpoint != "" {
+			if u, err := url.Parse(g.Endpoint); err != nil || u.Scheme != "https" || u.Host == "" {
+				ps.add(p+".endpoint", "must be an https URL such as https://graph.microsoft.com/v1.0 (the access token is a bearer credential), got %q", g.Endpoint)
+			}
+		}
+		if g.OAuth == nil {
+			ps.add(p+".oauth", "required: tenant_id, client_id, client_secret and mailbox of an app registration with the Microsoft Graph permission Mail.Send")
+		} else {
+			validateOAuth(ps, p+".oauth", g.OAuth)
+		}
+		if g.CAFile != "" {
+			if pem, err := readPEMFile(g.CAFile); err != nil {
+				ps.add(p+".ca_file", "%v", err)
+			} else if !x509.NewCertPool().AppendCertsFromPEM(pem) {
+				ps.add(p+".ca_file", "%s holds no PEM certificate", g.CAFile)
+			}
+		}
+	}
+	return graphs
+}
+
 func validateOAuth(ps *Problems, p string, o *OAuth) {
 	if o == nil {
 		ps.add(p, "required with auth microsoft-oauth: tenant_id, client_id, client_secret, mailbox")
@@ -512,7 +554,7 @@ func validateOAuth(ps *Problems, p string, o *OAuth) {
 	}
 }
 
-func (c *Config) validateChannels(ps *Problems, bus map[string]bool, servers map[string]*SMTPServer, templates map[string]bool) map[string]bool {
+func (c *Config) validateChannels(ps *Problems, bus map[string]bool, servers map[string]*SMTPServer, graphs map[string]bool, templates map[string]bool) map[string]bool {
 	channels := map[string]bool{}
 	froms := map[string]string{}
 	if len(c.Channels) == 0 {
@@ -546,9 +588,9 @@ func (c *Config) validateChannels(ps *Problems, bus map[string]bool, servers map
 			if c.Outbox == nil {
 				ps.add(p+".transport", "outbox needs a top-level outbox: section (dir)")
 			}
-		case servers[ch.Transport] != nil:
+		case servers[ch.Transport] != nil, graphs[ch.Transport]:
 		default:
-			ps.add(p+".transport", "unknown server %q (define it under smtp_servers, or use ses or outbox)", ch.Transport)
+			ps.add(p+".transport", "unknown server %q (define it under smtp_servers or graph_servers, or use ses or outbox)", ch.Transport)
 		}
 		if ch.SESConfigurationSet != "" && ch.Transport != TransportSES {
 			ps.add(p+".ses_configuration_set", "only used with transport ses")
@@ -640,6 +682,11 @@ func (c *Config) validateSecrets(ps *Problems) {
 			check(p+".oauth.client_secret", s.OAuth.ClientSecret)
 		}
 	}
+	for i, g := range c.GraphServers {
+		if g.OAuth != nil {
+			check(fmt.Sprintf("graph_servers[%d].oauth.client_secret", i), g.OAuth.ClientSecret)
+		}
+	}
 }
 
 // validExtension accepts what composition matches attachment names against: a period, then 1-32
@@ -718,6 +765,11 @@ func (c *Config) validateLimits(ps *Problems) {
 			num{p + "recipients_per_day", int64(s.RecipientsPerDay)}, num{p + "max_message_bytes", s.MaxMessageBytes},
 			num{p + "timeouts.connect", int64(s.Timeouts.Connect)}, num{p + "timeouts.command", int64(s.Timeouts.Command)},
 			num{p + "timeouts.data", int64(s.Timeouts.Data)}, num{p + "timeouts.idle", int64(s.Timeouts.Idle)})
+	}
+	for i, g := range c.GraphServers {
+		p := fmt.Sprintf("graph_servers[%d].", i)
+		nums = append(nums, num{p + "max_concurrent_requests", int64(g.MaxConcurrentRequests)}, num{p + "messages_per_minute", int64(g.MessagesPerMinute)},
+			num{p + "recipients_per_day", int64(g.RecipientsPerDay)}, num{p + "max_message_bytes", g.MaxMessageBytes})
 	}
 	for _, n := range nums {
 		if n.v < 0 {

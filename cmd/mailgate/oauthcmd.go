@@ -79,12 +79,20 @@ func cmdOAuth(ctx context.Context, env *cliEnv, args []string) error {
 		if s.Auth != "microsoft-oauth" {
 			continue
 		}
-		src, err := oauth.New(d.oauthOptions(s, secrets[fmt.Sprintf("smtp_servers[%d].oauth.client_secret", i)], resolver))
+		src, err := oauth.New(d.oauthOptions(s.Name, s.OAuth, oauth.APISMTP, secrets[fmt.Sprintf("smtp_servers[%d].oauth.client_secret", i)], resolver))
 		if err != nil {
 			return fmt.Errorf("smtp_servers[%d] (%s): %w", i, s.Name, err)
 		}
 		sources[s.Name] = src
 		names = append(names, s.Name)
+	}
+	for i, g := range cfg.GraphServers {
+		src, err := oauth.New(d.oauthOptions(g.Name, g.OAuth, oauth.APIGraph, secrets[fmt.Sprintf("graph_servers[%d].oauth.client_secret", i)], resolver))
+		if err != nil {
+			return fmt.Errorf("graph_servers[%d] (%s): %w", i, g.Name, err)
+		}
+		sources[g.Name] = src
+		names = append(names, g.Name)
 	}
 	if sub == "status" {
 		w := tabwriter.NewWriter(env.stdout, 2, 4, 2, ' ', 0)
@@ -97,7 +105,7 @@ func cmdOAuth(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	src, ok := sources[*server]
 	if !ok {
-		return fmt.Errorf("--server %q: no custom SMTP server with auth microsoft-oauth (have: %s)", *server, strings.Join(names, ", "))
+		return fmt.Errorf("--server %q: no custom SMTP server with auth microsoft-oauth nor Graph server (have: %s)", *server, strings.Join(names, ", "))
 	}
 	a, err := src.BeginAuthorize()
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"github.com/mailgate/mailgate/config"
 	"github.com/mailgate/mailgate/relay"
 	"github.com/mailgate/mailgate/relay/compose"
+	"github.com/mailgate/mailgate/relay/deliver/graph"
 	"github.com/mailgate/mailgate/relay/deliver/ses"
 	"github.com/mailgate/mailgate/relay/submit"
 	"github.com/mailgate/mailgate/signatures"
@@ -60,6 +61,14 @@ func transportLimit(c *config.Config, transport string) int64 {
 	for _, s := range c.SMTPServers {
 		if s.Name == transport {
 			return s.MaxMessageBytes
+		}
+	}
+	for _, g := range c.GraphServers {
+		if g.Name == transport {
+			if g.MaxMessageBytes > 0 {
+				return g.MaxMessageBytes
+			}
+			return graph.DefaultMaxMessageBytes
 		}
 	}
 	return 0

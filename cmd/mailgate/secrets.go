@@ -61,6 +61,11 @@ func secretRefs(c *config.Config) []secretRef {
 			refs = append(refs, secretRef{fmt.Sprintf("smtp_servers[%d].oauth.client_secret", i), s.OAuth.ClientSecret})
 		}
 	}
+	for i, g := range c.GraphServers {
+		if g.OAuth != nil && g.OAuth.ClientSecret != "" {
+			refs = append(refs, secretRef{fmt.Sprintf("graph_servers[%d].oauth.client_secret", i), g.OAuth.ClientSecret})
+		}
+	}
 	return refs
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/mailgate/mailgate/kms"
 	"github.com/mailgate/mailgate/relay"
 	"github.com/mailgate/mailgate/relay/admin"
+	"github.com/mailgate/mailgate/relay/deliver/graph"
 	"github.com/mailgate/mailgate/relay/deliver/outbox"
 	"github.com/mailgate/mailgate/relay/deliver/ses"
 	"github.com/mailgate/mailgate/relay/deliver/ses/events"
@@ -72,7 +73,7 @@ type generation struct {
 	checks     map[string]admin.Check
 	oauth      map[string]*oauth.Source
 	ses        *ses.Transport
-	workers    map[string]int     // queue workers of the custom SMTP servers: their connection slots
+	workers    map[string]int     // queue workers of the custom SMTP and Graph servers: their slots
 	stop       context.CancelFunc // ends the generation's background work (SES policy re-checks)
 }
 
@@ -116,17 +117,19 @@ func (d *daemon) build(ctx context.Context, cfg *config.Config) (*generation, er
 		g.workers[s.Name] = t.MaxConnections()
 		if src != nil {
 			g.oauth[s.Name] = src
-			g.checks["oauth "+s.Name] = func(context.Context) error {
-				st := src.Status()
-				if !st.Healthy {
-					if st.Remedy == "" || strings.Contains(st.LastError, st.Remedy) {
-						return errors.New(st.LastError)
-					}
-					return fmt.Errorf("%s; remedy: %s", st.LastError, st.Remedy)
-				}
-				return nil
-			}
+			g.checks["oauth "+s.Name] = oauthCheck(src)
 		}
+	}
+	for i, gs := range cfg.GraphServers {
+		t, src, err := d.graphTransport(i, gs, secrets, resolver)
+		if err != nil {
+			closeTransports(g.transports)
+			return nil, fmt.Errorf("graph_servers[%d] (%s): %w", i, gs.Name, err)
+		}
+		g.transports[gs.Name] = t
+		g.workers[gs.Name] = t.MaxConnections()
+		g.oauth[gs.Name] = src
+		g.checks["oauth "+gs.Name] = oauthCheck(src)
 	}
 	for _, ch := range cfg.Channels {
 		if t, ok := g.transports[ch.Transport].(*smtpdeliver.Transport); ok {
@@ -162,6 +165,61 @@ func (d *daemon) build(ctx context.Context, cfg *config.Config) (*generation, er
 	return g, nil
 }
 
+// oauthCheck is the readiness check of an OAuth credential: its latest token error and remedy.
+func oauthCheck(src *oauth.Source) admin.Check {
+	return func(context.Context) error {
+		st := src.Status()
+		if !st.Healthy {
+			if st.Remedy == "" || strings.Contains(st.LastError, st.Remedy) {
+				return errors.New(st.LastError)
+			}
+			return fmt.Errorf("%s; remedy: %s", st.LastError, st.Remedy)
+		}
+		return nil
+	}
+}
+
+// graphTransport builds a Graph mailbox's transport and its OAuth credential (audience Graph).
+func (d *daemon) graphTransport(i int, gs config.GraphServer, secrets map[string]kms.Secret, resolver *kms.Resolver) (*graph.Transport, *oauth.Source, error) {
+	src, err := oauth.New(d.oauthOptions(gs.Name, gs.OAuth, oauth.APIGraph, secrets[fmt.Sprintf("graph_servers[%d].oauth.client_secret", i)], resolver))
+	if err != nil {
+		return nil, nil, err
+	}
+	o := graph.Options{
+		Name: gs.Name, Mailbox: gs.OAuth.Mailbox, Endpoint: gs.Endpoint, Tokens: src,
+		MaxConcurrent: gs.MaxConcurrentRequests, MessagesPerMinute: gs.MessagesPerMinute, RecipientsPerDay: gs.RecipientsPerDay,
+		MaxMessageBytes: gs.MaxMessageBytes, Budgets: d.graphBudgets, Logger: d.log.With("server", gs.Name),
+	}
+	if gs.CAFile != "" {
+		pool, err := caPool(gs.CAFile)
+		if err != nil {
+			return nil, nil, err
+		}
+		o.RootCAs = pool
+	}
+	t, err := graph.New(o)
+	if err != nil {
+		return nil, nil, err
+	}
+	return t, src, nil
+}
+
+// caPool is the system roots plus the PEM certificates of file (a private CA or an inspecting proxy's).
+func caPool(file string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("ca_file: %w", err)
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, errors.New("ca_file: no PEM certificate in " + file)
+	}
+	return pool, nil
+}
+
 func (d *daemon) smtpTransport(cfg *config.Config, i int, s config.SMTPServer, secrets map[string]kms.Secret, resolver *kms.Resolver) (*smtpdeliver.Transport, *oauth.Source, error) {
 	o := smtpdeliver.Options{
 		Name: s.Name, Host: s.Host, Port: s.Port, TLS: smtpdeliver.TLSMode(s.TLS),
@@ -174,16 +232,9 @@ func (d *daemon) smtpTransport(cfg *config.Config, i int, s config.SMTPServer, s
 		o.Provider = smtpdeliver.ProviderMicrosoft
 	}
 	if s.CAFile != "" {
-		pem, err := os.ReadFile(s.CAFile)
+		pool, err := caPool(s.CAFile)
 		if err != nil {
-			return nil, nil, fmt.Errorf("ca_file: %w", err)
-		}
-		pool, err := x509.SystemCertPool()
-		if err != nil {
-			pool = x509.NewCertPool()
-		}
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, nil, errors.New("ca_file: no PEM certificate in " + s.CAFile)
+			return nil, nil, err
 		}
 		o.RootCAs = pool
 	}
@@ -197,7 +248,7 @@ func (d *daemon) smtpTransport(cfg *config.Config, i int, s config.SMTPServer, s
 		o.Password = secrets[fmt.Sprintf("smtp_servers[%d].password", i)].Reveal()
 	case "microsoft-oauth":
 		var err error
-		src, err = oauth.New(d.oauthOptions(s, secrets[fmt.Sprintf("smtp_servers[%d].oauth.client_secret", i)], resolver))
+		src, err = oauth.New(d.oauthOptions(s.Name, s.OAuth, oauth.APISMTP, secrets[fmt.Sprintf("smtp_servers[%d].oauth.client_secret", i)], resolver))
 		if err != nil {
 			return nil, nil, err
 		}
@@ -213,13 +264,12 @@ func (d *daemon) smtpTransport(cfg *config.Config, i int, s config.SMTPServer, s
 	return t, src, nil
 }
 
-func (d *daemon) oauthOptions(s config.SMTPServer, secret kms.Secret, resolver *kms.Resolver) oauth.Options {
-	o := s.OAuth
+func (d *daemon) oauthOptions(server string, o *config.OAuth, api oauth.API, secret kms.Secret, resolver *kms.Resolver) oauth.Options {
 	return oauth.Options{
-		Server: s.Name, Provider: oauth.ProviderMicrosoft, Tenant: o.TenantID, ClientID: o.ClientID,
-		ClientSecret: secret, Mailbox: o.Mailbox, Flow: oauth.Flow(o.Flow), Scopes: o.Scopes,
+		Server: server, Provider: oauth.ProviderMicrosoft, Tenant: o.TenantID, ClientID: o.ClientID,
+		ClientSecret: secret, Mailbox: o.Mailbox, Flow: oauth.Flow(o.Flow), API: api, Scopes: o.Scopes,
 		RedirectURL: o.RedirectURL, AuthURL: o.AuthorizeURL, TokenURL: o.TokenURL,
-		Store: d.store, Sealer: resolver, Metrics: d.metrics, Logger: d.log.With("server", s.Name),
+		Store: d.store, Sealer: resolver, Metrics: d.metrics, Logger: d.log.With("server", server),
 	}
 }
 
