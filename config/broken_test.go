@@ -33,6 +33,7 @@ func TestBrokenConfigs(t *testing.T) {
 			{"graph_servers[0].name", `duplicate server "relay" (smtp_servers and graph_servers share names)`},
 			{"graph_servers[0].endpoint", `must be an https URL such as https://graph.microsoft.com/v1.0 (the access token is a bearer credential), got "http://graph.example.net/v1.0"`},
 			{"graph_servers[1].oauth", "required: tenant_id, client_id, client_secret and mailbox of an app registration with the Microsoft Graph permission Mail.Send"},
+			{"channels[0].mail_from", "not used with a Graph server: Exchange Online sends with the mailbox as the envelope sender; remove mail_from"},
 			{"graph_servers[0].oauth.client_secret", "plain-text secrets are refused outside development: use kms:<...> (mailgate secret encrypt --kms KEY), " +
 				"local:<...> (mailgate secret encrypt --local KEYRING), env:NAME or file:PATH"},
 		},

@@ -592,6 +592,14 @@ func (c *Config) validateChannels(ps *Problems, bus map[string]bool, servers map
 		default:
 			ps.add(p+".transport", "unknown server %q (define it under smtp_servers or graph_servers, or use ses or outbox)", ch.Transport)
 		}
+		// Neither API lets mailgate choose the envelope sender: a mail_from there would be silently
+		// ignored (or, as SES's FromEmailAddress, change the sending identity instead), so it is refused.
+		switch {
+		case ch.MailFrom != "" && ch.Transport == TransportSES:
+			ps.add(p+".mail_from", "not used with transport ses: SES sets the envelope sender itself (its amazonses.com domain, or the custom MAIL FROM domain of the From identity: configure that in SES, e.g. bounce.%s); remove mail_from", domainOf(ch.From))
+		case ch.MailFrom != "" && graphs[ch.Transport]:
+			ps.add(p+".mail_from", "not used with a Graph server: Exchange Online sends with the mailbox as the envelope sender; remove mail_from")
+		}
 		if ch.SESConfigurationSet != "" && ch.Transport != TransportSES {
 			ps.add(p+".ses_configuration_set", "only used with transport ses")
 		}
@@ -779,6 +787,14 @@ func (c *Config) validateLimits(ps *Problems) {
 	if l.MaxConnectionsPerClient > l.MaxConnections && l.MaxConnections > 0 {
 		ps.add("limits.max_connections_per_client", "%d is more than limits.max_connections (%d)", l.MaxConnectionsPerClient, l.MaxConnections)
 	}
+}
+
+// domainOf is the domain of an address ("example.com" when it has none, for messages only).
+func domainOf(addr string) string {
+	if _, d, ok := strings.Cut(addr, "@"); ok && d != "" {
+		return d
+	}
+	return "example.com"
 }
 
 // unique records name in seen, reporting at path a missing name or one already used by another
