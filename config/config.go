@@ -141,6 +141,11 @@ type Channel struct {
 	Threading string `yaml:"threading"`
 	// SESConfigurationSet is the SES configuration set for this channel (required with force_tls on SES).
 	SESConfigurationSet string `yaml:"ses_configuration_set"`
+	// SESTenantName optionally sends the channel's mail as an SES tenant (TenantName).
+	SESTenantName string `yaml:"ses_tenant_name"`
+	// SESIdentityARN is the ARN of a sending identity another AWS account authorised this one to use
+	// (SES sending authorization); empty = the From address's own identity in this account.
+	SESIdentityARN string `yaml:"ses_identity_arn"`
 }
 
 // Ticket is how the ticket number appears in the subject.

@@ -202,5 +202,10 @@ func TestMailFromRefusedWhereTheAPIChoosesIt(t *testing.T) {
 	if got := problems(t, yaml); len(got) == 1 && !strings.Contains(got[0], "bounce.example.com") {
 		t.Errorf("the remedy names the custom MAIL FROM domain to configure: %s", got[0])
 	}
-	wantProblems(t, problems(t, edit(t, baseConfig(t)+ses, "    transport: relay\n", "    transport: ses\n")))
+	wantProblems(t, problems(t, edit(t, baseConfig(t)+ses, "    transport: relay\n", "    transport: ses\n    ses_tenant_name: retail\n"+
+		"    ses_identity_arn: arn:aws:ses:eu-west-1:123456789012:identity/example.com\n")))
+	wantProblems(t, problems(t, edit(t, baseConfig(t)+ses, "    transport: relay\n", "    transport: ses\n    ses_identity_arn: example.com\n")),
+		`channels[0].ses_identity_arn: "example.com" is not an SES identity ARN`)
+	wantProblems(t, problems(t, edit(t, baseConfig(t), "    transport: relay\n", "    transport: relay\n    ses_tenant_name: retail\n")),
+		"channels[0].ses_tenant_name: only used with transport ses")
 }

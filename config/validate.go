@@ -603,6 +603,16 @@ func (c *Config) validateChannels(ps *Problems, bus map[string]bool, servers map
 		if ch.SESConfigurationSet != "" && ch.Transport != TransportSES {
 			ps.add(p+".ses_configuration_set", "only used with transport ses")
 		}
+		if ch.SESTenantName != "" && ch.Transport != TransportSES {
+			ps.add(p+".ses_tenant_name", "only used with transport ses")
+		}
+		if ch.SESIdentityARN != "" {
+			if ch.Transport != TransportSES {
+				ps.add(p+".ses_identity_arn", "only used with transport ses")
+			} else if !validIdentityARN(ch.SESIdentityARN) {
+				ps.add(p+".ses_identity_arn", "%q is not an SES identity ARN (arn:aws:ses:REGION:ACCOUNT:identity/%s)", ch.SESIdentityARN, domainOf(ch.From))
+			}
+		}
 		if ch.Template != "" && !templates[ch.Template] {
 			ps.add(p+".template", "unknown template %q (define it under templates)", ch.Template)
 		}
@@ -748,6 +758,19 @@ func validTopicARN(s string) bool {
 	}
 	_, err := strconv.ParseUint(f[4], 10, 64)
 	return err == nil
+}
+
+// validIdentityARN: arn:<partition>:ses:<region>:<12-digit account>:identity/<address or domain>.
+func validIdentityARN(s string) bool {
+	f := strings.SplitN(s, ":", 6)
+	if len(f) != 6 || f[0] != "arn" || !strings.HasPrefix(f[1], "aws") || f[2] != "ses" || f[3] == "" || len(f[4]) != 12 {
+		return false
+	}
+	if _, err := strconv.ParseUint(f[4], 10, 64); err != nil {
+		return false
+	}
+	name, ok := strings.CutPrefix(f[5], "identity/")
+	return ok && name != ""
 }
 
 // validateLimits refuses negative numbers and durations: a negative limit is a mistake, and silently

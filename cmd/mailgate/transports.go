@@ -277,7 +277,8 @@ func (d *daemon) sesTransport(ctx context.Context, cfg *config.Config, secretKey
 	chans := map[string]ses.Channel{}
 	for _, ch := range cfg.Channels {
 		if ch.Transport == config.TransportSES {
-			chans[ch.Name] = ses.Channel{From: ch.From, ConfigurationSet: ch.SESConfigurationSet, ForceTLS: ch.ForceTLS}
+			chans[ch.Name] = ses.Channel{From: ch.From, ConfigurationSet: ch.SESConfigurationSet, ForceTLS: ch.ForceTLS,
+				TenantName: ch.SESTenantName, IdentityARN: ch.SESIdentityARN}
 		}
 	}
 	o := ses.Options{

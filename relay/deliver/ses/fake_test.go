@@ -20,11 +20,13 @@ import (
 
 // sendRequest is the JSON body of POST /v2/email/outbound-emails as SES receives it.
 type sendRequest struct {
-	FromEmailAddress     string
-	ConfigurationSetName string
-	Destination          struct{ ToAddresses, CcAddresses, BccAddresses []string }
-	Content              struct{ Raw struct{ Data []byte } } // base64 in JSON, decoded by encoding/json
-	EmailTags            []struct{ Name, Value string }
+	FromEmailAddress            string
+	ConfigurationSetName        string
+	Destination                 struct{ ToAddresses, CcAddresses, BccAddresses []string }
+	Content                     struct{ Raw struct{ Data []byte } } // base64 in JSON, decoded by encoding/json
+	EmailTags                   []struct{ Name, Value string }
+	TenantName                  string
+	FromEmailAddressIdentityArn string
 }
 
 // sesAnswer is what the fake SES answers: an error shape (X-Amzn-ErrorType + {"message"}) when

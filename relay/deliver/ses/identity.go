@@ -50,8 +50,8 @@ func (t *Transport) checkIdentities(ctx context.Context, now time.Time) []Proble
 	states := map[string]identityState{}
 	for _, name := range sortedChannels(t.channels) {
 		ch := t.channels[name]
-		if ch.From == "" {
-			continue
+		if ch.From == "" || ch.IdentityARN != "" {
+			continue // another account's identity (sending authorization) is not ours to read
 		}
 		from := strings.ToLower(ch.From)
 		v, ok := verdicts[from]

@@ -40,6 +40,9 @@ func TestIdentityChecks(t *testing.T) {
 		"Verified": {From: "support@verified.example"}, "Pending": {From: "help@pending.example"},
 		"Unknown": {From: "x@unknown.example"}, "MailFrom": {From: "a@mf.example"}, "Fallback": {From: "b@fallback.example"},
 		"DKIM": {From: "c@dkim.example"}, "Address": {From: "only-address@unverified-domain.example"},
+		// Sending authorization: the identity is another account's, not checked here, and sent with its ARN
+		// and the channel's tenant.
+		"Delegated": {From: "d@partner.example", TenantName: "retail-eu", IdentityARN: "arn:aws:ses:eu-west-1:123456789012:identity/partner.example"},
 	}
 	tr := newTestTransport(t, f.URL, Options{Channels: chans})
 	problems := tr.Check(context.Background())
@@ -83,9 +86,15 @@ func TestIdentityChecks(t *testing.T) {
 			t.Fatalf("channel %s: %v", ch, err)
 		}
 	}
+	if err := deliver("Delegated"); err != nil {
+		t.Fatalf("delegated identity: %v", err)
+	}
 	reqs := f.requests()
-	if reqs[0].FromEmailAddress != "support@verified.example" {
+	if reqs[0].FromEmailAddress != "support@verified.example" || reqs[0].TenantName != "" {
 		t.Fatalf("FromEmailAddress %q: the channel's From is the sending identity, not the envelope sender", reqs[0].FromEmailAddress)
+	}
+	if d := reqs[len(reqs)-1]; d.TenantName != "retail-eu" || d.FromEmailAddressIdentityArn != "arn:aws:ses:eu-west-1:123456789012:identity/partner.example" {
+		t.Fatalf("tenant %q, identity ARN %q", d.TenantName, d.FromEmailAddressIdentityArn)
 	}
 
 	f.mu.Lock()

@@ -85,6 +85,13 @@ type Channel struct {
 	ConfigurationSet string
 	// ForceTLS means SES must deliver over TLS only: the configuration set's TLS policy must be REQUIRE.
 	ForceTLS bool
+	// TenantName, when set, sends the channel's mail as that SES tenant (reputation and sending
+	// status kept per tenant).
+	TenantName string
+	// IdentityARN, when set, is the ARN of the sending identity another AWS account authorised this one
+	// to use (sending authorization: FromEmailAddressIdentityArn, SES v1's SourceArn). That identity
+	// lives in the other account, so Check cannot read it and does not hold the channel's mail for it.
+	IdentityARN string
 }
 
 // Options configure a Transport. The zero value of every field but Region is usable.
@@ -358,6 +365,12 @@ func (t *Transport) send(ctx context.Context, m *relay.Message, ch Channel, raw 
 	}
 	if ch.ConfigurationSet != "" {
 		in.ConfigurationSetName = aws.String(ch.ConfigurationSet)
+	}
+	if ch.TenantName != "" {
+		in.TenantName = aws.String(ch.TenantName)
+	}
+	if ch.IdentityARN != "" {
+		in.FromEmailAddressIdentityArn = aws.String(ch.IdentityARN)
 	}
 	out, err := t.api.SendEmail(ctx, in)
 	if err != nil {
