@@ -83,8 +83,8 @@ const (
 //	4xx at any stage                                          temporary
 //	5.7.10 / tls_required                                      tls
 //	530, 535, 5.7.0, 5.7.3, 5.7.8, 5.7.30, 5.7.57, 5.7.60,
-//	  5.7.139, 5.7.708, 5.7.750 (authentication, send-as,
-//	  tenant and IP blocks), 5.5.x and 500–504/555 with no
+//	  5.7.139, 5.7.233, 5.7.708, 5.7.750 (authentication,
+//	  send-as, tenant limits and blocks), 5.5.x and 500–504/555 with no
 //	  specific enhanced code (protocol)                       setup
 //	5xx at connect, tls or auth                               setup
 //	5.3.4 or 552 at MAIL                                      message
@@ -135,7 +135,7 @@ func Classify(err error) Fault {
 // they come: authentication (530, 535), the protocol (500–504 and 555 when the enhanced code says
 // nothing more specific, or any 5.5.x: a confused client or relay, e.g. 503 "nested MAIL command"),
 // and Exchange Online's account codes, which it also gives after the final dot (5.7.60 no Send As,
-// 5.7.708/5.7.750 tenant or IP blocked).
+// 5.7.233 the tenant's external recipient rate limit, 5.7.708/5.7.750 tenant or IP blocked).
 func setupReply(code int, enh EnhancedCode, subject string) bool {
 	switch code {
 	case 530, 535:
@@ -146,7 +146,7 @@ func setupReply(code int, enh EnhancedCode, subject string) bool {
 		}
 	}
 	switch enh {
-	case "5.7.0", "5.7.3", "5.7.8", "5.7.30", "5.7.57", "5.7.60", "5.7.139", "5.7.708", "5.7.750":
+	case "5.7.0", "5.7.3", "5.7.8", "5.7.30", "5.7.57", "5.7.60", "5.7.139", "5.7.233", "5.7.708", "5.7.750":
 		return true
 	}
 	return subject == "5"
