@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -27,7 +28,7 @@ const mailbox = "box@contoso.example"
 // env is one test's Microsoft: the Entra-like token endpoint (oauth2-mock-server) and the fake Graph.
 type env struct {
 	mock  *peertest.OAuthMock
-	graph *fakeGraph
+	graph *peertest.GraphFake
 }
 
 // The mock grants application permissions per client: "graph-app" has Graph's Mail.Send, "no-role-app"
@@ -39,7 +40,7 @@ func newEnv(t *testing.T) *env {
 		"no-role-app https://graph.microsoft.com":    {},
 		"delegated-app https://graph.microsoft.com/": {},
 	})
-	return &env{mock: mock, graph: newFakeGraph(t, mock.URL+"/jwks", mock.Issuer)}
+	return &env{mock: mock, graph: peertest.NewGraphFake(t, mock.URL+"/jwks", mock.Issuer)}
 }
 
 // tokens is a real auth/oauth Source (client credentials) against the mock.
@@ -63,8 +64,8 @@ func (e *env) transport(t *testing.T, o graph.Options) *graph.Transport {
 	if o.Tokens == nil {
 		o.Tokens = e.tokens(t, "graph-app", oauth.APIGraph)
 	}
-	o.Endpoint = e.graph.srv.URL + "/v1.0"
-	o.RootCAs = poolOf(e.graph)
+	o.Endpoint = e.graph.Srv.URL + "/v1.0"
+	o.RootCAs = e.graph.Pool()
 	o.TempDir = t.TempDir()
 	tr, err := graph.New(o)
 	if err != nil {
@@ -105,10 +106,10 @@ func TestSendMailSmall(t *testing.T) {
 	if !strings.HasPrefix(res.Reply, "202 Accepted") || !strings.Contains(res.Reply, "request-id sent-1") {
 		t.Fatalf("reply %q", res.Reply)
 	}
-	if len(e.graph.sent) != 1 {
-		t.Fatalf("sendMail calls %d", len(e.graph.sent))
+	if len(e.graph.Sent) != 1 {
+		t.Fatalf("sendMail calls %d", len(e.graph.Sent))
 	}
-	got := e.graph.sent[0]
+	got := e.graph.Sent[0]
 	if !bytes.HasSuffix(got, msg) || !bytes.HasPrefix(got, []byte("Bcc: <hidden@example.org>\r\n")) {
 		t.Fatalf("Graph got:\n%s", got)
 	}
@@ -134,20 +135,20 @@ func TestLargeMessageThroughDraftAndUploadSession(t *testing.T) {
 	}
 	res := tr.Deliver(ctxT(t), message(msg, "customer@example.net"))
 	if res.Errs[0] != nil {
-		t.Fatalf("deliver: %v\nsteps %v", res.Errs[0], e.graph.steps)
+		t.Fatalf("deliver: %v\nsteps %v", res.Errs[0], e.graph.Steps)
 	}
 	g := e.graph
-	if len(g.sent) != 0 || len(g.sentDrafts) != 1 {
-		t.Fatalf("sendMail %d, drafts sent %d", len(g.sent), len(g.sentDrafts))
+	if len(g.Sent) != 0 || len(g.SentDrafts) != 1 {
+		t.Fatalf("sendMail %d, drafts sent %d", len(g.Sent), len(g.SentDrafts))
 	}
-	if g.largest > graph.MaxRequestBytes {
-		t.Fatalf("a request carried %d bytes", g.largest)
+	if g.Largest > graph.MaxRequestBytes {
+		t.Fatalf("a request carried %d bytes", g.Largest)
 	}
-	d := g.sentDrafts[0]
+	d := g.SentDrafts[0]
 	if len(d.Attachments) != 2 {
 		t.Fatalf("attachments %d", len(d.Attachments))
 	}
-	byName := map[string]fakeAttachment{}
+	byName := map[string]peertest.GraphAttachment{}
 	for _, a := range d.Attachments {
 		byName[a.Name] = a
 	}
@@ -158,13 +159,13 @@ func TestLargeMessageThroughDraftAndUploadSession(t *testing.T) {
 		t.Fatalf("inline image: %+v", a.Name)
 	}
 	uploads := 0
-	for _, s := range g.steps {
+	for _, s := range g.Steps {
 		if s == "PUT /upload" {
 			uploads++
 		}
 	}
 	if uploads < 4 {
-		t.Fatalf("15 MB uploaded in %d PUTs: steps %v", uploads, g.steps)
+		t.Fatalf("15 MB uploaded in %d PUTs: steps %v", uploads, g.Steps)
 	}
 	out := pythonEmail(t, d.MIME, `
 print(m["Subject"])
@@ -205,20 +206,20 @@ func wrap76(s string) string {
 func TestThrottlingHonoursRetryAfter(t *testing.T) {
 	e := newEnv(t)
 	tr := e.transport(t, graph.Options{})
-	e.graph.throttle, e.graph.retryAfter = 1, "17"
+	e.graph.Throttle, e.graph.RetryAfter = 1, "17"
 	res := tr.Deliver(ctxT(t), message(smallMIME("x"), "customer@example.net"))
 	re, ok := relay.AsError(res.Errs[0])
 	if !ok || relay.Classify(re) != relay.FaultTemporary || re.RetryAfter != 17*time.Second || re.Reason != graph.ReasonThrottled {
 		t.Fatalf("throttled: %#v", res.Errs[0])
 	}
-	e.graph.failNext = &fakeFailure{status: 503, code: "ServiceUnavailable", msg: "busy", retryAfter: "3"}
+	e.graph.FailNext = &peertest.GraphFailure{Status: 503, Code: "ServiceUnavailable", Msg: "busy", RetryAfter: "3"}
 	res = tr.Deliver(ctxT(t), message(smallMIME("x"), "customer@example.net"))
 	if re, _ := relay.AsError(res.Errs[0]); re == nil || re.RetryAfter != 3*time.Second || relay.Classify(re) != relay.FaultTemporary {
 		t.Fatalf("503: %v", res.Errs[0])
 	}
 	res = tr.Deliver(ctxT(t), message(smallMIME("x"), "customer@example.net"))
-	if res.Errs[0] != nil || len(e.graph.sent) != 1 {
-		t.Fatalf("after throttling: %v, sent %d", res.Errs[0], len(e.graph.sent))
+	if res.Errs[0] != nil || len(e.graph.Sent) != 1 {
+		t.Fatalf("after throttling: %v, sent %d", res.Errs[0], len(e.graph.Sent))
 	}
 }
 
@@ -240,14 +241,14 @@ func TestSetupFaults(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			tr := e.transport(t, graph.Options{Mailbox: c.mailbox, Tokens: e.tokens(t, c.client, c.api)})
-			before := len(e.graph.steps)
+			before := len(e.graph.Steps)
 			res := tr.Deliver(ctxT(t), message(smallMIME("x"), "customer@example.net"))
 			re, ok := relay.AsError(res.Errs[0])
 			if !ok || relay.Classify(re) != relay.FaultSetup || re.Reason != c.reason || !strings.Contains(re.Remedy, c.remedy) {
 				t.Fatalf("got %v (reason %q remedy %q)", res.Errs[0], re.Reason, re.Remedy)
 			}
-			if c.reason == graph.ReasonAuth && len(e.graph.steps)-before != 2 {
-				t.Fatalf("a 401 is retried once with a fresh token: %d requests", len(e.graph.steps)-before)
+			if c.reason == graph.ReasonAuth && len(e.graph.Steps)-before != 2 {
+				t.Fatalf("a 401 is retried once with a fresh token: %d requests", len(e.graph.Steps)-before)
 			}
 		})
 	}
@@ -262,7 +263,7 @@ func TestMessageFaultsAndDraftCleanup(t *testing.T) {
 	if re, _ := relay.AsError(res.Errs[0]); re == nil || relay.Classify(re) != relay.FaultMessage || re.Enhanced != relay.CodeTooBig {
 		t.Fatalf("oversize: %v", res.Errs[0])
 	}
-	e.graph.failNext = &fakeFailure{status: 400, code: "ErrorMimeContentInvalid", msg: "The MIME content is invalid."}
+	e.graph.FailNext = &peertest.GraphFailure{Status: 400, Code: "ErrorMimeContentInvalid", Msg: "The MIME content is invalid."}
 	res = tr.Deliver(ctxT(t), message(smallMIME("x"), "customer@example.net"))
 	if re, _ := relay.AsError(res.Errs[0]); re == nil || relay.Classify(re) != relay.FaultMessage || relay.Classify(re).Suppresses() {
 		t.Fatalf("MIME refused: %v", res.Errs[0])
@@ -272,18 +273,18 @@ func TestMessageFaultsAndDraftCleanup(t *testing.T) {
 	big := make([]byte, 5<<20)
 	rand.Read(big)
 	// Requests: the draft, the inline image, the upload session — throttled: the draft is abandoned.
-	stepsBefore := len(e.graph.steps)
-	e.graph.failAt = stepsBefore + 3
+	stepsBefore := len(e.graph.Steps)
+	e.graph.FailAt = stepsBefore + 3
 	res = tr.Deliver(ctxT(t), message(largeMIME(big, []byte("png")), "customer@example.net"))
 	if re, _ := relay.AsError(res.Errs[0]); re == nil || relay.Classify(re) != relay.FaultTemporary {
-		t.Fatalf("throttled midway: %v (steps %v)", res.Errs[0], e.graph.steps[stepsBefore:])
+		t.Fatalf("throttled midway: %v (steps %v)", res.Errs[0], e.graph.Steps[stepsBefore:])
 	}
-	last := e.graph.steps[len(e.graph.steps)-1]
+	last := e.graph.Steps[len(e.graph.Steps)-1]
 	if last != "DELETE /messages/{id}" {
-		t.Fatalf("draft not deleted: steps %v", e.graph.steps[stepsBefore:])
+		t.Fatalf("draft not Deleted: steps %v", e.graph.Steps[stepsBefore:])
 	}
-	for _, d := range e.graph.drafts {
-		if !d.deleted {
+	for _, d := range e.graph.Drafts {
+		if !d.Deleted {
 			t.Fatalf("draft %s left behind", d.ID)
 		}
 	}
@@ -295,7 +296,7 @@ func TestConcurrencyPerMailbox(t *testing.T) {
 	budgets := graph.NewBudgets()
 	tr := e.transport(t, graph.Options{Budgets: budgets, MessagesPerMinute: -1})
 	// Warm the token so the fake's hold sees only sendMail requests.
-	e.graph.hold = make(chan struct{})
+	e.graph.Hold = make(chan struct{})
 	var wg sync.WaitGroup
 	errs := make(chan error, 9)
 	for i := range 8 {
@@ -308,9 +309,9 @@ func TestConcurrencyPerMailbox(t *testing.T) {
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		e.graph.mu.Lock()
-		n := e.graph.inflight
-		e.graph.mu.Unlock()
+		e.graph.Mu.Lock()
+		n := e.graph.Inflight
+		e.graph.Mu.Unlock()
 		if n == 4 || time.Now().After(deadline) {
 			break
 		}
@@ -324,7 +325,7 @@ func TestConcurrencyPerMailbox(t *testing.T) {
 		errs <- tr2.Deliver(ctxT(t), message(smallMIME("r"), "customer@example.net")).Errs[0]
 	}()
 	time.Sleep(200 * time.Millisecond) // give a wrongly admitted request time to show up
-	close(e.graph.hold)
+	close(e.graph.Hold)
 	wg.Wait()
 	close(errs)
 	for err := range errs {
@@ -332,8 +333,8 @@ func TestConcurrencyPerMailbox(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if e.graph.maxInflight != 4 || len(e.graph.sent) != 9 {
-		t.Fatalf("max in flight %d (want 4), sent %d", e.graph.maxInflight, len(e.graph.sent))
+	if e.graph.MaxInflight != 4 || len(e.graph.Sent) != 9 {
+		t.Fatalf("max in flight %d (want 4), sent %d", e.graph.MaxInflight, len(e.graph.Sent))
 	}
 }
 
@@ -357,10 +358,12 @@ func TestBudgets(t *testing.T) {
 			t.Fatalf("4 recipients over a daily 3: %v", err)
 		}
 	}
-	if n := len(e.graph.sent); n != 2 {
+	if n := len(e.graph.Sent); n != 2 {
 		t.Fatalf("sent %d", n)
 	}
 }
+
+func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
 func pythonEmail(t *testing.T, msg []byte, code string) string {
 	t.Helper()

@@ -1,4 +1,4 @@
-package graph_test
+package peertest
 
 import (
 	"crypto"
@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
@@ -23,44 +22,49 @@ import (
 	"github.com/mailgate/mailgate/relay/deliver/graph"
 )
 
-// fakeGraph is Microsoft Graph's mail API as far as mailgate uses it, over TLS: sendMail, drafts from
+// GraphFake is Microsoft Graph's mail API as far as mailgate uses it, over TLS (httptest: Graph has no
+// local emulator, so this stands in for it, with its documented shapes and limits): sendMail, drafts from
 // MIME, file attachments posted whole or through upload sessions, send and delete. It checks every
 // bearer token as Graph does — RS256 signature against the (Entra-like) mock's JWKS, issuer, expiry,
 // audience https://graph.microsoft.com and the Mail.Send permission — refuses any request over 4 MB
 // (413), and counts requests in flight per mailbox. Error shapes are Graph's: {"error": {"code",
 // "message"}} with a request-id header.
-type fakeGraph struct {
-	t      *testing.T
-	srv    *httptest.Server
+// Fields set by tests (Throttle, RetryAfter, FailNext, FailAt, Hold) and read by them (the rest) are
+// guarded by Mu while requests may be in flight.
+type GraphFake struct {
+	t      testing.TB
+	Srv    *httptest.Server
 	jwks   string
 	issuer string
 
-	mu          sync.Mutex
+	Mu          sync.Mutex
 	keys        map[string]*rsa.PublicKey
-	sent        [][]byte // MIME of each sendMail
-	drafts      map[string]*fakeDraft
-	sentDrafts  []*fakeDraft
+	Sent        [][]byte // MIME of each sendMail
+	Drafts      map[string]*GraphDraft
+	SentDrafts  []*GraphDraft
 	sessions    map[string]*fakeUpload
 	nextID      int
-	throttle    int    // the next N requests answer 429
-	retryAfter  string // with this Retry-After
-	inflight    int
-	maxInflight int
-	largest     int64    // largest request body seen
-	steps       []string // method and route of each request
-	hold        chan struct{}
-	failNext    *fakeFailure
-	failAt      int // the request with this number (1-based, counting every request) answers 429
+	Throttle    int    // the next N requests answer 429
+	RetryAfter  string // with this Retry-After
+	Inflight    int // requests to a mailbox in flight now, and at most so far
+	MaxInflight int
+	Largest     int64    // largest request body seen
+	Steps       []string // method and route of each request
+	Hold        chan struct{} // when set, mailbox requests wait until it is closed
+	FailNext    *GraphFailure // the next mailbox request answers this
+	FailAt      int // the request with this number (1-based, counting every request) answers 429
 }
 
-type fakeDraft struct {
+// GraphDraft is a message created from MIME (POST /users/{id}/messages) and what was attached to it.
+type GraphDraft struct {
 	ID          string
 	MIME        []byte
-	Attachments []fakeAttachment
-	deleted     bool
+	Attachments []GraphAttachment
+	Deleted     bool // sent or deleted: no longer in Drafts
 }
 
-type fakeAttachment struct {
+// GraphAttachment is a file attached to a draft, posted whole or uploaded through a session.
+type GraphAttachment struct {
 	Name, ContentType, ContentID string
 	Inline                       bool
 	Content                      []byte
@@ -68,25 +72,28 @@ type fakeAttachment struct {
 }
 
 type fakeUpload struct {
-	draft *fakeDraft
-	att   fakeAttachment
+	draft *GraphDraft
+	att   GraphAttachment
 	size  int64
 }
 
-type fakeFailure struct {
-	status     int
-	code, msg  string
-	retryAfter string
+// GraphFailure is an error answer the fake gives once (GraphFake.FailNext).
+type GraphFailure struct {
+	Status     int
+	Code, Msg  string
+	RetryAfter string
 }
 
-// knownMailboxes: box is a licensed Exchange Online mailbox; onprem exists but is not enabled for REST.
-var knownMailboxes = map[string]bool{"box@contoso.example": true, "onprem@contoso.example": false}
+// graphMailboxes: box is a licensed Exchange Online mailbox; onprem exists but is not enabled for REST.
+var graphMailboxes = map[string]bool{"box@contoso.example": true, "onprem@contoso.example": false}
 
-func newFakeGraph(t *testing.T, jwksURL, issuer string) *fakeGraph {
-	f := &fakeGraph{t: t, jwks: jwksURL, issuer: issuer, keys: map[string]*rsa.PublicKey{},
-		drafts: map[string]*fakeDraft{}, sessions: map[string]*fakeUpload{}}
-	f.srv = httptest.NewTLSServer(http.HandlerFunc(f.serve))
-	t.Cleanup(f.srv.Close)
+// NewGraphFake starts the fake on loopback; tokens are verified against jwksURL (an EntraMock's /jwks)
+// and issuer. It stops when the test ends.
+func NewGraphFake(t testing.TB, jwksURL, issuer string) *GraphFake {
+	f := &GraphFake{t: t, jwks: jwksURL, issuer: issuer, keys: map[string]*rsa.PublicKey{},
+		Drafts: map[string]*GraphDraft{}, sessions: map[string]*fakeUpload{}}
+	f.Srv = httptest.NewTLSServer(http.HandlerFunc(f.serve))
+	t.Cleanup(f.Srv.Close)
 	return f
 }
 
@@ -95,30 +102,30 @@ var (
 	reMessage = regexp.MustCompile(`^/messages/([^/]+)(/.*)?$`)
 )
 
-func (f *fakeGraph) fail(w http.ResponseWriter, status int, code, msg string) {
+func (f *GraphFake) fail(w http.ResponseWriter, status int, code, msg string) {
 	w.Header().Set("request-id", fmt.Sprintf("req-%d", time.Now().UnixNano()))
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": code, "message": msg}})
 }
 
-func (f *fakeGraph) serve(w http.ResponseWriter, r *http.Request) {
+func (f *GraphFake) serve(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(io.LimitReader(r.Body, graph.MaxRequestBytes+1))
 	if err != nil {
 		f.fail(w, 400, "BadRequest", err.Error())
 		return
 	}
-	f.mu.Lock()
-	f.steps = append(f.steps, r.Method+" "+routeOf(r.URL.Path))
-	f.largest = max(f.largest, int64(len(body)))
-	if f.throttle > 0 || (f.failAt > 0 && len(f.steps) == f.failAt) {
-		f.throttle = max(0, f.throttle-1)
-		f.mu.Unlock()
-		w.Header().Set("Retry-After", f.retryAfter)
+	f.Mu.Lock()
+	f.Steps = append(f.Steps, r.Method+" "+routeOf(r.URL.Path))
+	f.Largest = max(f.Largest, int64(len(body)))
+	if f.Throttle > 0 || (f.FailAt > 0 && len(f.Steps) == f.FailAt) {
+		f.Throttle = max(0, f.Throttle-1)
+		f.Mu.Unlock()
+		w.Header().Set("Retry-After", f.RetryAfter)
 		f.fail(w, http.StatusTooManyRequests, "ApplicationThrottled", "Application is over its MailboxConcurrency limit.")
 		return
 	}
-	f.mu.Unlock()
+	f.Mu.Unlock()
 	if len(body) > graph.MaxRequestBytes {
 		f.fail(w, http.StatusRequestEntityTooLarge, "RequestEntityTooLarge", "The maximum request length supported is 4MB.")
 		return
@@ -136,30 +143,30 @@ func (f *fakeGraph) serve(w http.ResponseWriter, r *http.Request) {
 		f.fail(w, status, code, "Access is denied. Check credentials and try again.")
 		return
 	}
-	enabled, ok := knownMailboxes[m[1]]
+	enabled, ok := graphMailboxes[m[1]]
 	switch {
 	case !ok:
 		f.fail(w, 404, "ErrorInvalidUser", "The requested user '"+m[1]+"' is invalid.")
 		return
 	case !enabled:
-		f.fail(w, 404, "MailboxNotEnabledForRESTAPI", "The mailbox is either inactive, soft-deleted, or is hosted on-premise.")
+		f.fail(w, 404, "MailboxNotEnabledForRESTAPI", "The mailbox is either inactive, soft-Deleted, or is hosted on-premise.")
 		return
 	}
-	f.mu.Lock()
-	f.inflight++
-	f.maxInflight = max(f.maxInflight, f.inflight)
-	hold, failure := f.hold, f.failNext
-	f.failNext = nil
-	f.mu.Unlock()
-	defer func() { f.mu.Lock(); f.inflight--; f.mu.Unlock() }()
+	f.Mu.Lock()
+	f.Inflight++
+	f.MaxInflight = max(f.MaxInflight, f.Inflight)
+	hold, failure := f.Hold, f.FailNext
+	f.FailNext = nil
+	f.Mu.Unlock()
+	defer func() { f.Mu.Lock(); f.Inflight--; f.Mu.Unlock() }()
 	if hold != nil {
 		<-hold
 	}
 	if failure != nil {
-		if failure.retryAfter != "" {
-			w.Header().Set("Retry-After", failure.retryAfter)
+		if failure.RetryAfter != "" {
+			w.Header().Set("Retry-After", failure.RetryAfter)
 		}
-		f.fail(w, failure.status, failure.code, failure.msg)
+		f.fail(w, failure.Status, failure.Code, failure.Msg)
 		return
 	}
 	f.route(w, r, m[2], body)
@@ -175,7 +182,7 @@ func routeOf(p string) string {
 	return p
 }
 
-func (f *fakeGraph) route(w http.ResponseWriter, r *http.Request, path string, body []byte) {
+func (f *GraphFake) route(w http.ResponseWriter, r *http.Request, path string, body []byte) {
 	decodeMIME := func() ([]byte, bool) {
 		if ct := r.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain") {
 			f.fail(w, 415, "ErrorMimeContentInvalid", "MIME must be sent as text/plain, got "+ct)
@@ -188,28 +195,28 @@ func (f *fakeGraph) route(w http.ResponseWriter, r *http.Request, path string, b
 		}
 		return raw, true
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
+	f.Mu.Lock()
+	defer f.Mu.Unlock()
 	switch mm := reMessage.FindStringSubmatch(path); {
 	case r.Method == "POST" && path == "/sendMail":
 		raw, ok := decodeMIME()
 		if ok {
-			f.sent = append(f.sent, raw)
-			w.Header().Set("request-id", "sent-"+strconv.Itoa(len(f.sent)))
+			f.Sent = append(f.Sent, raw)
+			w.Header().Set("request-id", "sent-"+strconv.Itoa(len(f.Sent)))
 			w.WriteHeader(http.StatusAccepted)
 		}
 	case r.Method == "POST" && path == "/messages":
 		raw, ok := decodeMIME()
 		if ok {
 			f.nextID++
-			d := &fakeDraft{ID: fmt.Sprintf("AAMk%d=", f.nextID), MIME: raw}
-			f.drafts[d.ID] = d
+			d := &GraphDraft{ID: fmt.Sprintf("AAMk%d=", f.nextID), MIME: raw}
+			f.Drafts[d.ID] = d
 			w.WriteHeader(http.StatusCreated)
 			_ = json.NewEncoder(w).Encode(map[string]string{"id": d.ID})
 		}
 	case mm != nil:
-		d := f.drafts[mm[1]]
-		if d == nil || d.deleted {
+		d := f.Drafts[mm[1]]
+		if d == nil || d.Deleted {
 			f.fail(w, 404, "ErrorItemNotFound", "The specified object was not found in the store.")
 			return
 		}
@@ -231,7 +238,7 @@ func (f *fakeGraph) route(w http.ResponseWriter, r *http.Request, path string, b
 				f.fail(w, 413, "ErrorAttachmentSizeShouldNotBeLessThanMinimumSize", "use an upload session from 3 MB")
 				return
 			}
-			d.Attachments = append(d.Attachments, fakeAttachment{Name: a.Name, ContentType: a.ContentType, ContentID: a.ContentID, Inline: a.IsInline, Content: a.ContentBytes})
+			d.Attachments = append(d.Attachments, GraphAttachment{Name: a.Name, ContentType: a.ContentType, ContentID: a.ContentID, Inline: a.IsInline, Content: a.ContentBytes})
 			w.WriteHeader(http.StatusCreated)
 			_, _ = w.Write([]byte(`{"id":"att"}`))
 		case r.Method == "POST" && mm[2] == "/attachments/createUploadSession":
@@ -251,17 +258,17 @@ func (f *fakeGraph) route(w http.ResponseWriter, r *http.Request, path string, b
 			}
 			f.nextID++
 			sid := strconv.Itoa(f.nextID)
-			f.sessions[sid] = &fakeUpload{draft: d, size: req.Item.Size, att: fakeAttachment{Name: req.Item.Name,
+			f.sessions[sid] = &fakeUpload{draft: d, size: req.Item.Size, att: GraphAttachment{Name: req.Item.Name,
 				ContentType: req.Item.ContentType, ContentID: req.Item.ContentID, Inline: req.Item.IsInline, ViaSession: true}}
 			w.WriteHeader(http.StatusCreated)
-			_ = json.NewEncoder(w).Encode(map[string]any{"uploadUrl": f.srv.URL + "/upload/" + sid + "?authtoken=session-secret-" + sid,
+			_ = json.NewEncoder(w).Encode(map[string]any{"uploadUrl": f.Srv.URL + "/upload/" + sid + "?authtoken=session-secret-" + sid,
 				"nextExpectedRanges": []string{"0-"}})
 		case r.Method == "POST" && mm[2] == "/send":
-			d.deleted = true // a sent draft leaves Drafts
-			f.sentDrafts = append(f.sentDrafts, d)
+			d.Deleted = true // a sent draft leaves Drafts
+			f.SentDrafts = append(f.SentDrafts, d)
 			w.WriteHeader(http.StatusAccepted)
 		case r.Method == "DELETE" && mm[2] == "":
-			d.deleted = true
+			d.Deleted = true
 			w.WriteHeader(http.StatusNoContent)
 		default:
 			f.fail(w, 405, "ErrorInvalidRequest", "unsupported")
@@ -275,9 +282,9 @@ var reRange = regexp.MustCompile(`^bytes (\d+)-(\d+)/(\d+)$`)
 
 // upload is one PUT of an upload session: it must carry no bearer token (the URL authorises it) and
 // continue exactly where the previous one stopped.
-func (f *fakeGraph) upload(w http.ResponseWriter, r *http.Request, body []byte) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
+func (f *GraphFake) upload(w http.ResponseWriter, r *http.Request, body []byte) {
+	f.Mu.Lock()
+	defer f.Mu.Unlock()
 	sid := strings.TrimPrefix(r.URL.Path, "/upload/")
 	s := f.sessions[sid]
 	if s == nil || r.URL.Query().Get("authtoken") != "session-secret-"+sid {
@@ -308,13 +315,13 @@ func (f *fakeGraph) upload(w http.ResponseWriter, r *http.Request, body []byte) 
 	}
 	s.draft.Attachments = append(s.draft.Attachments, s.att)
 	delete(f.sessions, sid)
-	w.Header().Set("Location", f.srv.URL+"/v1.0/attachments/"+sid)
+	w.Header().Set("Location", f.Srv.URL+"/v1.0/attachments/"+sid)
 	w.WriteHeader(http.StatusCreated)
 }
 
 // authorize checks the bearer token as Graph does: 401 for a token that is not Graph's (signature,
 // issuer, expiry, audience), 403 ErrorAccessDenied for one without the Mail.Send permission.
-func (f *fakeGraph) authorize(r *http.Request) (int, string) {
+func (f *GraphFake) authorize(r *http.Request) (int, string) {
 	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok {
 		return 401, "InvalidAuthenticationToken"
@@ -349,7 +356,7 @@ type jwtClaims struct {
 	Scp   string   `json:"scp"`
 }
 
-func (f *fakeGraph) verify(tok string) (*jwtClaims, error) {
+func (f *GraphFake) verify(tok string) (*jwtClaims, error) {
 	parts := strings.Split(tok, ".")
 	if len(parts) != 3 {
 		return nil, fmt.Errorf("not a JWT")
@@ -387,10 +394,10 @@ func (f *fakeGraph) verify(tok string) (*jwtClaims, error) {
 }
 
 // key returns the JWKS key kid, fetching the key set from the mock on a miss.
-func (f *fakeGraph) key(kid string) (*rsa.PublicKey, error) {
-	f.mu.Lock()
+func (f *GraphFake) key(kid string) (*rsa.PublicKey, error) {
+	f.Mu.Lock()
 	k := f.keys[kid]
-	f.mu.Unlock()
+	f.Mu.Unlock()
 	if k != nil {
 		return k, nil
 	}
@@ -405,8 +412,8 @@ func (f *fakeGraph) key(kid string) (*rsa.PublicKey, error) {
 	if err := json.NewDecoder(resp.Body).Decode(&set); err != nil {
 		return nil, err
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
+	f.Mu.Lock()
+	defer f.Mu.Unlock()
 	for _, jk := range set.Keys {
 		n, err1 := base64.RawURLEncoding.DecodeString(jk.N)
 		e, err2 := base64.RawURLEncoding.DecodeString(jk.E)
@@ -421,11 +428,19 @@ func (f *fakeGraph) key(kid string) (*rsa.PublicKey, error) {
 	return f.keys[kid], nil
 }
 
-// poolOf trusts the fake's TLS certificate (and nothing else).
-func poolOf(f *fakeGraph) *x509.CertPool {
+// Pool trusts the fake's TLS certificate (and nothing else).
+func (f *GraphFake) Pool() *x509.CertPool {
 	p := x509.NewCertPool()
-	p.AddCert(f.srv.Certificate())
+	p.AddCert(f.Srv.Certificate())
 	return p
 }
 
-func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
+// URL is the fake's Graph endpoint (the v1.0 base).
+func (f *GraphFake) URL() string { return f.Srv.URL + "/v1.0" }
+
+// SentMIME returns the MIME of each sendMail so far.
+func (f *GraphFake) SentMIME() [][]byte {
+	f.Mu.Lock()
+	defer f.Mu.Unlock()
+	return append([][]byte(nil), f.Sent...)
+}
