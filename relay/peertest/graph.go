@@ -46,13 +46,13 @@ type GraphFake struct {
 	nextID      int
 	Throttle    int    // the next N requests answer 429
 	RetryAfter  string // with this Retry-After
-	Inflight    int // requests to a mailbox in flight now, and at most so far
+	Inflight    int    // requests to a mailbox in flight now, and at most so far
 	MaxInflight int
-	Largest     int64    // largest request body seen
-	Steps       []string // method and route of each request
+	Largest     int64         // largest request body seen
+	Steps       []string      // method and route of each request
 	Hold        chan struct{} // when set, mailbox requests wait until it is closed
 	FailNext    *GraphFailure // the next mailbox request answers this
-	FailAt      int // the request with this number (1-based, counting every request) answers 429
+	FailAt      int           // the request with this number (1-based, counting every request) answers 429
 }
 
 // GraphDraft is a message created from MIME (POST /users/{id}/messages) and what was attached to it.
