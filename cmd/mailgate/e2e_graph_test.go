@@ -1,0 +1,104 @@
+package main
+
+import (
+	"encoding/pem"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mailgate/mailgate/relay/peertest"
+)
+
+// graphConfig is a channel sending through a Graph mailbox: the fake Graph (its CA in ca_file), tokens
+// from the Entra-shaped oauth2-mock-server.
+func graphConfig(t *testing.T, fake *peertest.GraphFake, mock *peertest.OAuthMock, clientID, mailbox string) string {
+	caFile := filepath.Join(t.TempDir(), "graph-ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: fake.Srv.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return `
+graph_servers:
+  - name: m365-graph
+    endpoint: ` + fake.URL() + `
+    ca_file: ` + caFile + `
+    oauth:
+      tenant_id: contoso.example
+      client_id: ` + clientID + `
+      client_secret: env:MG_GRAPH_SECRET
+      mailbox: ` + mailbox + `
+      token_url: ` + mock.URL + `/token
+channels:
+  - name: Support
+    from: support@example.com
+    display_name: Example Support
+    business_unit: BU
+    transport: m365-graph
+    outbound_flow: true
+    ticket: {style: brackets}
+` + supportRoles
+}
+
+// TestSwaksToGraph: swaks → mailgate → Microsoft Graph sendMail (fake, TLS, checking the token's
+// signature, audience and Mail.Send role against the mock's JWKS); Graph holds the composed MIME, which
+// Python's email package reads. `oauth status` shows the Graph credential healthy.
+func TestSwaksToGraph(t *testing.T) {
+	mock := peertest.EntraMock(t, map[string][]string{"graph-app https://graph.microsoft.com": {"Mail.Send"}})
+	fake := peertest.NewGraphFake(t, mock.URL+"/jwks", mock.Issuer)
+	in := newInstance(t, graphConfig(t, fake, mock, "graph-app", "box@contoso.example"))
+	in.extraEnv = []string{"MG_GRAPH_SECRET=graph-e2e-secret-4f1a"}
+	in.start()
+	out, code := in.swaks("--to", "customer@example.net", "--h-From", "support@example.com", "--h-Subject", "Parcel status",
+		"--add-header", "X-Mailgate-Ticket: 777002", "--body", "Your parcel is on its way.")
+	if code != 0 {
+		t.Fatalf("swaks: %d\n%s", code, out)
+	}
+	waitFor(t, 20*time.Second, "Graph to accept the message", func() bool { return len(fake.SentMIME()) == 1 })
+	p := filepath.Join(t.TempDir(), "sent.eml")
+	if err := os.WriteFile(p, fake.SentMIME()[0], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got := peertest.Python(t, `import sys, email, email.policy
+m = email.message_from_binary_file(open(sys.argv[1], 'rb'), policy=email.policy.default)
+print(m["Subject"]); print(m["From"]); print(m.get_body(("plain",)).get_content().strip())`, p)
+	if got != "Parcel status [#777002]\nExample Support <support@example.com>\nYour parcel is on its way.\n" {
+		t.Fatalf("Graph holds:\n%s", got)
+	}
+	status, _ := in.mailgate("oauth", "status", "--config", in.config)
+	if !strings.Contains(status, "m365-graph") || !strings.Contains(status, "true") {
+		t.Fatalf("oauth status:\n%s", status)
+	}
+	if strings.Contains(in.logs()+status, "graph-e2e-secret-4f1a") {
+		t.Fatal("the client secret appears in mailgate's output")
+	}
+}
+
+// TestGraphSetupFaultDefersAndAlerts: an app without Mail.Send gets 403 ErrorAccessDenied: the mail is
+// deferred (not bounced), and /readyz names the fault and the remedy.
+func TestGraphSetupFaultDefersAndAlerts(t *testing.T) {
+	mock := peertest.EntraMock(t, map[string][]string{})
+	fake := peertest.NewGraphFake(t, mock.URL+"/jwks", mock.Issuer)
+	in := newInstance(t, graphConfig(t, fake, mock, "no-role-app", "box@contoso.example"))
+	in.extraEnv = []string{"MG_GRAPH_SECRET=graph-e2e-secret-4f1a"}
+	in.start()
+	if out, code := in.swaks("--to", "customer@example.net", "--h-From", "support@example.com"); code != 0 {
+		t.Fatalf("swaks: %d\n%s", code, out)
+	}
+	var body string
+	waitFor(t, 20*time.Second, "/readyz to report the Graph setup fault", func() bool {
+		var status int
+		status, body = adminGet(t, in, "/readyz")
+		return status == http.StatusServiceUnavailable && strings.Contains(body, "Mail.Send")
+	})
+	if !strings.Contains(body, "admin consent") {
+		t.Fatalf("/readyz without the remedy:\n%s", body)
+	}
+	if out, _ := in.mailgate("bounces", "list", "--config", in.config); strings.Contains(out, "customer@example.net") {
+		t.Fatalf("a setup fault bounced the customer:\n%s", out)
+	}
+	if len(fake.SentMIME()) != 0 {
+		t.Fatal("sent without permission")
+	}
+}
