@@ -87,7 +87,7 @@ func New(o Options) (*Transport, error) {
 		Proxy:               http.ProxyFromEnvironment,
 		TLSClientConfig:     &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: o.RootCAs},
 		TLSHandshakeTimeout: 30 * time.Second,
-		MaxConnsPerHost:     o.MaxConcurrent,
+		MaxIdleConnsPerHost: o.MaxConcurrent, // the slots bound requests in flight; keep that many connections warm
 		IdleConnTimeout:     90 * time.Second,
 		ForceAttemptHTTP2:   true,
 	}
