@@ -384,6 +384,18 @@ func checkCertPair(ps *Problems, path, certFile, keyFile string) {
 	}
 }
 
+// checkCAFile reads a configured CA file as the transports will: it must hold a PEM certificate.
+func checkCAFile(ps *Problems, path, file string) {
+	if file == "" {
+		return
+	}
+	if pem, err := readPEMFile(file); err != nil {
+		ps.add(path, "%v", err)
+	} else if !x509.NewCertPool().AppendCertsFromPEM(pem) {
+		ps.add(path, "%s holds no PEM certificate", file)
+	}
+}
+
 // maxPEMFileBytes bounds a certificate, key or CA file read at validation: a chain is a few KiB, a CA
 // bundle a few hundred.
 const maxPEMFileBytes = 4 << 20
@@ -472,13 +484,7 @@ func (c *Config) validateSMTPServers(ps *Problems) map[string]*SMTPServer {
 		if s.Auth != "microsoft-oauth" && s.OAuth != nil {
 			ps.add(p+".oauth", "only used with auth: microsoft-oauth")
 		}
-		if s.CAFile != "" {
-			if pem, err := readPEMFile(s.CAFile); err != nil {
-				ps.add(p+".ca_file", "%v", err)
-			} else if !x509.NewCertPool().AppendCertsFromPEM(pem) {
-				ps.add(p+".ca_file", "%s holds no PEM certificate", s.CAFile)
-			}
-		}
+		checkCAFile(ps, p+".ca_file", s.CAFile)
 	}
 	return servers
 }
@@ -508,13 +514,7 @@ func (c *Config) validateGraphServers(ps *Problems, servers map[string]*SMTPServ
 		} else {
 			validateOAuth(ps, p+".oauth", g.OAuth)
 		}
-		if g.CAFile != "" {
-			if pem, err := readPEMFile(g.CAFile); err != nil {
-				ps.add(p+".ca_file", "%v", err)
-			} else if !x509.NewCertPool().AppendCertsFromPEM(pem) {
-				ps.add(p+".ca_file", "%s holds no PEM certificate", g.CAFile)
-			}
-		}
+		checkCAFile(ps, p+".ca_file", g.CAFile)
 	}
 	return graphs
 }

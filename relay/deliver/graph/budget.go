@@ -2,8 +2,6 @@ package graph
 
 import (
 	"strings"
-	"sync"
-	"time"
 
 	"github.com/mailgate/mailgate/relay/deliver/internal/shaping"
 )
@@ -12,37 +10,21 @@ import (
 // and recipients-per-day windows, a quota pause — for the life of the process, so a Transport rebuilt
 // by a reload goes on counting where the old one stopped (as relay/deliver/smtp's Budgets do). cmd
 // creates one per process and hands it to every Transport (Options.Budgets).
-type Budgets struct {
-	mu sync.Mutex
-	m  map[string]*budget
-}
+type Budgets struct{ r shaping.Registry[budget] }
 
 // NewBudgets returns an empty registry.
-func NewBudgets() *Budgets { return &Budgets{m: map[string]*budget{}} }
+func NewBudgets() *Budgets { return &Budgets{} }
 
 // budget is one mailbox's shaping state.
 type budget struct {
-	slots       shaping.Slots // requests in flight
-	mu          sync.Mutex
-	perMinute   *shaping.Window
-	perDay      *shaping.Window
-	pausedUntil time.Time
+	slots  shaping.Slots  // requests in flight
+	limits shaping.Limits // messages a minute, recipients a day, quota pause
 }
 
 // budget returns the mailbox's budget with o's limits in force (what was counted stays counted).
 func (r *Budgets) budget(o *Options) *budget {
-	key := o.Name + "\x00" + strings.ToLower(o.Mailbox)
-	r.mu.Lock()
-	b, ok := r.m[key]
-	if !ok {
-		b = &budget{}
-		r.m[key] = b
-	}
-	r.mu.Unlock()
-	b.mu.Lock()
-	b.perMinute = b.perMinute.Resized(o.MessagesPerMinute, time.Minute)
-	b.perDay = b.perDay.Resized(o.RecipientsPerDay, 24*time.Hour)
-	b.mu.Unlock()
+	b := r.r.Get(o.Name+"\x00"+strings.ToLower(o.Mailbox), func() *budget { return &budget{} })
+	b.limits.Resize(o.MessagesPerMinute, o.RecipientsPerDay)
 	b.slots.SetLimit(o.MaxConcurrent)
 	return b
 }

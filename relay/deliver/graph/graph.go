@@ -128,15 +128,10 @@ func (t *Transport) Deliver(ctx context.Context, m *relay.Message) relay.Result 
 		t.logFailure(m, err)
 		return relay.Failed(n, err)
 	}
-	now := time.Now()
-	t.b.mu.Lock()
-	granted, dayStamp, dayWait := t.b.perDay.Reserve(n, now)
+	granted, dayStamp, dayWait := t.b.limits.ReserveRecipients(n, time.Now())
 	if granted < n {
 		// One message goes to all its recipients at once: it waits whole for the day's budget.
-		t.b.perDay.Release(granted, dayStamp)
-	}
-	t.b.mu.Unlock()
-	if granted < n {
+		t.b.limits.Refund(granted, dayStamp, 0)
 		if dayWait <= 0 {
 			dayWait = time.Minute
 		}
@@ -145,11 +140,11 @@ func (t *Transport) Deliver(ctx context.Context, m *relay.Message) relay.Result 
 	}
 	minuteStamp, err := t.waitRate(ctx)
 	if err != nil {
-		t.refund(n, dayStamp, 0)
+		t.b.limits.Refund(n, dayStamp, 0)
 		return relay.Failed(n, err)
 	}
 	if err := t.b.slots.Acquire(ctx); err != nil {
-		t.refund(n, dayStamp, minuteStamp)
+		t.b.limits.Refund(n, dayStamp, minuteStamp)
 		return relay.Failed(n, t.classify(err))
 	}
 	defer t.b.slots.Release()
@@ -158,7 +153,7 @@ func (t *Transport) Deliver(ctx context.Context, m *relay.Message) relay.Result 
 	if err != nil {
 		re := t.classify(err)
 		t.checkQuota(re)
-		t.refund(n, dayStamp, minuteStamp)
+		t.b.limits.Refund(n, dayStamp, minuteStamp)
 		t.logFailure(m, re)
 		return relay.Failed(n, re)
 	}
@@ -171,14 +166,12 @@ func (t *Transport) precheck(m *relay.Message) error {
 	t.mu.Lock()
 	closed := t.closed
 	t.mu.Unlock()
-	t.b.mu.Lock()
-	until := t.b.pausedUntil
-	t.b.mu.Unlock()
+	paused, until := t.b.limits.PausedFor(time.Now())
 	switch {
 	case closed:
 		return &relay.Error{Code: 451, Enhanced: relay.CodeTempLocal, Reason: ReasonLocal, Fault: relay.FaultTemporary, Msg: "transport is shutting down"}
-	case time.Until(until) > 0:
-		return &relay.Error{Code: 451, Enhanced: "4.2.0", Reason: ReasonQuota, Fault: relay.FaultTemporary, RetryAfter: time.Until(until),
+	case paused > 0:
+		return &relay.Error{Code: 451, Enhanced: "4.2.0", Reason: ReasonQuota, Fault: relay.FaultTemporary, RetryAfter: paused,
 			Msg: fmt.Sprintf("mailbox %s paused after a quota answer until %s", t.o.Name, until.UTC().Format(time.RFC3339))}
 	case m.Size > t.o.MaxMessageBytes:
 		return &relay.Error{Code: 552, Enhanced: relay.CodeTooBig, Reason: ReasonSize, Fault: relay.FaultMessage, Stage: relay.StageData,
@@ -192,56 +185,23 @@ func (t *Transport) precheck(m *relay.Message) error {
 // waitRate takes one message from the per-minute budget, waiting up to MaxShapingWait; longer waits
 // defer with RetryAfter so queue workers are not parked.
 func (t *Transport) waitRate(ctx context.Context) (int64, error) {
-	for {
-		t.b.mu.Lock()
-		g, stamp, wait := t.b.perMinute.Reserve(1, time.Now())
-		t.b.mu.Unlock()
-		if g == 1 {
-			return stamp, nil
-		}
-		dl, hasDL := ctx.Deadline()
-		if wait > t.o.MaxShapingWait || (hasDL && time.Now().Add(wait).After(dl)) {
-			return 0, &relay.Error{Code: 451, Enhanced: "4.7.0", Reason: ReasonRateLimited, Fault: relay.FaultTemporary, RetryAfter: wait,
-				Msg: fmt.Sprintf("messages-per-minute limit (%d) of mailbox %s reached; deferred", t.o.MessagesPerMinute, t.o.Name)}
-		}
-		timer := time.NewTimer(wait)
-		select {
-		case <-timer.C:
-		case <-ctx.Done():
-			timer.Stop()
-			return 0, t.classify(ctx.Err())
-		}
+	stamp, wait, ok, err := t.b.limits.WaitMessage(ctx, t.o.MaxShapingWait)
+	switch {
+	case err != nil:
+		return 0, t.classify(err)
+	case !ok:
+		return 0, &relay.Error{Code: 451, Enhanced: "4.7.0", Reason: ReasonRateLimited, Fault: relay.FaultTemporary, RetryAfter: wait,
+			Msg: fmt.Sprintf("messages-per-minute limit (%d) of mailbox %s reached; deferred", t.o.MessagesPerMinute, t.o.Name)}
 	}
+	return stamp, nil
 }
 
-// refund gives back the budget of a message that was not accepted.
-func (t *Transport) refund(rcpts int, dayStamp, minuteStamp int64) {
-	t.b.mu.Lock()
-	defer t.b.mu.Unlock()
-	t.b.perDay.Release(rcpts, dayStamp)
-	if minuteStamp != 0 {
-		t.b.perMinute.Release(1, minuteStamp)
-	}
-}
-
-// checkQuota pauses the mailbox after a quota answer until its daily window frees up (our own record;
-// QuotaPause when we have none), and puts that wait on the error.
+// checkQuota pauses the mailbox after a quota answer until its daily window frees up, and puts that
+// wait on the error.
 func (t *Transport) checkQuota(re *relay.Error) {
-	if re.Reason != ReasonQuota {
-		return
+	if re.Reason == ReasonQuota {
+		re.RetryAfter = t.b.limits.PauseForQuota(time.Now(), t.o.QuotaPause)
 	}
-	now := time.Now()
-	t.b.mu.Lock()
-	wait := t.b.perDay.OldestExpiry(now)
-	if wait <= 0 {
-		wait = t.o.QuotaPause
-	}
-	wait = max(wait, time.Minute)
-	if until := now.Add(wait); until.After(t.b.pausedUntil) {
-		t.b.pausedUntil = until
-	}
-	t.b.mu.Unlock()
-	re.RetryAfter = wait
 }
 
 // send reads the queued message and sends it by the route its size calls for.

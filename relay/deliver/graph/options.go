@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/relay"
+	"github.com/mailgate/mailgate/relay/deliver/internal/shaping"
 )
 
 // DefaultEndpoint is Microsoft Graph v1.0 in the global cloud.
@@ -103,19 +104,19 @@ func (o *Options) setDefaults() error {
 	if len(problems) > 0 {
 		return errors.Join(problems...)
 	}
-	o.MaxConcurrent = limit(o.MaxConcurrent, 4)
+	o.MaxConcurrent = shaping.Limit(o.MaxConcurrent, 4)
 	if o.MaxConcurrent < 0 {
 		o.MaxConcurrent = 1 << 16
 	}
-	o.MessagesPerMinute = limit(o.MessagesPerMinute, 30)
-	o.RecipientsPerDay = limit(o.RecipientsPerDay, 10000)
+	o.MessagesPerMinute = shaping.Limit(o.MessagesPerMinute, 30)
+	o.RecipientsPerDay = shaping.Limit(o.RecipientsPerDay, 10000)
 	if o.MaxMessageBytes <= 0 {
 		o.MaxMessageBytes = DefaultMaxMessageBytes
 	}
-	o.MaxShapingWait = dur(o.MaxShapingWait, 10*time.Second)
-	o.RequestTimeout = dur(o.RequestTimeout, 2*time.Minute)
-	o.ThrottleRetryAfter = dur(o.ThrottleRetryAfter, 30*time.Second)
-	o.QuotaPause = dur(o.QuotaPause, time.Hour)
+	o.MaxShapingWait = shaping.Duration(o.MaxShapingWait, 10*time.Second)
+	o.RequestTimeout = shaping.Duration(o.RequestTimeout, 2*time.Minute)
+	o.ThrottleRetryAfter = shaping.Duration(o.ThrottleRetryAfter, 30*time.Second)
+	o.QuotaPause = shaping.Duration(o.QuotaPause, time.Hour)
 	if o.TempDir == "" {
 		o.TempDir = os.TempDir()
 	}
@@ -123,18 +124,4 @@ func (o *Options) setDefaults() error {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	return nil
-}
-
-func limit(v, def int) int {
-	if v == 0 {
-		return def
-	}
-	return v
-}
-
-func dur(v, def time.Duration) time.Duration {
-	if v <= 0 {
-		return def
-	}
-	return v
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/mailgate/mailgate/relay/deliver/internal/shaping"
 )
@@ -15,13 +14,10 @@ import (
 // a Transport value: a configuration reload builds new Transports, and they must go on counting where
 // the old ones stopped and share their connection slots while old attempts finish. cmd creates one
 // Budgets per process and hands it to every Transport it builds (Options.Budgets).
-type Budgets struct {
-	mu sync.Mutex
-	m  map[string]*budget
-}
+type Budgets struct{ r shaping.Registry[budget] }
 
 // NewBudgets returns an empty registry.
-func NewBudgets() *Budgets { return &Budgets{m: map[string]*budget{}} }
+func NewBudgets() *Budgets { return &Budgets{} }
 
 // identity is whose limits they are: the configured server name and the mailbox (or user) it sends as.
 func identity(o *Options) string {
@@ -35,17 +31,8 @@ func identity(o *Options) string {
 // budget returns the identity's budget with o's limits in force (a reload may change them; what was
 // counted stays counted).
 func (r *Budgets) budget(o *Options) *budget {
-	r.mu.Lock()
-	b, ok := r.m[identity(o)]
-	if !ok {
-		b = &budget{users: map[string]int{}}
-		r.m[identity(o)] = b
-	}
-	r.mu.Unlock()
-	b.mu.Lock()
-	b.perMinute = b.perMinute.Resized(o.MessagesPerMinute, time.Minute)
-	b.perDay = b.perDay.Resized(o.RecipientsPerDay, 24*time.Hour)
-	b.mu.Unlock()
+	b := r.r.Get(identity(o), func() *budget { return &budget{users: map[string]int{}} })
+	b.limits.Resize(o.MessagesPerMinute, o.RecipientsPerDay)
 	b.slots.SetLimit(o.MaxConnections)
 	return b
 }
@@ -54,13 +41,11 @@ func (r *Budgets) budget(o *Options) *budget {
 // slots while it uses a session and dials only when the pool is empty, so open connections (busy +
 // idle) never exceed the slots.
 type budget struct {
-	slots       shaping.Slots // connection slots
-	mu          sync.Mutex
-	perMinute   *shaping.Window
-	perDay      *shaping.Window
-	pausedUntil time.Time
-	idle        []*session     // set-up sessions not in use, most recently used last
-	users       map[string]int // open Transports by fingerprint: the last one to close ends their sessions
+	slots  shaping.Slots  // connection slots
+	limits shaping.Limits // messages a minute, recipients a day, quota pause
+	mu     sync.Mutex
+	idle   []*session     // set-up sessions not in use, most recently used last
+	users  map[string]int // open Transports by fingerprint: the last one to close ends their sessions
 }
 
 // acquire takes a connection slot, waiting in line until one is free or ctx ends.

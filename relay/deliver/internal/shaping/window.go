@@ -3,7 +3,9 @@
 // request semaphore. The SMTP and the Graph transports shape with the same parts, so Exchange Online's
 // limits (30 messages a minute, 10,000 recipients a day) are counted the same way on either protocol.
 //
-// Neither part is tied to a Transport value: the transports keep them in a registry that outlives a
+// Limits puts the windows together with a quota pause and the wait-or-defer rule both transports follow
+// (wait up to a short maximum for the per-minute window, else defer with RetryAfter). None of it is
+// tied to a Transport value: the transports keep their budgets in a Registry that outlives a
 // configuration reload, so a rebuilt transport goes on counting where the old one stopped.
 package shaping
 
