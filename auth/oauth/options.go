@@ -79,10 +79,17 @@ type Options struct {
 	Tenant   string // Entra tenant id or domain; "organizations"/"common" allowed for authorization_code
 	ClientID string
 	// ClientSecret is the app's secret (resolved from a secret reference at config load). Required for
-	// client_credentials; optional for authorization_code (public clients send none).
+	// client_credentials unless ClientCertificate is set; optional for authorization_code (public
+	// clients send none).
 	ClientSecret kms.Secret
-	Mailbox      string // the sending mailbox (the XOAUTH2 user); also the sign-in hint
-	Flow         Flow
+	// ClientCertificate, when set, authenticates the app with a client assertion signed by the
+	// certificate's key (RFC 7523) in every flow, instead of ClientSecret.
+	ClientCertificate *ClientCertificate
+	// SecretExpires is when the configured client secret expires (zero: unknown). With the
+	// certificate's NotAfter it makes CredentialExpiry, which /readyz and a gauge report ahead of time.
+	SecretExpires time.Time
+	Mailbox       string // the sending mailbox (the XOAUTH2 user); also the sign-in hint
+	Flow          Flow
 	// API is what the tokens are for: APISMTP (default) or APIGraph. It picks the default Scopes.
 	API API
 	// Scopes default per API and flow (see the package doc); set only for unusual tenants.
@@ -133,8 +140,8 @@ func (o *Options) validate() error {
 	}
 	switch o.Flow {
 	case ClientCredentials:
-		if o.ClientSecret.IsZero() {
-			errs = append(errs, errors.New("client_credentials needs a client secret"))
+		if o.ClientSecret.IsZero() && o.ClientCertificate == nil {
+			errs = append(errs, errors.New("client_credentials needs a client secret or a client certificate"))
 		}
 	case AuthorizationCode:
 		if o.RedirectURL == "" {
