@@ -26,7 +26,7 @@ func TestBrokenConfigs(t *testing.T) {
 		},
 		"oauth-missing-fields.yaml": {
 			{"smtp_servers[0].oauth.client_id", "required: the Application (client) ID of the app registration"},
-			{"smtp_servers[0].oauth.client_secret", "required: a secret reference (kms:, local:, env:NAME, file:PATH)"},
+			{"smtp_servers[0].oauth.client_secret", "required: a secret reference (kms:, local:, env:NAME, file:PATH), or client_certificate and client_key"},
 			{"smtp_servers[0].oauth.mailbox", `required: the mailbox address mail is sent as (got "")`},
 		},
 		"graph-server.yaml": {

@@ -206,15 +206,23 @@ type SMTPTimeouts struct {
 
 // OAuth is a Microsoft OAuth 2.0 credential for XOAUTH2.
 type OAuth struct {
-	TenantID     string   `yaml:"tenant_id"`
-	ClientID     string   `yaml:"client_id"`
-	ClientSecret string   `yaml:"client_secret"` // secret reference
-	Mailbox      string   `yaml:"mailbox"`
-	Flow         string   `yaml:"flow"` // client_credentials or authorization_code
-	Scopes       []string `yaml:"scopes"`
-	RedirectURL  string   `yaml:"redirect_url"`
-	AuthorizeURL string   `yaml:"authorize_url"` // override for national clouds and tests
-	TokenURL     string   `yaml:"token_url"`
+	TenantID     string `yaml:"tenant_id"`
+	ClientID     string `yaml:"client_id"`
+	ClientSecret string `yaml:"client_secret"` // secret reference
+	// ClientSecretExpires is when the client secret expires (YYYY-MM-DD, as the app registration shows
+	// it): /readyz warns 30 days ahead and fails 7 days ahead.
+	ClientSecretExpires string `yaml:"client_secret_expires"`
+	// ClientCertificate (a PEM file) and ClientKey (a secret reference to its PEM RSA private key) are a
+	// certificate credential, used instead of client_secret: token requests carry a signed client
+	// assertion. Its NotAfter is watched like client_secret_expires.
+	ClientCertificate string   `yaml:"client_certificate"`
+	ClientKey         string   `yaml:"client_key"`
+	Mailbox           string   `yaml:"mailbox"`
+	Flow              string   `yaml:"flow"` // client_credentials or authorization_code
+	Scopes            []string `yaml:"scopes"`
+	RedirectURL       string   `yaml:"redirect_url"`
+	AuthorizeURL      string   `yaml:"authorize_url"` // override for national clouds and tests
+	TokenURL          string   `yaml:"token_url"`
 }
 
 // SES is the AWS SES v2 transport.

@@ -3,6 +3,7 @@ package config
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net"
@@ -384,6 +385,17 @@ func checkCertPair(ps *Problems, path, certFile, keyFile string) {
 	}
 }
 
+// pemDecode returns the first PEM CERTIFICATE block of b, or nil.
+func pemDecode(b []byte) (*pem.Block, []byte) {
+	for {
+		blk, rest := pem.Decode(b)
+		if blk == nil || blk.Type == "CERTIFICATE" {
+			return blk, rest
+		}
+		b = rest
+	}
+}
+
 // checkCAFile reads a configured CA file as the transports will: it must hold a PEM certificate.
 func checkCAFile(ps *Problems, path, file string) {
 	if file == "" {
@@ -530,8 +542,25 @@ func validateOAuth(ps *Problems, p string, o *OAuth) {
 	if o.ClientID == "" {
 		ps.add(p+".client_id", "required: the Application (client) ID of the app registration")
 	}
-	if o.ClientSecret == "" {
-		ps.add(p+".client_secret", "required: a secret reference (kms:, local:, env:NAME, file:PATH)")
+	switch {
+	case o.ClientCertificate != "" || o.ClientKey != "":
+		if o.ClientCertificate == "" || o.ClientKey == "" {
+			ps.add(p+".client_certificate", "client_certificate (a PEM file) and client_key (a secret reference to its private key) go together")
+		} else if pem, err := readPEMFile(o.ClientCertificate); err != nil {
+			ps.add(p+".client_certificate", "%v", err)
+		} else if b, _ := pemDecode(pem); b == nil {
+			ps.add(p+".client_certificate", "%s holds no PEM CERTIFICATE", o.ClientCertificate)
+		}
+		if o.ClientSecret != "" {
+			ps.add(p+".client_secret", "set either client_secret or client_certificate, not both")
+		}
+	case o.ClientSecret == "":
+		ps.add(p+".client_secret", "required: a secret reference (kms:, local:, env:NAME, file:PATH), or client_certificate and client_key")
+	}
+	if o.ClientSecretExpires != "" {
+		if _, err := time.Parse("2006-01-02", o.ClientSecretExpires); err != nil {
+			ps.add(p+".client_secret_expires", "write the date as YYYY-MM-DD (got %q)", o.ClientSecretExpires)
+		}
 	}
 	if !relay.ValidAddress(o.Mailbox) {
 		ps.add(p+".mailbox", "required: the mailbox address mail is sent as (got %q)", o.Mailbox)
@@ -698,11 +727,13 @@ func (c *Config) validateSecrets(ps *Problems) {
 		check(p+".password", s.Password)
 		if s.OAuth != nil {
 			check(p+".oauth.client_secret", s.OAuth.ClientSecret)
+			check(p+".oauth.client_key", s.OAuth.ClientKey)
 		}
 	}
 	for i, g := range c.GraphServers {
 		if g.OAuth != nil {
 			check(fmt.Sprintf("graph_servers[%d].oauth.client_secret", i), g.OAuth.ClientSecret)
+			check(fmt.Sprintf("graph_servers[%d].oauth.client_key", i), g.OAuth.ClientKey)
 		}
 	}
 }

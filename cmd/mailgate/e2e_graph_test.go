@@ -1,10 +1,17 @@
 package main
 
 import (
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
+	"math/big"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -101,4 +108,68 @@ func TestGraphSetupFaultDefersAndAlerts(t *testing.T) {
 	if len(fake.SentMIME()) != 0 {
 		t.Fatal("sent without permission")
 	}
+}
+
+// TestGraphCertificateCredential: the Graph mailbox's app authenticates with a certificate (client
+// assertion; the key as a secret reference), mail goes through, and a certificate that expires in 20
+// days shows as a /readyz warning (still 200) and in the expiry gauge.
+func TestGraphCertificateCredential(t *testing.T) {
+	mock := peertest.EntraMock(t, map[string][]string{"graph-app https://graph.microsoft.com": {"Mail.Send"}})
+	fake := peertest.NewGraphFake(t, mock.URL+"/jwks", mock.Issuer)
+	certFile, keyPEM, notAfter := clientCertificate(t, 20*24*time.Hour)
+	cfg := strings.Replace(graphConfig(t, fake, mock, "graph-app", "box@contoso.example"),
+		"      client_secret: env:MG_GRAPH_SECRET\n",
+		"      client_certificate: "+certFile+"\n      client_key: env:MG_GRAPH_KEY\n", 1)
+	in := newInstance(t, cfg)
+	in.extraEnv = []string{"MG_GRAPH_KEY=" + keyPEM}
+	in.start()
+	if out, code := in.swaks("--to", "customer@example.net", "--h-From", "support@example.com"); code != 0 {
+		t.Fatalf("swaks: %d\n%s", code, out)
+	}
+	waitFor(t, 20*time.Second, "Graph to accept the message", func() bool { return len(fake.SentMIME()) == 1 })
+	status, body := adminGet(t, in, "/readyz")
+	if status != http.StatusOK || !strings.Contains(body, "WARN oauth m365-graph: the client certificate") ||
+		!strings.Contains(body, notAfter.UTC().Format("2006-01-02")) {
+		t.Fatalf("/readyz %d:\n%s", status, body)
+	}
+	_, metrics := adminGet(t, in, "/metrics")
+	if !strings.Contains(metrics, `mailgate_oauth_credential_expiry_timestamp_seconds{server="m365-graph"} `+strconv.FormatInt(notAfter.Unix(), 10)) &&
+		!strings.Contains(metrics, `mailgate_oauth_credential_expiry_timestamp_seconds{server="m365-graph"} `+fmt.Sprintf("%.9e", float64(notAfter.Unix()))) {
+		t.Fatalf("expiry gauge missing:\n%s", grepLines(metrics, "credential_expiry"))
+	}
+	if strings.Contains(in.logs(), "PRIVATE KEY") {
+		t.Fatal("the client key appears in mailgate's output")
+	}
+}
+
+// clientCertificate writes a self-signed RSA certificate valid for validFor and returns its file, the
+// PEM private key and its NotAfter.
+func clientCertificate(t *testing.T, validFor time.Duration) (string, string, time.Time) {
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	notAfter := time.Now().Add(validFor).Truncate(time.Second)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "mailgate graph app"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: notAfter}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile := filepath.Join(t.TempDir(), "app.pem")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pk, _ := x509.MarshalPKCS8PrivateKey(key)
+	return certFile, string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pk})), notAfter
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

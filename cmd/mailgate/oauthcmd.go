@@ -79,7 +79,7 @@ func cmdOAuth(ctx context.Context, env *cliEnv, args []string) error {
 		if s.Auth != "microsoft-oauth" {
 			continue
 		}
-		src, err := oauth.New(d.oauthOptions(s.Name, s.OAuth, oauth.APISMTP, secrets[fmt.Sprintf("smtp_servers[%d].oauth.client_secret", i)], resolver))
+		src, err := d.oauthSource(s.Name, fmt.Sprintf("smtp_servers[%d].oauth", i), s.OAuth, oauth.APISMTP, secrets, resolver)
 		if err != nil {
 			return fmt.Errorf("smtp_servers[%d] (%s): %w", i, s.Name, err)
 		}
@@ -87,7 +87,7 @@ func cmdOAuth(ctx context.Context, env *cliEnv, args []string) error {
 		names = append(names, s.Name)
 	}
 	for i, g := range cfg.GraphServers {
-		src, err := oauth.New(d.oauthOptions(g.Name, g.OAuth, oauth.APIGraph, secrets[fmt.Sprintf("graph_servers[%d].oauth.client_secret", i)], resolver))
+		src, err := d.oauthSource(g.Name, fmt.Sprintf("graph_servers[%d].oauth", i), g.OAuth, oauth.APIGraph, secrets, resolver)
 		if err != nil {
 			return fmt.Errorf("graph_servers[%d] (%s): %w", i, g.Name, err)
 		}

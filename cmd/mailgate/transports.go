@@ -165,7 +165,8 @@ func (d *daemon) build(ctx context.Context, cfg *config.Config) (*generation, er
 	return g, nil
 }
 
-// oauthCheck is the readiness check of an OAuth credential: its latest token error and remedy.
+// oauthCheck is the readiness check of an OAuth credential: its latest token error and remedy, then
+// its expiry (a failure from 7 days ahead, a warning from 30).
 func oauthCheck(src *oauth.Source) admin.Check {
 	return func(context.Context) error {
 		st := src.Status()
@@ -175,13 +176,19 @@ func oauthCheck(src *oauth.Source) admin.Check {
 			}
 			return fmt.Errorf("%s; remedy: %s", st.LastError, st.Remedy)
 		}
+		switch warn, fail := src.ExpiryProblem(time.Now()); {
+		case fail != "":
+			return errors.New(fail)
+		case warn != "":
+			return &admin.Warning{Msg: warn}
+		}
 		return nil
 	}
 }
 
 // graphTransport builds a Graph mailbox's transport and its OAuth credential (audience Graph).
 func (d *daemon) graphTransport(i int, gs config.GraphServer, secrets map[string]kms.Secret, resolver *kms.Resolver) (*graph.Transport, *oauth.Source, error) {
-	src, err := oauth.New(d.oauthOptions(gs.Name, gs.OAuth, oauth.APIGraph, secrets[fmt.Sprintf("graph_servers[%d].oauth.client_secret", i)], resolver))
+	src, err := d.oauthSource(gs.Name, fmt.Sprintf("graph_servers[%d].oauth", i), gs.OAuth, oauth.APIGraph, secrets, resolver)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -248,7 +255,7 @@ func (d *daemon) smtpTransport(cfg *config.Config, i int, s config.SMTPServer, s
 		o.Password = secrets[fmt.Sprintf("smtp_servers[%d].password", i)].Reveal()
 	case "microsoft-oauth":
 		var err error
-		src, err = oauth.New(d.oauthOptions(s.Name, s.OAuth, oauth.APISMTP, secrets[fmt.Sprintf("smtp_servers[%d].oauth.client_secret", i)], resolver))
+		src, err = d.oauthSource(s.Name, fmt.Sprintf("smtp_servers[%d].oauth", i), s.OAuth, oauth.APISMTP, secrets, resolver)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -264,13 +271,34 @@ func (d *daemon) smtpTransport(cfg *config.Config, i int, s config.SMTPServer, s
 	return t, src, nil
 }
 
-func (d *daemon) oauthOptions(server string, o *config.OAuth, api oauth.API, secret kms.Secret, resolver *kms.Resolver) oauth.Options {
-	return oauth.Options{
+// oauthSource builds the OAuth credential configured at path (e.g. "graph_servers[0].oauth") for api:
+// its client secret or certificate credential, the secret's configured expiry, the endpoints.
+func (d *daemon) oauthSource(server, path string, o *config.OAuth, api oauth.API, secrets map[string]kms.Secret, resolver *kms.Resolver) (*oauth.Source, error) {
+	opts := oauth.Options{
 		Server: server, Provider: oauth.ProviderMicrosoft, Tenant: o.TenantID, ClientID: o.ClientID,
-		ClientSecret: secret, Mailbox: o.Mailbox, Flow: oauth.Flow(o.Flow), API: api, Scopes: o.Scopes,
+		ClientSecret: secrets[path+".client_secret"], Mailbox: o.Mailbox, Flow: oauth.Flow(o.Flow), API: api, Scopes: o.Scopes,
 		RedirectURL: o.RedirectURL, AuthURL: o.AuthorizeURL, TokenURL: o.TokenURL,
 		Store: d.store, Sealer: resolver, Metrics: d.metrics, Logger: d.log.With("server", server),
 	}
+	if o.ClientSecretExpires != "" {
+		t, err := time.Parse("2006-01-02", o.ClientSecretExpires)
+		if err != nil {
+			return nil, fmt.Errorf("oauth.client_secret_expires: %w", err)
+		}
+		opts.SecretExpires = t
+	}
+	if o.ClientCertificate != "" {
+		pem, err := os.ReadFile(o.ClientCertificate)
+		if err != nil {
+			return nil, fmt.Errorf("oauth.client_certificate: %w", err)
+		}
+		cc, err := oauth.ParseClientCertificate(pem, secrets[path+".client_key"])
+		if err != nil {
+			return nil, fmt.Errorf("oauth.client_certificate: %w", err)
+		}
+		opts.ClientCertificate = cc
+	}
+	return oauth.New(opts)
 }
 
 func (d *daemon) sesTransport(ctx context.Context, cfg *config.Config, secretKey kms.Secret) (*ses.Transport, error) {
