@@ -267,7 +267,8 @@ type Signature struct {
 	Users []string `yaml:"users"`
 }
 
-// Role grants permissions per channel: "reply" and "outbound".
+// Role grants permissions per channel: "reply", "outbound" and "act_for_agents" (a service account
+// may name, in the X-Mailgate-Agent header, the agent it sends for on that channel).
 type Role struct {
 	Name     string              `yaml:"name"`
 	Channels map[string][]string `yaml:"channels"`

@@ -677,8 +677,8 @@ func (c *Config) validateRoles(ps *Problems, channels map[string]bool) map[strin
 				ps.add(cp, "unknown channel %q", ch)
 			}
 			for _, perm := range perms {
-				if perm != "reply" && perm != "outbound" {
-					ps.add(cp, "unknown permission %q (use reply, outbound)", perm)
+				if perm != "reply" && perm != "outbound" && perm != "act_for_agents" {
+					ps.add(cp, "unknown permission %q (use reply, outbound, act_for_agents)", perm)
 				}
 			}
 		}

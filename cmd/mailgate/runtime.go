@@ -34,7 +34,11 @@ func (c *composition) Compose(ctx context.Context, src io.Reader, dst io.Writer,
 	if !ok {
 		return nil, fmt.Errorf("composition: no channel %q", sub.Channel.Name)
 	}
-	agent := compose.Agent{Login: sub.Principal.Login, Name: sub.Principal.Name, Signature: c.signatures[strings.ToLower(sub.Principal.Login)]}
+	who := sub.Principal
+	if sub.Agent != nil {
+		who = sub.Agent // a service account sending for an agent: the agent's name and signature
+	}
+	agent := compose.Agent{Login: who.Login, Name: who.Name, Signature: c.signatures[strings.ToLower(who.Login)]}
 	res, err := c.composer.Compose(ctx, src, dst, compose.Request{Channel: ch, Agent: agent, Now: sub.Received})
 	if err != nil {
 		return nil, err
