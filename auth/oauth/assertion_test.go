@@ -221,3 +221,53 @@ func TestCredentialExpiry(t *testing.T) {
 		t.Fatalf("secret 25 days ahead: %q", warn)
 	}
 }
+
+// Judge tells, per line, whether a token fits its API: a Graph token on SMTP, Mail.Send instead of
+// SMTP.SendAsApp, a delegated token signed in as another mailbox each get what to change; the right
+// token is OK throughout; claims the token lacks are unknown, not failures.
+func TestJudge(t *testing.T) {
+	e := newEnv(t)
+	smtpApp := e.source(t, e.options(ClientCredentials, "https://login.example"))
+	o := e.options(ClientCredentials, "https://login.example")
+	o.API = APIGraph
+	graphApp := e.source(t, o)
+	delegated := e.source(t, e.options(AuthorizationCode, "https://login.example"))
+	now := time.Now()
+	lines := func(vs []Verdict) string {
+		var b []string
+		for _, v := range vs {
+			b = append(b, v.String())
+		}
+		return strings.Join(b, "\n")
+	}
+	cases := []struct {
+		name string
+		src  *Source
+		info TokenInfo
+		want []string // substrings, in order of the lines
+	}{
+		{"graph token on SMTP", smtpApp, TokenInfo{JWT: true, Audience: []string{"https://graph.microsoft.com"}, Roles: []string{"Mail.Send"}},
+			[]string{"FIX  audience: this is a Microsoft Graph token", "FIX  permission: Mail.Send is a Microsoft Graph permission", "OK   mailbox"}},
+		{"right SMTP app token", smtpApp, TokenInfo{JWT: true, Audience: []string{"https://outlook.office365.com"}, Roles: []string{"SMTP.SendAsApp"}},
+			[]string{"OK   audience", "OK   permission: application permission SMTP.SendAsApp", "OK   mailbox"}},
+		{"right Graph token", graphApp, TokenInfo{JWT: true, Audience: []string{"00000003-0000-0000-c000-000000000000"}, Roles: []string{"Mail.Send"}},
+			[]string{"OK   audience", "OK   permission: application permission Mail.Send", "OK   mailbox"}},
+		{"outlook token on Graph", graphApp, TokenInfo{JWT: true, Audience: []string{"https://outlook.office365.com"}, Roles: []string{"SMTP.SendAsApp"}},
+			[]string{"FIX  audience: the token is for https://outlook.office365.com; Microsoft Graph needs https://graph.microsoft.com", "FIX  permission: roles SMTP.SendAsApp lack Mail.Send"}},
+		{"delegated, wrong mailbox", delegated, TokenInfo{JWT: true, Audience: []string{"https://outlook.office.com"}, Scopes: []string{"SMTP.Send"}, Account: "other@contoso.example"},
+			[]string{"OK   audience", "OK   permission: delegated permission SMTP.Send", "FIX  mailbox: signed in as other@contoso.example but server m365 sends as support@contoso.example"}},
+		{"claims absent", smtpApp, TokenInfo{JWT: true},
+			[]string{"?    audience", "?    permission", "OK   mailbox"}},
+	}
+	for _, c := range cases {
+		got := lines(c.src.Judge(c.info, now))
+		rest := got
+		for _, w := range c.want {
+			i := strings.Index(rest, w)
+			if i < 0 {
+				t.Fatalf("%s: want %q in order in:\n%s", c.name, w, got)
+			}
+			rest = rest[i+len(w):]
+		}
+	}
+}

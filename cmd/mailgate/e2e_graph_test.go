@@ -173,3 +173,36 @@ func grepLines(s, sub string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestTestSendJudgesGraphToken: test-send prints a verdict per line — audience, permission, mailbox —
+// and sends only when none needs fixing: an app without Mail.Send is told what to grant and nothing is
+// sent; the right app is OK on every line and its message is accepted by Graph.
+func TestTestSendJudgesGraphToken(t *testing.T) {
+	mock := peertest.EntraMock(t, map[string][]string{"graph-app https://graph.microsoft.com": {"Mail.Send"},
+		"wrong-app https://graph.microsoft.com": {"User.Read.All"}})
+	fake := peertest.NewGraphFake(t, mock.URL+"/jwks", mock.Issuer)
+	for _, c := range []struct {
+		client string
+		ok     bool
+		want   []string
+	}{
+		{"wrong-app", false, []string{"OK   audience: https://graph.microsoft.com", "FIX  permission: roles User.Read.All lack Mail.Send", "not sent: fix permission"}},
+		{"graph-app", true, []string{"OK   audience: https://graph.microsoft.com", "OK   permission: application permission Mail.Send", "OK   mailbox", "accepted in"}},
+	} {
+		in := newInstance(t, graphConfig(t, fake, mock, c.client, "box@contoso.example"))
+		in.extraEnv = []string{"MG_GRAPH_SECRET=graph-e2e-secret-4f1a"}
+		before := len(fake.SentMIME())
+		out, code := in.mailgate("test-send", "--config", in.config, "--channel", "Support", "--to", "probe@example.net")
+		if (code == 0) != c.ok {
+			t.Fatalf("%s: test-send exit %d\n%s", c.client, code, out)
+		}
+		for _, w := range c.want {
+			if !strings.Contains(out, w) {
+				t.Fatalf("%s: want %q in:\n%s", c.client, w, out)
+			}
+		}
+		if sent := len(fake.SentMIME()) - before; (sent == 1) != c.ok {
+			t.Fatalf("%s: %d messages reached Graph", c.client, sent)
+		}
+	}
+}
