@@ -76,7 +76,8 @@ func (e *strictTokenEndpoint) serve(w http.ResponseWriter, r *http.Request) {
 		e.mu.Unlock()
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(401)
-		fmt.Fprintf(w, `{"error":"invalid_client","error_description":"AADSTS700027: Client assertion failed signature validation. (%s)"}`, why)
+		_ = json.NewEncoder(w).Encode(map[string]any{"error": "invalid_client", "error_codes": []int{700027},
+			"error_description": "AADSTS700027: Client assertion failed signature validation. (" + why + ")"})
 	}
 	if err := r.ParseForm(); err != nil {
 		refuse("form")
@@ -176,6 +177,19 @@ func TestCertificateCredential(t *testing.T) {
 	}
 	if strings.Join(ep.grants, ",") != "client_credentials,client_credentials,refresh_token" || len(ep.refused) != 0 {
 		t.Fatalf("grants %v refused %v", ep.grants, ep.refused)
+	}
+
+	// A certificate Entra ID does not know (AADSTS700027) gets a remedy naming its thumbprint.
+	other, otherKeyPEM, _ := testCertificate(t, time.Now().Add(time.Hour))
+	occ, err := ParseClientCertificate(other, otherKeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o = e.options(ClientCredentials, ep.srv.URL)
+	o.ClientCertificate, o.Now = occ, nil
+	_, err = e.source(t, o).Token(ctx)
+	if re := RemedyOf(err); !strings.Contains(re, occ.Thumbprint()) || !strings.Contains(re, "upload the certificate") {
+		t.Fatalf("unknown certificate: %v, remedy %q", err, re)
 	}
 
 	// Another key with the same certificate is refused by the endpoint's signature check.
