@@ -76,6 +76,9 @@ func readAPIError(resp *http.Response, step string) *apiError {
 	return e
 }
 
+// maxRetryAfter caps a Retry-After in seconds (a day): a larger one is a mistake, and would overflow.
+const maxRetryAfter = 24 * 60 * 60
+
 // parseRetryAfter reads Retry-After as seconds or an HTTP date (RFC 9110 §10.2.3); 0 when absent.
 func parseRetryAfter(v string, now time.Time) time.Duration {
 	v = strings.TrimSpace(v)
@@ -83,7 +86,7 @@ func parseRetryAfter(v string, now time.Time) time.Duration {
 		return 0
 	}
 	if n, err := strconv.Atoi(v); err == nil && n >= 0 {
-		return time.Duration(n) * time.Second
+		return time.Duration(min(n, maxRetryAfter)) * time.Second
 	}
 	if t, err := http.ParseTime(v); err == nil && t.After(now) {
 		return t.Sub(now)
