@@ -12,9 +12,11 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -283,5 +285,38 @@ func TestJudge(t *testing.T) {
 			}
 			rest = rest[i+len(w):]
 		}
+	}
+}
+
+type recordingTransport struct{ form url.Values }
+
+func (r *recordingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	b, _ := io.ReadAll(req.Body)
+	r.form, _ = url.ParseQuery(string(b))
+	return &http.Response{StatusCode: 200, Body: io.NopCloser(strings.NewReader("{}")), Header: http.Header{}, Request: req}, nil
+}
+
+// The asserting transport replaces a client secret on a token request by an assertion (whichever flow
+// built the request) and leaves other requests alone.
+func TestAssertingTransportReplacesSecret(t *testing.T) {
+	certPEM, keyPEM, _ := testCertificate(t, time.Now().Add(time.Hour))
+	cc, err := ParseClientCertificate(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &recordingTransport{}
+	at := &assertingTransport{base: rec, tokenURL: "https://login.example/t/oauth2/v2.0/token", clientID: "app", cert: cc, now: time.Now}
+	body := url.Values{"grant_type": {"refresh_token"}, "client_id": {"app"}, "client_secret": {"s3cret"}, "refresh_token": {"rt"}}.Encode()
+	req, _ := http.NewRequest("POST", "https://login.example/t/oauth2/v2.0/token", strings.NewReader(body))
+	if _, err := at.RoundTrip(req); err != nil {
+		t.Fatal(err)
+	}
+	if rec.form.Has("client_secret") || rec.form.Get("client_assertion_type") != ClientAssertionType ||
+		rec.form.Get("client_assertion") == "" || rec.form.Get("refresh_token") != "rt" {
+		t.Fatalf("token request sent as %v", rec.form)
+	}
+	req, _ = http.NewRequest("POST", "https://elsewhere.example/t/oauth2/v2.0/token", strings.NewReader(body))
+	if _, err := at.RoundTrip(req); err != nil || rec.form.Get("client_secret") != "s3cret" || rec.form.Has("client_assertion") {
+		t.Fatalf("a request to another endpoint was changed: %v %v", err, rec.form)
 	}
 }

@@ -240,15 +240,16 @@ func TestSetupFaults(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			tr := e.transport(t, graph.Options{Mailbox: c.mailbox, Tokens: e.tokens(t, c.client, c.api)})
+			toks := &invalidations{TokenSource: e.tokens(t, c.client, c.api)}
+			tr := e.transport(t, graph.Options{Mailbox: c.mailbox, Tokens: toks})
 			before := len(e.graph.Steps)
 			res := tr.Deliver(ctxT(t), message(smallMIME("x"), "customer@example.net"))
 			re, ok := relay.AsError(res.Errs[0])
 			if !ok || relay.Classify(re) != relay.FaultSetup || re.Reason != c.reason || !strings.Contains(re.Remedy, c.remedy) {
 				t.Fatalf("got %v (reason %q remedy %q)", res.Errs[0], re.Reason, re.Remedy)
 			}
-			if c.reason == graph.ReasonAuth && len(e.graph.Steps)-before != 2 {
-				t.Fatalf("a 401 is retried once with a fresh token: %d requests", len(e.graph.Steps)-before)
+			if c.reason == graph.ReasonAuth && (len(e.graph.Steps)-before != 2 || toks.n != 1) {
+				t.Fatalf("a 401 is retried once with a fresh token: %d requests, %d invalidations", len(e.graph.Steps)-before, toks.n)
 			}
 		})
 	}
@@ -362,6 +363,14 @@ func TestBudgets(t *testing.T) {
 		t.Fatalf("sent %d", n)
 	}
 }
+
+// invalidations counts the tokens the transport gave back as refused.
+type invalidations struct {
+	graph.TokenSource
+	n int
+}
+
+func (i *invalidations) Invalidate(token string) { i.n++; i.TokenSource.Invalidate(token) }
 
 func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
