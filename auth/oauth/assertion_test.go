@@ -3,17 +3,14 @@ package oauth
 import (
 	"context"
 	"crypto"
-	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -25,24 +22,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/mailgate/mailgate/kms"
+	"github.com/mailgate/mailgate/relay/peertest"
 )
 
 // testCertificate makes an RSA key and a self-signed certificate valid until notAfter, as PEM.
 func testCertificate(t *testing.T, notAfter time.Time) (certPEM []byte, keyPEM kms.Secret, key *rsa.PrivateKey) {
 	t.Helper()
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "mailgate app"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: notAfter}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pk, _ := x509.MarshalPKCS8PrivateKey(key)
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		kms.NewSecret(string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pk}))), key
+	c := peertest.NewClientCertificate(t, time.Until(notAfter))
+	return c.CertPEM, kms.NewSecret(string(c.KeyPEM)), c.Key
 }
 
 // strictTokenEndpoint is a token endpoint that authenticates the client only by a client assertion, as

@@ -1,13 +1,8 @@
 package main
 
 import (
-	"crypto/rand"
-	"crypto/rsa"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -142,26 +137,15 @@ func TestGraphCertificateCredential(t *testing.T) {
 	}
 }
 
-// clientCertificate writes a self-signed RSA certificate valid for validFor and returns its file, the
-// PEM private key and its NotAfter.
+// clientCertificate writes a certificate credential valid for validFor and returns its file, the PEM
+// private key and its NotAfter.
 func clientCertificate(t *testing.T, validFor time.Duration) (string, string, time.Time) {
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	notAfter := time.Now().Add(validFor).Truncate(time.Second)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "mailgate graph app"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: notAfter}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := peertest.NewClientCertificate(t, validFor)
 	certFile := filepath.Join(t.TempDir(), "app.pem")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+	if err := os.WriteFile(certFile, c.CertPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	pk, _ := x509.MarshalPKCS8PrivateKey(key)
-	return certFile, string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pk})), notAfter
+	return certFile, string(c.KeyPEM), c.NotAfter
 }
 
 func grepLines(s, sub string) string {
