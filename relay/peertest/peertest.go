@@ -1,6 +1,8 @@
 // Package peertest starts the real third-party peers that mailgate's tests talk to — Postfix's
-// smtp-sink, Node's smtp-server, oauth2-mock-server, aws-ses-v2-local, local-kms — and swaks as a
-// client. It is imported by _test.go files only.
+// smtp-sink, Node's smtp-server, oauth2-mock-server (also shaped like Entra ID: EntraMock),
+// aws-ses-v2-local, local-kms — and swaks as a client; where no peer exists it holds the stand-in
+// (GraphFake: Microsoft Graph's mail API, which has no local emulator) and test credentials
+// (NewClientCertificate). It is imported by _test.go files only.
 //
 // Every peer listens on 127.0.0.1 on a free port, runs in its own process group, and is stopped by
 // PID (the whole group) when the test ends. Peers are installed by scripts/install-test-deps.sh; a
