@@ -32,8 +32,9 @@ const (
 	// tenant may raise up to 150 MB.
 	DefaultMaxMessageBytes = 35 << 20
 	// uploadSessionMin is the attachment size from which Microsoft says to use an upload session
-	// (3 MB to 150 MB); smaller attachments are posted whole.
-	uploadSessionMin = 3 << 20
+	// (3 MB to 150 MB); smaller attachments are posted whole. Decimal megabytes: a file just under 3 MiB
+	// posted whole would be base64 plus JSON over the 4 MiB request limit.
+	uploadSessionMin = 3_000_000
 	// uploadChunkBytes is one PUT of an upload session: Microsoft allows up to 4 MB a request.
 	uploadChunkBytes = 3 << 20
 )
