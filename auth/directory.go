@@ -32,6 +32,10 @@ type Permission struct {
 	Reply bool
 	// Outbound additionally allows starting a new conversation (a message that is not a reply).
 	Outbound bool
+	// ActForAgents allows naming, in the X-Mailgate-Agent header, the agent a message is sent for: a
+	// CRM or another service account submitting for many agents (DESIGN §1). The agent's signature and
+	// name are then applied, and the delivery log records both.
+	ActForAgents bool
 }
 
 // Role names a set of channel permissions, so many agents share one definition.
@@ -234,6 +238,17 @@ func (d *Directory) Authenticate(login, password string) (*Principal, error) {
 	}
 	p := a.principal
 	return &p, nil
+}
+
+// Agent returns the user a service principal names as the agent it sends for: a user (not a service
+// principal of a trusted network) by login, case-insensitively.
+func (d *Directory) Agent(login string) (*Principal, bool) {
+	a, ok := d.accounts[strings.ToLower(strings.TrimSpace(login))]
+	if !ok {
+		return nil, false
+	}
+	p := a.principal
+	return &p, true
 }
 
 // Principal returns the current principal for a login, so a session authenticated before a reload acts

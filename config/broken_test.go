@@ -18,7 +18,7 @@ func TestBrokenConfigs(t *testing.T) {
 			{"listeners[0].tls", `must be starttls or implicit, not "tls"`},
 		},
 		"unknown-transport.yaml": {
-			{"channels[0].transport", `unknown server "m365" (define it under smtp_servers, or use ses or outbox)`},
+			{"channels[0].transport", `unknown server "m365" (define it under smtp_servers or graph_servers, or use ses or outbox)`},
 		},
 		"plain-secret.yaml": {
 			{"smtp_servers[0].password", "plain-text secrets are refused outside development: use kms:<...> (mailgate secret encrypt --kms KEY), " +
@@ -26,8 +26,16 @@ func TestBrokenConfigs(t *testing.T) {
 		},
 		"oauth-missing-fields.yaml": {
 			{"smtp_servers[0].oauth.client_id", "required: the Application (client) ID of the app registration"},
-			{"smtp_servers[0].oauth.client_secret", "required: a secret reference (kms:, local:, env:NAME, file:PATH)"},
+			{"smtp_servers[0].oauth.client_secret", "required: a secret reference (kms:, local:, env:NAME, file:PATH), or client_certificate and client_key"},
 			{"smtp_servers[0].oauth.mailbox", `required: the mailbox address mail is sent as (got "")`},
+		},
+		"graph-server.yaml": {
+			{"graph_servers[0].name", `duplicate server "relay" (smtp_servers and graph_servers share names)`},
+			{"graph_servers[0].endpoint", `must be an https URL such as https://graph.microsoft.com/v1.0 (the access token is a bearer credential), got "http://graph.example.net/v1.0"`},
+			{"graph_servers[1].oauth", "required: tenant_id, client_id, client_secret and mailbox of an app registration with the Microsoft Graph permission Mail.Send"},
+			{"channels[0].mail_from", "not used with a Graph server: Exchange Online sends with the mailbox as the envelope sender; remove mail_from"},
+			{"graph_servers[0].oauth.client_secret", "plain-text secrets are refused outside development: use kms:<...> (mailgate secret encrypt --kms KEY), " +
+				"local:<...> (mailgate secret encrypt --local KEYRING), env:NAME or file:PATH"},
 		},
 		"bad-time-zone.yaml": {
 			{"business_units[0].time_zone", `unknown time zone "CEST" (use an IANA name such as America/New_York)`},

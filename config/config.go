@@ -35,6 +35,7 @@ type Config struct {
 	BusinessUnits   []BusinessUnit   `yaml:"business_units"`
 	Channels        []Channel        `yaml:"channels"`
 	SMTPServers     []SMTPServer     `yaml:"smtp_servers"`
+	GraphServers    []GraphServer    `yaml:"graph_servers"`
 	SES             *SES             `yaml:"ses"`
 	Outbox          *Outbox          `yaml:"outbox"`
 	KMS             KMS              `yaml:"kms"`
@@ -160,6 +161,11 @@ type Channel struct {
 	Threading string `yaml:"threading"`
 	// SESConfigurationSet is the SES configuration set for this channel (required with force_tls on SES).
 	SESConfigurationSet string `yaml:"ses_configuration_set"`
+	// SESTenantName optionally sends the channel's mail as an SES tenant (TenantName).
+	SESTenantName string `yaml:"ses_tenant_name"`
+	// SESIdentityARN is the ARN of a sending identity another AWS account authorised this one to use
+	// (SES sending authorization); empty = the From address's own identity in this account.
+	SESIdentityARN string `yaml:"ses_identity_arn"`
 }
 
 // Ticket is how the ticket number appears in the subject.
@@ -189,6 +195,25 @@ type SMTPServer struct {
 	Timeouts          SMTPTimeouts `yaml:"timeouts"`
 }
 
+// GraphServer is a Microsoft 365 mailbox that sends through Microsoft Graph's sendMail instead of SMTP
+// (for tenants that keep SMTP AUTH disabled). Channels name it as their transport, like a custom SMTP
+// server. The credential is a Microsoft OAuth one whose tokens are issued for Graph: application
+// permission Mail.Send (client_credentials) or delegated Mail.Send (authorization_code); oauth.mailbox
+// is the sending mailbox.
+type GraphServer struct {
+	Name string `yaml:"name"`
+	// Endpoint overrides https://graph.microsoft.com/v1.0 (national clouds, tests); https only.
+	Endpoint string `yaml:"endpoint"`
+	OAuth    *OAuth `yaml:"oauth"`
+	// MaxConcurrentRequests defaults to Graph's 4 per mailbox; MessagesPerMinute and RecipientsPerDay
+	// to Exchange Online's 30 and 10,000; MaxMessageBytes to the mailbox default of 35 MB.
+	MaxConcurrentRequests int    `yaml:"max_concurrent_requests"`
+	MessagesPerMinute     int    `yaml:"messages_per_minute"`
+	RecipientsPerDay      int    `yaml:"recipients_per_day"`
+	MaxMessageBytes       int64  `yaml:"max_message_bytes"`
+	CAFile                string `yaml:"ca_file"` // extra trust anchors (a TLS-inspecting proxy's CA)
+}
+
 // SMTPTimeouts bound each step of an upstream session.
 type SMTPTimeouts struct {
 	Connect Duration `yaml:"connect"`
@@ -201,15 +226,23 @@ type SMTPTimeouts struct {
 
 // OAuth is a Microsoft OAuth 2.0 credential for XOAUTH2.
 type OAuth struct {
-	TenantID     string   `yaml:"tenant_id"`
-	ClientID     string   `yaml:"client_id"`
-	ClientSecret string   `yaml:"client_secret"` // secret reference
-	Mailbox      string   `yaml:"mailbox"`
-	Flow         string   `yaml:"flow"` // client_credentials or authorization_code
-	Scopes       []string `yaml:"scopes"`
-	RedirectURL  string   `yaml:"redirect_url"`
-	AuthorizeURL string   `yaml:"authorize_url"` // override for national clouds and tests
-	TokenURL     string   `yaml:"token_url"`
+	TenantID     string `yaml:"tenant_id"`
+	ClientID     string `yaml:"client_id"`
+	ClientSecret string `yaml:"client_secret"` // secret reference
+	// ClientSecretExpires is when the client secret expires (YYYY-MM-DD, as the app registration shows
+	// it): /readyz warns 30 days ahead and fails 7 days ahead.
+	ClientSecretExpires string `yaml:"client_secret_expires"`
+	// ClientCertificate (a PEM file) and ClientKey (a secret reference to its PEM RSA private key) are a
+	// certificate credential, used instead of client_secret: token requests carry a signed client
+	// assertion. Its NotAfter is watched like client_secret_expires.
+	ClientCertificate string   `yaml:"client_certificate"`
+	ClientKey         string   `yaml:"client_key"`
+	Mailbox           string   `yaml:"mailbox"`
+	Flow              string   `yaml:"flow"` // client_credentials or authorization_code
+	Scopes            []string `yaml:"scopes"`
+	RedirectURL       string   `yaml:"redirect_url"`
+	AuthorizeURL      string   `yaml:"authorize_url"` // override for national clouds and tests
+	TokenURL          string   `yaml:"token_url"`
 }
 
 // SES is the AWS SES v2 transport.
@@ -254,7 +287,8 @@ type Signature struct {
 	Users []string `yaml:"users"`
 }
 
-// Role grants permissions per channel: "reply" and "outbound".
+// Role grants permissions per channel: "reply", "outbound" and "act_for_agents" (a service account
+// may name, in the X-Mailgate-Agent header, the agent it sends for on that channel).
 type Role struct {
 	Name     string              `yaml:"name"`
 	Channels map[string][]string `yaml:"channels"`

@@ -190,3 +190,22 @@ func TestFileSecretChecked(t *testing.T) {
 		"smtp_servers[0].ca_file: /dev/zero is not a regular file",
 		"smtp_servers[0].password: "+fifo+" is not a regular file")
 }
+
+// TestMailFromRefusedWhereTheAPIChoosesIt: SES and Graph choose the envelope sender themselves, so a
+// channel's mail_from there is refused with the reason instead of being silently ignored (or, as SES's
+// FromEmailAddress, changing the sending identity).
+func TestMailFromRefusedWhereTheAPIChoosesIt(t *testing.T) {
+	ses := "ses:\n  region: eu-west-1\n  event_topics: [arn:aws:sns:eu-west-1:123456789012:ses-events]\n" +
+		"events:\n  address: 127.0.0.1:8443\n"
+	yaml := edit(t, baseConfig(t)+ses, "    transport: relay\n", "    transport: ses\n    mail_from: bounces@example.com\n")
+	wantProblems(t, problems(t, yaml), "channels[0].mail_from: not used with transport ses: SES sets the envelope sender itself")
+	if got := problems(t, yaml); len(got) == 1 && !strings.Contains(got[0], "bounce.example.com") {
+		t.Errorf("the remedy names the custom MAIL FROM domain to configure: %s", got[0])
+	}
+	wantProblems(t, problems(t, edit(t, baseConfig(t)+ses, "    transport: relay\n", "    transport: ses\n    ses_tenant_name: retail\n"+
+		"    ses_identity_arn: arn:aws:ses:eu-west-1:123456789012:identity/example.com\n")))
+	wantProblems(t, problems(t, edit(t, baseConfig(t)+ses, "    transport: relay\n", "    transport: ses\n    ses_identity_arn: example.com\n")),
+		`channels[0].ses_identity_arn: "example.com" is not an SES identity ARN`)
+	wantProblems(t, problems(t, edit(t, baseConfig(t), "    transport: relay\n", "    transport: relay\n    ses_tenant_name: retail\n")),
+		"channels[0].ses_tenant_name: only used with transport ses")
+}

@@ -3,6 +3,7 @@ package config
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net"
@@ -104,6 +105,11 @@ func (c *Config) ApplyDefaults() {
 			o.Flow = "client_credentials"
 		}
 	}
+	for i := range c.GraphServers {
+		if o := c.GraphServers[i].OAuth; o != nil && o.Flow == "" {
+			o.Flow = "client_credentials"
+		}
+	}
 }
 
 func setInt(p *int, v int) {
@@ -124,6 +130,7 @@ func (c *Config) Validate() error {
 	c.validateListeners(&ps)
 	bus := c.validateBusinessUnits(&ps)
 	servers := c.validateSMTPServers(&ps)
+	graphs := c.validateGraphServers(&ps, servers)
 	templateNames := map[string]bool{}
 	for i, t := range c.Templates {
 		p := fmt.Sprintf("templates[%d]", i)
@@ -140,7 +147,7 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
-	channels := c.validateChannels(&ps, bus, servers, templateNames)
+	channels := c.validateChannels(&ps, bus, servers, graphs, templateNames)
 	roles := c.validateRoles(&ps, channels)
 	logins := map[string]bool{}
 	for i, u := range c.Users {
@@ -391,6 +398,29 @@ func checkCertPair(ps *Problems, path, certFile, keyFile string) {
 	}
 }
 
+// pemDecode returns the first PEM CERTIFICATE block of b, or nil.
+func pemDecode(b []byte) (*pem.Block, []byte) {
+	for {
+		blk, rest := pem.Decode(b)
+		if blk == nil || blk.Type == "CERTIFICATE" {
+			return blk, rest
+		}
+		b = rest
+	}
+}
+
+// checkCAFile reads a configured CA file as the transports will: it must hold a PEM certificate.
+func checkCAFile(ps *Problems, path, file string) {
+	if file == "" {
+		return
+	}
+	if pem, err := readPEMFile(file); err != nil {
+		ps.add(path, "%v", err)
+	} else if !x509.NewCertPool().AppendCertsFromPEM(pem) {
+		ps.add(path, "%s holds no PEM certificate", file)
+	}
+}
+
 // maxPEMFileBytes bounds a certificate, key or CA file read at validation: a chain is a few KiB, a CA
 // bundle a few hundred.
 const maxPEMFileBytes = 4 << 20
@@ -479,15 +509,39 @@ func (c *Config) validateSMTPServers(ps *Problems) map[string]*SMTPServer {
 		if s.Auth != "microsoft-oauth" && s.OAuth != nil {
 			ps.add(p+".oauth", "only used with auth: microsoft-oauth")
 		}
-		if s.CAFile != "" {
-			if pem, err := readPEMFile(s.CAFile); err != nil {
-				ps.add(p+".ca_file", "%v", err)
-			} else if !x509.NewCertPool().AppendCertsFromPEM(pem) {
-				ps.add(p+".ca_file", "%s holds no PEM certificate", s.CAFile)
-			}
-		}
+		checkCAFile(ps, p+".ca_file", s.CAFile)
 	}
 	return servers
+}
+
+// validateGraphServers checks the Graph mailboxes; their names share one space with smtp_servers
+// (a channel's transport names either).
+func (c *Config) validateGraphServers(ps *Problems, servers map[string]*SMTPServer) map[string]bool {
+	graphs := map[string]bool{}
+	for i, g := range c.GraphServers {
+		p := fmt.Sprintf("graph_servers[%d]", i)
+		switch {
+		case g.Name == "":
+			ps.add(p+".name", "required")
+		case g.Name == TransportSES || g.Name == TransportOutbox:
+			ps.add(p+".name", "%q is reserved for the built-in transport; pick another name", g.Name)
+		case servers[g.Name] != nil || graphs[g.Name]:
+			ps.add(p+".name", "duplicate server %q (smtp_servers and graph_servers share names)", g.Name)
+		}
+		graphs[g.Name] = true
+		if g.Endpoint != "" {
+			if u, err := url.Parse(g.Endpoint); err != nil || u.Scheme != "https" || u.Host == "" {
+				ps.add(p+".endpoint", "must be an https URL such as https://graph.microsoft.com/v1.0 (the access token is a bearer credential), got %q", g.Endpoint)
+			}
+		}
+		if g.OAuth == nil {
+			ps.add(p+".oauth", "required: tenant_id, client_id, client_secret and mailbox of an app registration with the Microsoft Graph permission Mail.Send")
+		} else {
+			validateOAuth(ps, p+".oauth", g.OAuth)
+		}
+		checkCAFile(ps, p+".ca_file", g.CAFile)
+	}
+	return graphs
 }
 
 func validateOAuth(ps *Problems, p string, o *OAuth) {
@@ -501,8 +555,25 @@ func validateOAuth(ps *Problems, p string, o *OAuth) {
 	if o.ClientID == "" {
 		ps.add(p+".client_id", "required: the Application (client) ID of the app registration")
 	}
-	if o.ClientSecret == "" {
-		ps.add(p+".client_secret", "required: a secret reference (kms:, local:, env:NAME, file:PATH)")
+	switch {
+	case o.ClientCertificate != "" || o.ClientKey != "":
+		if o.ClientCertificate == "" || o.ClientKey == "" {
+			ps.add(p+".client_certificate", "client_certificate (a PEM file) and client_key (a secret reference to its private key) go together")
+		} else if pem, err := readPEMFile(o.ClientCertificate); err != nil {
+			ps.add(p+".client_certificate", "%v", err)
+		} else if b, _ := pemDecode(pem); b == nil {
+			ps.add(p+".client_certificate", "%s holds no PEM CERTIFICATE", o.ClientCertificate)
+		}
+		if o.ClientSecret != "" {
+			ps.add(p+".client_secret", "set either client_secret or client_certificate, not both")
+		}
+	case o.ClientSecret == "":
+		ps.add(p+".client_secret", "required: a secret reference (kms:, local:, env:NAME, file:PATH), or client_certificate and client_key")
+	}
+	if o.ClientSecretExpires != "" {
+		if _, err := time.Parse("2006-01-02", o.ClientSecretExpires); err != nil {
+			ps.add(p+".client_secret_expires", "write the date as YYYY-MM-DD (got %q)", o.ClientSecretExpires)
+		}
 	}
 	if !relay.ValidAddress(o.Mailbox) {
 		ps.add(p+".mailbox", "required: the mailbox address mail is sent as (got %q)", o.Mailbox)
@@ -525,7 +596,7 @@ func validateOAuth(ps *Problems, p string, o *OAuth) {
 	}
 }
 
-func (c *Config) validateChannels(ps *Problems, bus map[string]bool, servers map[string]*SMTPServer, templates map[string]bool) map[string]bool {
+func (c *Config) validateChannels(ps *Problems, bus map[string]bool, servers map[string]*SMTPServer, graphs map[string]bool, templates map[string]bool) map[string]bool {
 	channels := map[string]bool{}
 	froms := map[string]string{}
 	if len(c.Channels) == 0 {
@@ -559,12 +630,30 @@ func (c *Config) validateChannels(ps *Problems, bus map[string]bool, servers map
 			if c.Outbox == nil {
 				ps.add(p+".transport", "outbox needs a top-level outbox: section (dir)")
 			}
-		case servers[ch.Transport] != nil:
+		case servers[ch.Transport] != nil, graphs[ch.Transport]:
 		default:
-			ps.add(p+".transport", "unknown server %q (define it under smtp_servers, or use ses or outbox)", ch.Transport)
+			ps.add(p+".transport", "unknown server %q (define it under smtp_servers or graph_servers, or use ses or outbox)", ch.Transport)
+		}
+		// Neither API lets mailgate choose the envelope sender: a mail_from there would be silently
+		// ignored (or, as SES's FromEmailAddress, change the sending identity instead), so it is refused.
+		switch {
+		case ch.MailFrom != "" && ch.Transport == TransportSES:
+			ps.add(p+".mail_from", "not used with transport ses: SES sets the envelope sender itself (its amazonses.com domain, or the custom MAIL FROM domain of the From identity: configure that in SES, e.g. bounce.%s); remove mail_from", domainOf(ch.From))
+		case ch.MailFrom != "" && graphs[ch.Transport]:
+			ps.add(p+".mail_from", "not used with a Graph server: Exchange Online sends with the mailbox as the envelope sender; remove mail_from")
 		}
 		if ch.SESConfigurationSet != "" && ch.Transport != TransportSES {
 			ps.add(p+".ses_configuration_set", "only used with transport ses")
+		}
+		if ch.SESTenantName != "" && ch.Transport != TransportSES {
+			ps.add(p+".ses_tenant_name", "only used with transport ses")
+		}
+		if ch.SESIdentityARN != "" {
+			if ch.Transport != TransportSES {
+				ps.add(p+".ses_identity_arn", "only used with transport ses")
+			} else if !validIdentityARN(ch.SESIdentityARN) {
+				ps.add(p+".ses_identity_arn", "%q is not an SES identity ARN (arn:aws:ses:REGION:ACCOUNT:identity/%s)", ch.SESIdentityARN, domainOf(ch.From))
+			}
 		}
 		if ch.Template != "" && !templates[ch.Template] {
 			ps.add(p+".template", "unknown template %q (define it under templates)", ch.Template)
@@ -601,8 +690,8 @@ func (c *Config) validateRoles(ps *Problems, channels map[string]bool) map[strin
 				ps.add(cp, "unknown channel %q", ch)
 			}
 			for _, perm := range perms {
-				if perm != "reply" && perm != "outbound" {
-					ps.add(cp, "unknown permission %q (use reply, outbound)", perm)
+				if perm != "reply" && perm != "outbound" && perm != "act_for_agents" {
+					ps.add(cp, "unknown permission %q (use reply, outbound, act_for_agents)", perm)
 				}
 			}
 		}
@@ -651,6 +740,13 @@ func (c *Config) validateSecrets(ps *Problems) {
 		check(p+".password", s.Password)
 		if s.OAuth != nil {
 			check(p+".oauth.client_secret", s.OAuth.ClientSecret)
+			check(p+".oauth.client_key", s.OAuth.ClientKey)
+		}
+	}
+	for i, g := range c.GraphServers {
+		if g.OAuth != nil {
+			check(fmt.Sprintf("graph_servers[%d].oauth.client_secret", i), g.OAuth.ClientSecret)
+			check(fmt.Sprintf("graph_servers[%d].oauth.client_key", i), g.OAuth.ClientKey)
 		}
 	}
 }
@@ -708,6 +804,19 @@ func validTopicARN(s string) bool {
 	return err == nil
 }
 
+// validIdentityARN: arn:<partition>:ses:<region>:<12-digit account>:identity/<address or domain>.
+func validIdentityARN(s string) bool {
+	f := strings.SplitN(s, ":", 6)
+	if len(f) != 6 || f[0] != "arn" || !strings.HasPrefix(f[1], "aws") || f[2] != "ses" || f[3] == "" || len(f[4]) != 12 {
+		return false
+	}
+	if _, err := strconv.ParseUint(f[4], 10, 64); err != nil {
+		return false
+	}
+	name, ok := strings.CutPrefix(f[5], "identity/")
+	return ok && name != ""
+}
+
 // validateLimits refuses negative numbers and durations: a negative limit is a mistake, and silently
 // taking the default instead would run with a limit the operator did not choose.
 func (c *Config) validateLimits(ps *Problems) {
@@ -732,6 +841,11 @@ func (c *Config) validateLimits(ps *Problems) {
 			num{p + "timeouts.connect", int64(s.Timeouts.Connect)}, num{p + "timeouts.command", int64(s.Timeouts.Command)},
 			num{p + "timeouts.data", int64(s.Timeouts.Data)}, num{p + "timeouts.idle", int64(s.Timeouts.Idle)})
 	}
+	for i, g := range c.GraphServers {
+		p := fmt.Sprintf("graph_servers[%d].", i)
+		nums = append(nums, num{p + "max_concurrent_requests", int64(g.MaxConcurrentRequests)}, num{p + "messages_per_minute", int64(g.MessagesPerMinute)},
+			num{p + "recipients_per_day", int64(g.RecipientsPerDay)}, num{p + "max_message_bytes", g.MaxMessageBytes})
+	}
 	for _, n := range nums {
 		if n.v < 0 {
 			ps.add(n.path, "must not be negative (leave it out for the default)")
@@ -740,6 +854,14 @@ func (c *Config) validateLimits(ps *Problems) {
 	if l.MaxConnectionsPerClient > l.MaxConnections && l.MaxConnections > 0 {
 		ps.add("limits.max_connections_per_client", "%d is more than limits.max_connections (%d)", l.MaxConnectionsPerClient, l.MaxConnections)
 	}
+}
+
+// domainOf is the domain of an address ("example.com" when it has none, for messages only).
+func domainOf(addr string) string {
+	if _, d, ok := strings.Cut(addr, "@"); ok && d != "" {
+		return d
+	}
+	return "example.com"
 }
 
 // unique records name in seen, reporting at path a missing name or one already used by another

@@ -135,7 +135,7 @@ func Classify(err error) Fault {
 // they come: authentication (530, 535), the protocol (500–504 and 555 when the enhanced code says
 // nothing more specific, or any 5.5.x: a confused client or relay, e.g. 503 "nested MAIL command"),
 // and Exchange Online's account codes, which it also gives after the final dot (5.7.60 no Send As,
-// 5.7.708/5.7.750 tenant or IP blocked).
+// 5.7.233 the tenant's external recipient rate limit, 5.7.708/5.7.750 tenant or IP blocked).
 func setupReply(code int, enh EnhancedCode, subject string) bool {
 	switch code {
 	case 530, 535:

@@ -60,6 +60,7 @@ func TestClassify(t *testing.T) {
 		{"setup: 530 5.7.57 at MAIL", reply(530, "5.7.57", relay.StageMail), relay.FaultSetup},
 		{"setup: 5.7.30 basic auth off", reply(535, "5.7.30", relay.StageAuth), relay.FaultSetup},
 		{"setup: 5.7.60 no Send As, after the dot", reply(550, "5.7.60", relay.StageData), relay.FaultSetup},
+		{"setup: 5.7.233 tenant external recipient limit, after the dot", reply(550, "5.7.233", relay.StageData), relay.FaultSetup},
 		{"setup: 5.7.708 tenant blocked, after the dot", reply(550, "5.7.708", relay.StageData), relay.FaultSetup},
 		{"setup: 5.7.233 tenant external recipient limit, after the dot", reply(550, "5.7.233", relay.StageData), relay.FaultSetup},
 		{"setup: 503 nested MAIL (no enhanced code)", reply(503, "5.0.0", relay.StageMail), relay.FaultSetup},

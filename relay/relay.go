@@ -182,11 +182,13 @@ type Bounce struct {
 // DeliveryRecord is one line of the delivery log: what happened to a queued message in its latest
 // attempt. Operators search it by ticket (the seed's "title=" search) or queue id.
 type DeliveryRecord struct {
-	QueueID    string
-	MessageID  string
-	Ticket     string
-	Channel    string
-	Principal  string
+	QueueID   string
+	MessageID string
+	Ticket    string
+	Channel   string
+	Principal string
+	// Agent is the agent a service principal sent for (DESIGN §1), "" when the principal sent as itself.
+	Agent      string
 	Recipients []string
 	Status     string // queued, delivered, deferred, bounced, partial
 	Attempts   int
@@ -203,6 +205,7 @@ type Envelope struct {
 	MessageID  string // composed Message-ID, without angle brackets
 	Ticket     string
 	Principal  string // login of the submitting agent or service principal
+	Agent      string // the agent a service principal named (X-Mailgate-Agent), "" if none
 	ForceTLS   bool
 	Received   time.Time
 }

@@ -1,5 +1,6 @@
-// Package oauth obtains the OAuth 2.0 access tokens mailgate presents to Microsoft 365 with AUTH
-// XOAUTH2, one Source per configured custom SMTP server ("auth: microsoft-oauth").
+// Package oauth obtains the OAuth 2.0 access tokens mailgate presents to Microsoft 365, with AUTH
+// XOAUTH2 on SMTP or as the bearer token of Microsoft Graph's sendMail: one Source per configured custom
+// SMTP server ("auth: microsoft-oauth") or Graph mailbox (graph_servers).
 //
 // Design:
 //
@@ -7,7 +8,9 @@
 //     needs only the app's secret. authorization_code (delegated, scopes
 //     https://outlook.office.com/SMTP.Send offline_access) needs an operator to sign in once through
 //     `mailgate oauth authorize` (PKCE, RFC 7636); the refresh token it yields is then used, rotated
-//     and persisted by the Source.
+//     and persisted by the Source. For Graph (Options.API = graph) the same flows ask for the
+//     audience https://graph.microsoft.com: scope https://graph.microsoft.com/.default (application
+//     permission Mail.Send) or https://graph.microsoft.com/Mail.Send offline_access (delegated).
 //   - One cached access token per Source, shared by every delivery worker. It is replaced at least
 //     RefreshMargin (10 minutes) before it expires, because Exchange Online checks expiry when a
 //     connection authenticates, and a long DATA phase must not outlive the token. At most one token

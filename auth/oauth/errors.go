@@ -114,6 +114,13 @@ func (s *Source) classify(err error) *relay.Error {
 		case code == "invalid_client" && te.AADSTS == "7000222":
 			te.Reason = "oauth_client_secret_expired"
 			te.Remedy = "the client secret expired: " + newSecret
+		case code == "invalid_client" && (te.AADSTS == "700027" || te.AADSTS == "700021"):
+			te.Reason = "oauth_client_assertion_refused"
+			te.Remedy = "Entra ID did not accept mailgate's client assertion: upload the certificate " + s.certName() +
+				" to app " + s.o.ClientID + " (Certificates & secrets), and check that client_key is that certificate's key"
+		case code == "invalid_client" && te.AADSTS == "700024":
+			te.Reason = "oauth_client_assertion_time"
+			te.Remedy = "the client assertion's time range was refused: synchronise this host's clock (NTP)"
 		case code == "invalid_client" && te.AADSTS == "7000215":
 			te.Reason = "oauth_invalid_client_secret"
 			te.Remedy = "the client secret is wrong (often the secret's ID was copied instead of its Value): " + newSecret
@@ -149,9 +156,17 @@ func (s *Source) classify(err error) *relay.Error {
 		te.Remedy = "check server " + s.o.Server + "'s OAuth settings"
 	}
 	return &relay.Error{
-		Code: 451, Enhanced: relay.CodeTempAuth, Reason: te.Reason, RetryAfter: retryAfter, Err: te,
+		Code: 451, Enhanced: relay.CodeTempAuth, Reason: te.Reason, RetryAfter: retryAfter, Err: te, Remedy: te.Remedy,
 		Msg: fmt.Sprintf("OAuth token for server %s unavailable (%s); %s", s.o.Server, te.Reason, te.Remedy),
 	}
+}
+
+// certName names the client certificate for a remedy (its SHA-256 thumbprint), "" without one.
+func (s *Source) certName() string {
+	if s.o.ClientCertificate == nil {
+		return "(none configured: set client_certificate and client_key)"
+	}
+	return "with x5t#S256 thumbprint " + s.o.ClientCertificate.Thumbprint()
 }
 
 func (s *Source) tokenHost() string {

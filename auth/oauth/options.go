@@ -29,11 +29,31 @@ const (
 // ProviderMicrosoft is the only provider so far: Microsoft Entra ID (Azure AD) v2.0 endpoints.
 const ProviderMicrosoft = "microsoft"
 
-// Default scopes, per Microsoft's "Authenticate an IMAP, POP or SMTP connection using OAuth".
-var (
-	clientCredentialsScopes = []string{"https://outlook.office365.com/.default"}
-	authorizationCodeScopes = []string{"https://outlook.office.com/SMTP.Send", "offline_access"}
+// API is what a credential's tokens are for: it decides their audience (the default scopes). A token
+// is only accepted by the API it was issued for: Exchange Online answers 535 5.7.3 to a Graph token
+// on SMTP, and Graph answers 401 to an Outlook one.
+type API string
+
+const (
+	// APISMTP is Exchange Online SMTP AUTH with XOAUTH2 (the default).
+	APISMTP API = "smtp"
+	// APIGraph is Microsoft Graph (sendMail).
+	APIGraph API = "graph"
 )
+
+// Default scopes per API and flow: Microsoft's "Authenticate an IMAP, POP or SMTP connection using
+// OAuth" for SMTP (application permission SMTP.SendAsApp, delegated SMTP.Send), and Graph's Mail.Send
+// (application or delegated) for sendMail.
+var defaultScopes = map[API]map[Flow][]string{
+	APISMTP: {
+		ClientCredentials: {"https://outlook.office365.com/.default"},
+		AuthorizationCode: {"https://outlook.office.com/SMTP.Send", "offline_access"},
+	},
+	APIGraph: {
+		ClientCredentials: {"https://graph.microsoft.com/.default"},
+		AuthorizationCode: {"https://graph.microsoft.com/Mail.Send", "offline_access"},
+	},
+}
 
 // RefreshMargin is how long before expiry a cached token is replaced: at least 10 minutes, so a
 // connection authenticated just before the refresh still has a valid token for its whole session.
@@ -59,11 +79,20 @@ type Options struct {
 	Tenant   string // Entra tenant id or domain; "organizations"/"common" allowed for authorization_code
 	ClientID string
 	// ClientSecret is the app's secret (resolved from a secret reference at config load). Required for
-	// client_credentials; optional for authorization_code (public clients send none).
+	// client_credentials unless ClientCertificate is set; optional for authorization_code (public
+	// clients send none).
 	ClientSecret kms.Secret
-	Mailbox      string // the sending mailbox (the XOAUTH2 user); also the sign-in hint
-	Flow         Flow
-	// Scopes default per flow (see the package doc); set only for unusual tenants.
+	// ClientCertificate, when set, authenticates the app with a client assertion signed by the
+	// certificate's key (RFC 7523) in every flow, instead of ClientSecret.
+	ClientCertificate *ClientCertificate
+	// SecretExpires is when the configured client secret expires (zero: unknown). With the
+	// certificate's NotAfter it makes CredentialExpiry, which /readyz and a gauge report ahead of time.
+	SecretExpires time.Time
+	Mailbox       string // the sending mailbox (the XOAUTH2 user); also the sign-in hint
+	Flow          Flow
+	// API is what the tokens are for: APISMTP (default) or APIGraph. It picks the default Scopes.
+	API API
+	// Scopes default per API and flow (see the package doc); set only for unusual tenants.
 	Scopes []string
 	// RedirectURL is where the provider sends the browser after sign-in (authorization_code):
 	// a loopback URL such as http://localhost:8765/callback, registered on the app as a
@@ -104,10 +133,15 @@ func (o *Options) validate() error {
 	if o.Tenant == "" && (o.AuthURL == "" || o.TokenURL == "") {
 		errs = append(errs, errors.New("tenant id is empty (and the endpoints are not overridden)"))
 	}
+	switch o.API {
+	case "", APISMTP, APIGraph:
+	default:
+		errs = append(errs, fmt.Errorf("api %q: want %s or %s", o.API, APISMTP, APIGraph))
+	}
 	switch o.Flow {
 	case ClientCredentials:
-		if o.ClientSecret.IsZero() {
-			errs = append(errs, errors.New("client_credentials needs a client secret"))
+		if o.ClientSecret.IsZero() && o.ClientCertificate == nil {
+			errs = append(errs, errors.New("client_credentials needs a client secret or a client certificate"))
 		}
 	case AuthorizationCode:
 		if o.RedirectURL == "" {
@@ -142,10 +176,11 @@ func (o *Options) scopes() []string {
 	if len(o.Scopes) > 0 {
 		return o.Scopes
 	}
-	if o.Flow == ClientCredentials {
-		return clientCredentialsScopes
+	api := o.API
+	if api == "" {
+		api = APISMTP
 	}
-	return authorizationCodeScopes
+	return defaultScopes[api][o.Flow]
 }
 
 func (o *Options) clientCredentials() *clientcredentials.Config {

@@ -72,19 +72,70 @@ func New(o Options) (*Source, error) {
 	if o.HTTPClient == nil {
 		o.HTTPClient = &http.Client{Timeout: tokenRequestTimeout}
 	}
-	if o.RetryFailedAfter <= 0 {
-		o.RetryFailedAfter = 10 * time.Second
-	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.ClientCertificate != nil {
+		c := *o.HTTPClient
+		base := c.Transport
+		if base == nil {
+			base = http.DefaultTransport
+		}
+		c.Transport = &assertingTransport{base: base, tokenURL: o.endpoint().TokenURL, clientID: o.ClientID, cert: o.ClientCertificate, now: o.Now}
+		o.HTTPClient = &c
+		o.ClientSecret = kms.Secret{}
+	}
+	if o.RetryFailedAfter <= 0 {
+		o.RetryFailedAfter = 10 * time.Second
+	}
 	s := &Source{o: o, log: o.Logger.With("server", o.Server)}
+	if exp, _ := s.CredentialExpiry(); !exp.IsZero() && o.Metrics != nil {
+		o.Metrics.OAuthCredentialExpiry.WithLabelValues(o.Server).Set(float64(exp.Unix()))
+	}
 	if o.Flow == ClientCredentials {
 		s.cc = o.clientCredentials()
 	} else {
 		s.ac = o.authorizationCode()
 	}
 	return s, nil
+}
+
+// CredentialExpiry is when the app's credential stops working — the client certificate's NotAfter or
+// the configured client secret expiry, whichever comes first — and which one it is; zero when unknown.
+func (s *Source) CredentialExpiry() (time.Time, string) {
+	if c := s.o.ClientCertificate; c != nil && (s.o.SecretExpires.IsZero() || c.Cert.NotAfter.Before(s.o.SecretExpires)) {
+		return c.Cert.NotAfter, "client certificate " + c.Thumbprint()
+	}
+	if !s.o.SecretExpires.IsZero() {
+		return s.o.SecretExpires, "client secret"
+	}
+	return time.Time{}, ""
+}
+
+// Expiry thresholds for the credential: a warning from 30 days before, a failure from 7 days before.
+const (
+	ExpiryWarning = 30 * 24 * time.Hour
+	ExpiryFailure = 7 * 24 * time.Hour
+)
+
+// ExpiryProblem says, at now, whether the credential expires soon: warn within ExpiryWarning, fail
+// within ExpiryFailure (or after it expired), each with what to do. Both empty: fine or unknown.
+func (s *Source) ExpiryProblem(now time.Time) (warn, fail string) {
+	exp, what := s.CredentialExpiry()
+	if exp.IsZero() {
+		return "", ""
+	}
+	left := exp.Sub(now)
+	remedy := "upload a new one to the app registration (Certificates & secrets) and update server " + s.o.Server + "'s oauth settings"
+	switch {
+	case left <= 0:
+		return "", fmt.Sprintf("the %s of server %s expired on %s: %s", what, s.o.Server, exp.UTC().Format("2006-01-02"), remedy)
+	case left <= ExpiryFailure:
+		return "", fmt.Sprintf("the %s of server %s expires on %s (in %d days): %s", what, s.o.Server, exp.UTC().Format("2006-01-02"), int(left.Hours()/24), remedy)
+	case left <= ExpiryWarning:
+		return fmt.Sprintf("the %s of server %s expires on %s (in %d days): %s", what, s.o.Server, exp.UTC().Format("2006-01-02"), int(left.Hours()/24), remedy), ""
+	}
+	return "", ""
 }
 
 // Server is the name of the credential's server.

@@ -21,6 +21,8 @@ func buildDirectory(c *config.Config) (*auth.Directory, error) {
 					p.Reply = true
 				case "outbound":
 					p.Outbound = true
+				case "act_for_agents":
+					p.ActForAgents = true
 				}
 			}
 			perms[ch] = p

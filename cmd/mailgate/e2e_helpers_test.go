@@ -183,9 +183,15 @@ func exitCode(t testing.TB, err error) int {
 // swaks submits one message as alice over STARTTLS (verifying mailgate's certificate).
 func (in *instance) swaks(extra ...string) (string, int) {
 	in.t.Helper()
+	return in.swaksAs("alice", extra...)
+}
+
+// swaksAs submits as login (the e2e users share alice's password).
+func (in *instance) swaksAs(login string, extra ...string) (string, int) {
+	in.t.Helper()
 	host, port, _ := net.SplitHostPort(in.smtp)
 	args := []string{"--server", host, "--port", port, "--tls", "--tls-verify", "--tls-ca-path", in.cert.CertFile,
-		"--auth", "LOGIN", "--auth-user", "alice", "--auth-password", alicePassword}
+		"--auth", "LOGIN", "--auth-user", login, "--auth-password", alicePassword}
 	return peertest.Swaks(in.t, append(args, extra...)...)
 }
 

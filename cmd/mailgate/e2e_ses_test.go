@@ -85,6 +85,9 @@ func TestSESThrottlingAndRejection(t *testing.T) {
 		authHeader = r.Header.Get("Authorization")
 		w.Header().Set("Content-Type", "application/json")
 		switch {
+		case r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/v2/email/identities/"):
+			// The identity check at start: the sending domain is verified (SES's GetEmailIdentity shape).
+			io.WriteString(w, `{"IdentityType":"DOMAIN","VerifiedForSendingStatus":true,"VerificationStatus":"SUCCESS"}`)
 		case strings.Contains(body, "rejected@example.net"):
 			w.Header().Set("X-Amzn-ErrorType", "MessageRejected")
 			w.WriteHeader(400)

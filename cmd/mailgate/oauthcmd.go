@@ -17,31 +17,80 @@ import (
 // preflight prints, before test-send sends, what mailgate finds on the way: for an OAuth server the
 // token (decoded claims, never the token), then the SMTP server's TLS and AUTH offer.
 func preflight(ctx context.Context, env *cliEnv, gen *generation, transport string, forceTLS bool) error {
+	var fixes []string
+	judge := func(v oauth.Verdict) {
+		fmt.Fprintln(env.stdout, v)
+		if !v.OK && !v.Unknown {
+			fixes = append(fixes, v.Item)
+		}
+	}
 	if src, ok := gen.oauth[transport]; ok {
 		tok, err := src.Token(ctx)
 		if err != nil {
 			return fmt.Errorf("token: %v\nremedy: %s", err, oauth.RemedyOf(err))
 		}
-		fmt.Fprintf(env.stdout, "token obtained: %s\n", oauth.DescribeToken(tok))
+		info := oauth.DescribeToken(tok)
+		fmt.Fprintf(env.stdout, "token obtained: %s\n", info)
+		for _, v := range src.Judge(info, time.Now()) {
+			judge(v)
+		}
 	}
 	t, ok := gen.transports[transport].(*smtpdeliver.Transport)
-	if !ok {
-		return nil
-	}
-	r, err := t.Probe(ctx, forceTLS)
-	if r != nil {
-		fmt.Fprintf(env.stdout, "server %s (%s): %s\n", r.Server, r.Addr, r.Banner)
-		if r.TLS == "none" || r.TLS == "" {
-			fmt.Fprintf(env.stdout, "tls: none (the server offers no STARTTLS)\n")
-		} else {
-			fmt.Fprintf(env.stdout, "tls: %s %s; certificate verified for %s: %v %s\n", r.TLS, r.TLSVersion, r.CertName, r.CertVerified, r.CertError)
+	if ok {
+		r, err := t.Probe(ctx, forceTLS)
+		if r != nil {
+			fmt.Fprintf(env.stdout, "server %s (%s): %s\n", r.Server, r.Addr, r.Banner)
+			if r.TLS == "none" || r.TLS == "" {
+				fmt.Fprintf(env.stdout, "tls: none (the server offers no STARTTLS)\n")
+			} else {
+				fmt.Fprintf(env.stdout, "tls: %s %s; certificate verified for %s: %v %s\n", r.TLS, r.TLSVersion, r.CertName, r.CertVerified, r.CertError)
+			}
+			fmt.Fprintf(env.stdout, "auth offered: %s; used: %s -> %s\n", strings.Join(r.AuthOffered, " "), r.AuthMechanism, r.AuthResult)
+			if r.TokenFailure != nil {
+				fmt.Fprintf(env.stdout, "token refused by the server: %+v\n", *r.TokenFailure)
+			}
+			for _, v := range probeVerdicts(r, forceTLS) {
+				judge(v)
+			}
 		}
-		fmt.Fprintf(env.stdout, "auth offered: %s; used: %s -> %s\n", strings.Join(r.AuthOffered, " "), r.AuthMechanism, r.AuthResult)
-		if r.TokenFailure != nil {
-			fmt.Fprintf(env.stdout, "token refused by the server: %+v\n", *r.TokenFailure)
+		if err != nil {
+			return err
 		}
 	}
-	return err
+	if len(fixes) > 0 {
+		return fmt.Errorf("not sent: fix %s first (the FIX lines above)", strings.Join(fixes, ", "))
+	}
+	return nil
+}
+
+// probeVerdicts judges what the probe of a custom SMTP server found: TLS with a verified certificate
+// (required for credentials and Force TLS; without either, opportunistic TLS is enough), and the
+// configured authentication offered and accepted after STARTTLS.
+func probeVerdicts(r *smtpdeliver.ProbeReport, forceTLS bool) []oauth.Verdict {
+	var out []oauth.Verdict
+	needTLS := forceTLS || r.AuthResult != "not configured"
+	switch {
+	case (r.TLS == "none" || r.TLS == "") && needTLS:
+		out = append(out, oauth.Verdict{Item: "tls", Msg: "the server offers no STARTTLS: mailgate never sends credentials (or Force TLS mail) in clear; use the server's submission port (587) or tls: implicit (465)"})
+	case r.TLS == "none" || r.TLS == "":
+		out = append(out, oauth.Verdict{Item: "tls", Unknown: true, Msg: "none offered; mail to this server travels in clear"})
+	case !r.CertVerified && needTLS:
+		out = append(out, oauth.Verdict{Item: "tls", Msg: "certificate not valid for " + r.CertName + " (" + r.CertError + "): set ca_file to the server's CA, or fix host"})
+	case !r.CertVerified:
+		out = append(out, oauth.Verdict{Item: "tls", Unknown: true, Msg: "encrypted, certificate not verified (" + r.CertError + "); enough without credentials or Force TLS"})
+	default:
+		out = append(out, oauth.Verdict{Item: "tls", OK: true, Msg: r.TLS + " " + r.TLSVersion + ", certificate verified for " + r.CertName})
+	}
+	switch {
+	case r.AuthResult == "not configured" || r.AuthResult == "":
+	case r.AuthResult == "ok":
+		out = append(out, oauth.Verdict{Item: "auth", OK: true, Msg: "AUTH " + r.AuthMechanism + " accepted (offered after STARTTLS: " + strings.Join(r.AuthOffered, " ") + ")"})
+	case len(r.AuthOffered) == 0:
+		out = append(out, oauth.Verdict{Item: "auth", Msg: "the server offers no AUTH after STARTTLS: SMTP AUTH is off for it (Exchange: Set-CASMailbox -SmtpClientAuthenticationDisabled $false), or use a graph_servers mailbox"})
+	default:
+		out = append(out, oauth.Verdict{Item: "auth", Msg: "AUTH " + r.AuthMechanism + " failed: " + r.AuthResult})
+	}
+	return out
 }
 
 func cmdOAuth(ctx context.Context, env *cliEnv, args []string) error {
@@ -79,12 +128,20 @@ func cmdOAuth(ctx context.Context, env *cliEnv, args []string) error {
 		if s.Auth != "microsoft-oauth" {
 			continue
 		}
-		src, err := oauth.New(d.oauthOptions(s, secrets[fmt.Sprintf("smtp_servers[%d].oauth.client_secret", i)], resolver))
+		src, err := d.oauthSource(s.Name, fmt.Sprintf("smtp_servers[%d].oauth", i), s.OAuth, oauth.APISMTP, secrets, resolver)
 		if err != nil {
 			return fmt.Errorf("smtp_servers[%d] (%s): %w", i, s.Name, err)
 		}
 		sources[s.Name] = src
 		names = append(names, s.Name)
+	}
+	for i, g := range cfg.GraphServers {
+		src, err := d.oauthSource(g.Name, fmt.Sprintf("graph_servers[%d].oauth", i), g.OAuth, oauth.APIGraph, secrets, resolver)
+		if err != nil {
+			return fmt.Errorf("graph_servers[%d] (%s): %w", i, g.Name, err)
+		}
+		sources[g.Name] = src
+		names = append(names, g.Name)
 	}
 	if sub == "status" {
 		w := tabwriter.NewWriter(env.stdout, 2, 4, 2, ' ', 0)
@@ -97,7 +154,7 @@ func cmdOAuth(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	src, ok := sources[*server]
 	if !ok {
-		return fmt.Errorf("--server %q: no custom SMTP server with auth microsoft-oauth (have: %s)", *server, strings.Join(names, ", "))
+		return fmt.Errorf("--server %q: no custom SMTP server with auth microsoft-oauth nor Graph server (have: %s)", *server, strings.Join(names, ", "))
 	}
 	a, err := src.BeginAuthorize()
 	if err != nil {

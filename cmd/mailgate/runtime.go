@@ -10,6 +10,7 @@ import (
 	"github.com/mailgate/mailgate/config"
 	"github.com/mailgate/mailgate/relay"
 	"github.com/mailgate/mailgate/relay/compose"
+	"github.com/mailgate/mailgate/relay/deliver/graph"
 	"github.com/mailgate/mailgate/relay/deliver/ses"
 	"github.com/mailgate/mailgate/relay/submit"
 	"github.com/mailgate/mailgate/signatures"
@@ -33,7 +34,11 @@ func (c *composition) Compose(ctx context.Context, src io.Reader, dst io.Writer,
 	if !ok {
 		return nil, fmt.Errorf("composition: no channel %q", sub.Channel.Name)
 	}
-	agent := compose.Agent{Login: sub.Principal.Login, Name: sub.Principal.Name, Signature: c.signatures[strings.ToLower(sub.Principal.Login)]}
+	who := sub.Principal
+	if sub.Agent != nil {
+		who = sub.Agent // a service account sending for an agent: the agent's name and signature
+	}
+	agent := compose.Agent{Login: who.Login, Name: who.Name, Signature: c.signatures[strings.ToLower(who.Login)]}
 	res, err := c.composer.Compose(ctx, src, dst, compose.Request{Channel: ch, Agent: agent, Now: sub.Received, InputSize: sub.RawSize})
 	if err != nil {
 		return nil, err
@@ -60,6 +65,14 @@ func transportLimit(c *config.Config, transport string) int64 {
 	for _, s := range c.SMTPServers {
 		if s.Name == transport {
 			return s.MaxMessageBytes
+		}
+	}
+	for _, g := range c.GraphServers {
+		if g.Name == transport {
+			if g.MaxMessageBytes > 0 {
+				return g.MaxMessageBytes
+			}
+			return graph.DefaultMaxMessageBytes
 		}
 	}
 	return 0

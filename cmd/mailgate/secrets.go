@@ -57,9 +57,23 @@ func secretRefs(c *config.Config) []secretRef {
 		if s.Password != "" {
 			refs = append(refs, secretRef{fmt.Sprintf("smtp_servers[%d].password", i), s.Password})
 		}
-		if s.OAuth != nil && s.OAuth.ClientSecret != "" {
-			refs = append(refs, secretRef{fmt.Sprintf("smtp_servers[%d].oauth.client_secret", i), s.OAuth.ClientSecret})
-		}
+		refs = append(refs, oauthRefs(fmt.Sprintf("smtp_servers[%d].oauth", i), s.OAuth)...)
+	}
+	for i, g := range c.GraphServers {
+		refs = append(refs, oauthRefs(fmt.Sprintf("graph_servers[%d].oauth", i), g.OAuth)...)
+	}
+	return refs
+}
+
+// oauthRefs are the secret fields of an OAuth credential at path: its client secret and the key of
+// its client certificate.
+func oauthRefs(path string, o *config.OAuth) []secretRef {
+	var refs []secretRef
+	if o != nil && o.ClientSecret != "" {
+		refs = append(refs, secretRef{path + ".client_secret", o.ClientSecret})
+	}
+	if o != nil && o.ClientKey != "" {
+		refs = append(refs, secretRef{path + ".client_key", o.ClientKey})
 	}
 	return refs
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/mailgate/mailgate/config"
 	"github.com/mailgate/mailgate/relay/admin"
 	"github.com/mailgate/mailgate/relay/compose"
+	"github.com/mailgate/mailgate/relay/deliver/graph"
 	smtpdeliver "github.com/mailgate/mailgate/relay/deliver/smtp"
 	"github.com/mailgate/mailgate/relay/metrics"
 	"github.com/mailgate/mailgate/relay/queue"
@@ -109,6 +110,8 @@ type daemon struct {
 	cfg           *config.Config
 	gen           *generation          // the running generation, replaced on reload
 	budgets       *smtpdeliver.Budgets // per-mailbox slots, pool and rate windows, kept across reloads
+	// graphBudgets are the Graph mailboxes' request slots and rate windows, kept across reloads.
+	graphBudgets *graph.Budgets
 }
 
 func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error {
@@ -121,6 +124,7 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error
 	d.spoolDir = cfg.Spool.Dir
 	d.budgets = smtpdeliver.NewBudgets()
 	d.composeBudget = compose.NewBudget(cfg.Limits.ComposeMemoryBytes)
+	d.graphBudgets = graph.NewBudgets()
 
 	for _, dir := range []string{filepath.Dir(cfg.Store.Path), cfg.Spool.Dir} {
 		if err := os.MkdirAll(dir, 0o750); err != nil {

@@ -131,10 +131,14 @@ func cmdLog(ctx context.Context, env *cliEnv, args []string) error {
 		return writeJSON(env.stdout, mapRows(rs, deliveryView))
 	}
 	w := tabwriter.NewWriter(env.stdout, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "TIME\tQUEUE-ID\tTICKET\tCHANNEL\tPRINCIPAL\tSTATUS\tATTEMPTS\tRECIPIENTS\tLAST-REPLY")
+	fmt.Fprintln(w, "TIME\tQUEUE-ID\tTICKET\tCHANNEL\tPRINCIPAL\tAGENT\tSTATUS\tATTEMPTS\tRECIPIENTS\tLAST-REPLY")
 	for _, r := range rs {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", r.Time.UTC().Format(time.RFC3339), r.QueueID, r.Ticket, r.Channel,
-			r.Principal, r.Status, r.Attempts, strings.Join(r.Recipients, ","), oneLine(r.LastReply))
+		agent := r.Agent
+		if agent == "" {
+			agent = "-"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", r.Time.UTC().Format(time.RFC3339), r.QueueID, r.Ticket, r.Channel,
+			r.Principal, agent, r.Status, r.Attempts, strings.Join(r.Recipients, ","), oneLine(r.LastReply))
 	}
 	return w.Flush()
 }

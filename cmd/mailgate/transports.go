@@ -18,6 +18,7 @@ import (
 	"github.com/mailgate/mailgate/kms"
 	"github.com/mailgate/mailgate/relay"
 	"github.com/mailgate/mailgate/relay/admin"
+	"github.com/mailgate/mailgate/relay/deliver/graph"
 	"github.com/mailgate/mailgate/relay/deliver/outbox"
 	"github.com/mailgate/mailgate/relay/deliver/ses"
 	"github.com/mailgate/mailgate/relay/deliver/ses/events"
@@ -72,7 +73,7 @@ type generation struct {
 	checks     map[string]admin.Check
 	oauth      map[string]*oauth.Source
 	ses        *ses.Transport
-	workers    map[string]int     // queue workers of the custom SMTP servers: their connection slots
+	workers    map[string]int     // queue workers of the custom SMTP and Graph servers: their slots
 	stop       context.CancelFunc // ends the generation's background work (SES policy re-checks)
 }
 
@@ -117,17 +118,19 @@ func (d *daemon) build(ctx context.Context, cfg *config.Config) (*generation, er
 		g.workers[s.Name] = t.MaxConnections()
 		if src != nil {
 			g.oauth[s.Name] = src
-			g.checks["oauth "+s.Name] = func(context.Context) error {
-				st := src.Status()
-				if !st.Healthy {
-					if st.Remedy == "" || strings.Contains(st.LastError, st.Remedy) {
-						return errors.New(st.LastError)
-					}
-					return fmt.Errorf("%s; remedy: %s", st.LastError, st.Remedy)
-				}
-				return nil
-			}
+			g.checks["oauth "+s.Name] = oauthCheck(src)
 		}
+	}
+	for i, gs := range cfg.GraphServers {
+		t, src, err := d.graphTransport(i, gs, secrets, resolver)
+		if err != nil {
+			closeTransports(g.transports)
+			return nil, fmt.Errorf("graph_servers[%d] (%s): %w", i, gs.Name, err)
+		}
+		g.transports[gs.Name] = t
+		g.workers[gs.Name] = t.MaxConnections()
+		g.oauth[gs.Name] = src
+		g.checks["oauth "+gs.Name] = oauthCheck(src)
 	}
 	for _, ch := range cfg.Channels {
 		if t, ok := g.transports[ch.Transport].(*smtpdeliver.Transport); ok {
@@ -163,6 +166,68 @@ func (d *daemon) build(ctx context.Context, cfg *config.Config) (*generation, er
 	return g, nil
 }
 
+// oauthCheck is the readiness check of an OAuth credential: its latest token error and remedy, then
+// its expiry (a failure from 7 days ahead, a warning from 30).
+func oauthCheck(src *oauth.Source) admin.Check {
+	return func(context.Context) error {
+		st := src.Status()
+		if !st.Healthy {
+			if st.Remedy == "" || strings.Contains(st.LastError, st.Remedy) {
+				return errors.New(st.LastError)
+			}
+			return fmt.Errorf("%s; remedy: %s", st.LastError, st.Remedy)
+		}
+		switch warn, fail := src.ExpiryProblem(time.Now()); {
+		case fail != "":
+			return errors.New(fail)
+		case warn != "":
+			return &admin.Warning{Msg: warn}
+		}
+		return nil
+	}
+}
+
+// graphTransport builds a Graph mailbox's transport and its OAuth credential (audience Graph).
+func (d *daemon) graphTransport(i int, gs config.GraphServer, secrets map[string]kms.Secret, resolver *kms.Resolver) (*graph.Transport, *oauth.Source, error) {
+	src, err := d.oauthSource(gs.Name, fmt.Sprintf("graph_servers[%d].oauth", i), gs.OAuth, oauth.APIGraph, secrets, resolver)
+	if err != nil {
+		return nil, nil, err
+	}
+	o := graph.Options{
+		Name: gs.Name, Mailbox: gs.OAuth.Mailbox, Endpoint: gs.Endpoint, Tokens: src,
+		MaxConcurrent: gs.MaxConcurrentRequests, MessagesPerMinute: gs.MessagesPerMinute, RecipientsPerDay: gs.RecipientsPerDay,
+		MaxMessageBytes: gs.MaxMessageBytes, Budgets: d.graphBudgets, Logger: d.log.With("server", gs.Name),
+	}
+	if gs.CAFile != "" {
+		pool, err := caPool(gs.CAFile)
+		if err != nil {
+			return nil, nil, err
+		}
+		o.RootCAs = pool
+	}
+	t, err := graph.New(o)
+	if err != nil {
+		return nil, nil, err
+	}
+	return t, src, nil
+}
+
+// caPool is the system roots plus the PEM certificates of file (a private CA or an inspecting proxy's).
+func caPool(file string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("ca_file: %w", err)
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, errors.New("ca_file: no PEM certificate in " + file)
+	}
+	return pool, nil
+}
+
 func (d *daemon) smtpTransport(cfg *config.Config, i int, s config.SMTPServer, secrets map[string]kms.Secret, resolver *kms.Resolver) (*smtpdeliver.Transport, *oauth.Source, error) {
 	o := smtpdeliver.Options{
 		Name: s.Name, Host: s.Host, Port: s.Port, TLS: smtpdeliver.TLSMode(s.TLS),
@@ -175,16 +240,9 @@ func (d *daemon) smtpTransport(cfg *config.Config, i int, s config.SMTPServer, s
 		o.Provider = smtpdeliver.ProviderMicrosoft
 	}
 	if s.CAFile != "" {
-		pem, err := os.ReadFile(s.CAFile)
+		pool, err := caPool(s.CAFile)
 		if err != nil {
-			return nil, nil, fmt.Errorf("ca_file: %w", err)
-		}
-		pool, err := x509.SystemCertPool()
-		if err != nil {
-			pool = x509.NewCertPool()
-		}
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, nil, errors.New("ca_file: no PEM certificate in " + s.CAFile)
+			return nil, nil, err
 		}
 		o.RootCAs = pool
 	}
@@ -198,7 +256,7 @@ func (d *daemon) smtpTransport(cfg *config.Config, i int, s config.SMTPServer, s
 		o.Password = secrets[fmt.Sprintf("smtp_servers[%d].password", i)].Reveal()
 	case "microsoft-oauth":
 		var err error
-		src, err = oauth.New(d.oauthOptions(s, secrets[fmt.Sprintf("smtp_servers[%d].oauth.client_secret", i)], resolver))
+		src, err = d.oauthSource(s.Name, fmt.Sprintf("smtp_servers[%d].oauth", i), s.OAuth, oauth.APISMTP, secrets, resolver)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -214,21 +272,42 @@ func (d *daemon) smtpTransport(cfg *config.Config, i int, s config.SMTPServer, s
 	return t, src, nil
 }
 
-func (d *daemon) oauthOptions(s config.SMTPServer, secret kms.Secret, resolver *kms.Resolver) oauth.Options {
-	o := s.OAuth
-	return oauth.Options{
-		Server: s.Name, Provider: oauth.ProviderMicrosoft, Tenant: o.TenantID, ClientID: o.ClientID,
-		ClientSecret: secret, Mailbox: o.Mailbox, Flow: oauth.Flow(o.Flow), Scopes: o.Scopes,
+// oauthSource builds the OAuth credential configured at path (e.g. "graph_servers[0].oauth") for api:
+// its client secret or certificate credential, the secret's configured expiry, the endpoints.
+func (d *daemon) oauthSource(server, path string, o *config.OAuth, api oauth.API, secrets map[string]kms.Secret, resolver *kms.Resolver) (*oauth.Source, error) {
+	opts := oauth.Options{
+		Server: server, Provider: oauth.ProviderMicrosoft, Tenant: o.TenantID, ClientID: o.ClientID,
+		ClientSecret: secrets[path+".client_secret"], Mailbox: o.Mailbox, Flow: oauth.Flow(o.Flow), API: api, Scopes: o.Scopes,
 		RedirectURL: o.RedirectURL, AuthURL: o.AuthorizeURL, TokenURL: o.TokenURL,
 		Store: d.store, Sealer: resolver, Metrics: d.metrics, Logger: d.log, // the source names the server itself
 	}
+	if o.ClientSecretExpires != "" {
+		t, err := time.Parse("2006-01-02", o.ClientSecretExpires)
+		if err != nil {
+			return nil, fmt.Errorf("oauth.client_secret_expires: %w", err)
+		}
+		opts.SecretExpires = t
+	}
+	if o.ClientCertificate != "" {
+		pem, err := os.ReadFile(o.ClientCertificate)
+		if err != nil {
+			return nil, fmt.Errorf("oauth.client_certificate: %w", err)
+		}
+		cc, err := oauth.ParseClientCertificate(pem, secrets[path+".client_key"])
+		if err != nil {
+			return nil, fmt.Errorf("oauth.client_certificate: %w", err)
+		}
+		opts.ClientCertificate = cc
+	}
+	return oauth.New(opts)
 }
 
 func (d *daemon) sesTransport(ctx context.Context, cfg *config.Config, secretKey kms.Secret) (*ses.Transport, error) {
 	chans := map[string]ses.Channel{}
 	for _, ch := range cfg.Channels {
 		if ch.Transport == config.TransportSES {
-			chans[ch.Name] = ses.Channel{ConfigurationSet: ch.SESConfigurationSet, ForceTLS: ch.ForceTLS}
+			chans[ch.Name] = ses.Channel{From: ch.From, ConfigurationSet: ch.SESConfigurationSet, ForceTLS: ch.ForceTLS,
+				TenantName: ch.SESTenantName, IdentityARN: ch.SESIdentityARN}
 		}
 	}
 	o := ses.Options{

@@ -42,7 +42,14 @@ import (
 )
 
 // Check reports whether one part of mailgate is ready; a non-nil error says what is wrong and how to fix it.
+// An error that is (or wraps) a *Warning is reported without failing readiness.
 type Check func(ctx context.Context) error
+
+// Warning is a readiness finding that needs an operator soon but does not stop mailgate from working
+// now (a credential that expires within weeks): /readyz shows it as WARN and still answers 200.
+type Warning struct{ Msg string }
+
+func (w *Warning) Error() string { return w.Msg }
 
 // Options configure the admin listener.
 type Options struct {
@@ -187,7 +194,10 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	var lines []string
 	failed := false
 	for _, n := range names {
-		if err := checks[n](ctx); err != nil {
+		var warn *Warning
+		if err := checks[n](ctx); errors.As(err, &warn) {
+			lines = append(lines, fmt.Sprintf("WARN %s: %v", n, err))
+		} else if err != nil {
 			failed = true
 			lines = append(lines, fmt.Sprintf("FAIL %s: %v", n, err))
 		} else {

@@ -2,6 +2,8 @@ package admin
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -230,4 +232,28 @@ func TestLimits(t *testing.T) {
 	}
 	resp.Body.Close()
 	held[1].Close()
+}
+
+// TestReadyzWarnings: a check returning a *Warning shows as WARN and keeps /readyz at 200; a failure
+// beside it makes 503.
+func TestReadyzWarnings(t *testing.T) {
+	s := New(Options{Gatherer: prometheus.NewRegistry()})
+	base := "http://" + serve(t, &s.listener)
+	s.SetChecks(map[string]Check{
+		"oauth m365": func(context.Context) error {
+			return fmt.Errorf("soon: %w", &Warning{Msg: "the client certificate expires in 20 days"})
+		},
+		"spool": func(context.Context) error { return nil },
+	})
+	code, body := do(t, "GET", base+"/readyz", "", "")
+	if code != 200 || !strings.Contains(body, "WARN oauth m365: soon: the client certificate expires in 20 days") || !strings.Contains(body, "ok   spool") {
+		t.Fatalf("%d\n%s", code, body)
+	}
+	s.SetChecks(map[string]Check{
+		"oauth m365": func(context.Context) error { return &Warning{Msg: "expires in 20 days"} },
+		"store":      func(context.Context) error { return errors.New("down") },
+	})
+	if code, body := do(t, "GET", base+"/readyz", "", ""); code != 503 || !strings.Contains(body, "FAIL store: down") {
+		t.Fatalf("%d\n%s", code, body)
+	}
 }

@@ -22,28 +22,30 @@ type Metrics struct {
 	MessagesAccepted *prometheus.CounterVec // channel
 	MessagesRejected *prometheus.CounterVec // stage (mail, rcpt, data), reason
 	// Queue.
-	QueueDepth           prometheus.Gauge
-	QueueOldestAge       prometheus.Gauge
-	QueueByTransport     *prometheus.GaugeVec // transport: messages queued for it
-	QueueHeld            prometheus.Gauge     // messages on hold (mailgate queue hold)
-	QueueQuarantined     prometheus.Counter
-	DeliveryAttempts     *prometheus.CounterVec   // transport, result (delivered, deferred, bounced)
-	DeliveryDuration     *prometheus.HistogramVec // transport, result
-	Bounces              *prometheus.CounterVec   // reason
-	DeliveryFaults       *prometheus.CounterVec   // transport, fault (relay.Fault: temporary, setup, message, tls, address)
-	DeliveryAlerts       *prometheus.GaugeVec     // transport, fault (setup, tls): 1 while an alert is raised
-	OAuthTokenErrors     *prometheus.CounterVec   // server, reason
-	OAuthTokenRefreshes  *prometheus.CounterVec   // server
-	SESEvents            *prometheus.CounterVec   // type (bounce, complaint, delivery_delay, ...), result
-	UpstreamConnections  *prometheus.CounterVec   // server, tls (none, starttls, implicit)
-	ConfigReloads        *prometheus.CounterVec   // result
-	ConfigRestartNeeded  *prometheus.CounterVec   // key (a configuration key, e.g. limits.max_connections)
-	ConfigLastReload     prometheus.Gauge         // Unix time of the last successful load (start or reload)
-	DeliveryDeferrals    *prometheus.CounterVec   // transport, reason (DeferralReasons)
-	DeliveryLatency      *prometheus.HistogramVec // transport: accepted (queued) to delivered, per recipient
-	BuildInfo            *prometheus.GaugeVec     // version, revision, go_version: always 1
-	ComposeDuration      prometheus.Histogram
-	ComposedMessageBytes prometheus.Histogram
+	QueueDepth          prometheus.Gauge
+	QueueOldestAge      prometheus.Gauge
+	QueueByTransport    *prometheus.GaugeVec // transport: messages queued for it
+	QueueHeld           prometheus.Gauge     // messages on hold (mailgate queue hold)
+	QueueQuarantined    prometheus.Counter
+	DeliveryAttempts    *prometheus.CounterVec   // transport, result (delivered, deferred, bounced)
+	DeliveryDuration    *prometheus.HistogramVec // transport, result
+	Bounces             *prometheus.CounterVec   // reason
+	DeliveryFaults      *prometheus.CounterVec   // transport, fault (relay.Fault: temporary, setup, message, tls, address)
+	DeliveryAlerts      *prometheus.GaugeVec     // transport, fault (setup, tls): 1 while an alert is raised
+	OAuthTokenErrors    *prometheus.CounterVec   // server, reason
+	OAuthTokenRefreshes *prometheus.CounterVec   // server
+	// OAuthCredentialExpiry is when each server's app credential (client certificate or secret) expires.
+	OAuthCredentialExpiry *prometheus.GaugeVec     // server
+	SESEvents             *prometheus.CounterVec   // type (bounce, complaint, delivery_delay, ...), result
+	UpstreamConnections   *prometheus.CounterVec   // server, tls (none, starttls, implicit)
+	ConfigReloads         *prometheus.CounterVec   // result
+	ConfigRestartNeeded   *prometheus.CounterVec   // key (a configuration key, e.g. limits.max_connections)
+	ConfigLastReload      prometheus.Gauge         // Unix time of the last successful load (start or reload)
+	DeliveryDeferrals     *prometheus.CounterVec   // transport, reason (DeferralReasons)
+	DeliveryLatency       *prometheus.HistogramVec // transport: accepted (queued) to delivered, per recipient
+	BuildInfo             *prometheus.GaugeVec     // version, revision, go_version: always 1
+	ComposeDuration       prometheus.Histogram
+	ComposedMessageBytes  prometheus.Histogram
 }
 
 // DeferralReasons are the values of DeliveryDeferrals' reason label: a fixed set, so a dashboard can
@@ -107,6 +109,10 @@ func New(reg prometheus.Registerer) *Metrics {
 		}, []string{"server", "reason"}),
 		OAuthTokenRefreshes: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "mailgate_oauth_token_refreshes_total", Help: "OAuth access tokens obtained, by server.",
+		}, []string{"server"}),
+		OAuthCredentialExpiry: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "mailgate_oauth_credential_expiry_timestamp_seconds",
+			Help: "When each server's OAuth app credential (client certificate NotAfter, or the configured client secret expiry) expires, as a Unix time.",
 		}, []string{"server"}),
 		SESEvents: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "mailgate_ses_events_total", Help: "SES notifications received through SNS, by type and result.",

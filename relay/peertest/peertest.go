@@ -1,6 +1,8 @@
 // Package peertest starts the real third-party peers that mailgate's tests talk to — Postfix's
-// smtp-sink, Node's smtp-server, oauth2-mock-server, aws-ses-v2-local, local-kms — and swaks as a
-// client. It is imported by _test.go files only.
+// smtp-sink, Node's smtp-server, oauth2-mock-server (also shaped like Entra ID: EntraMock),
+// aws-ses-v2-local, local-kms — and swaks as a client; where no peer exists it holds the stand-in
+// (GraphFake: Microsoft Graph's mail API, which has no local emulator) and test credentials
+// (NewClientCertificate). It is imported by _test.go files only.
 //
 // Every peer listens on 127.0.0.1 on a free port, runs in its own process group, and is stopped by
 // PID (the whole group) when the test ends. Peers are installed by scripts/install-test-deps.sh; a
@@ -397,6 +399,23 @@ func OAuth2Mock(t testing.TB) *OAuthMock {
 	port := strconv.Itoa(FreePort(t))
 	bin := need(t, filepath.Join(Home(), "node", "node_modules", "oauth2-mock-server", "dist", "oauth2-mock-server.mjs"))
 	p := Start(t, "oauth2-mock", "127.0.0.1:"+port, nil, "node", bin, "-a", "127.0.0.1", "-p", port)
+	return &OAuthMock{Process: p, URL: "http://127.0.0.1:" + port, Issuer: "http://localhost:" + port}
+}
+
+// EntraMock starts oauth2-mock-server shaped like Microsoft Entra ID (testdata/entra-mock.mjs):
+// client-credentials tokens carry aud = the .default scope's resource and roles = what roles grants
+// ("<client_id> <resource>" or "<resource>" → application permissions); delegated tokens carry aud and
+// scp. Tokens are signed by the mock; verify them against URL+"/jwks" and Issuer.
+func EntraMock(t testing.TB, roles map[string][]string) *OAuthMock {
+	t.Helper()
+	port := strconv.Itoa(FreePort(t))
+	mod := need(t, filepath.Join(Home(), "node", "node_modules", "oauth2-mock-server", "dist", "index.mjs"))
+	rj, err := json.Marshal(roles)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"HOST=127.0.0.1", "PORT=" + port, "MOCK_MODULE=" + mod, "ROLES=" + string(rj)}
+	p := Start(t, "entra-mock", "127.0.0.1:"+port, env, "node", filepath.Join(sourceDir(), "testdata", "entra-mock.mjs"))
 	return &OAuthMock{Process: p, URL: "http://127.0.0.1:" + port, Issuer: "http://localhost:" + port}
 }
 

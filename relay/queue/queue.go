@@ -472,6 +472,7 @@ func (q *Queue) deliveryRecord(e *Entry, status, reply string) relay.DeliveryRec
 		Ticket:     e.Envelope.Ticket,
 		Channel:    e.Envelope.Channel,
 		Principal:  e.Envelope.Principal,
+		Agent:      e.Envelope.Agent,
 		Recipients: slices.Clone(e.Envelope.Recipients),
 		Status:     status,
 		Attempts:   e.Attempts,

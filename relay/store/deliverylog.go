@@ -13,11 +13,11 @@ import (
 
 // upsertDelivery keeps one row per queued message: its latest state.
 const upsertDelivery = `INSERT INTO deliveries
-	(queue_id, message_id, ticket, channel, principal, recipients, status, attempts, last_reply, time_ms, created_ms)
-	VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+	(queue_id, message_id, ticket, channel, principal, recipients, status, attempts, last_reply, time_ms, created_ms, agent)
+	VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 	ON CONFLICT (queue_id) DO UPDATE SET
 		message_id = excluded.message_id, ticket = excluded.ticket, channel = excluded.channel,
-		principal = excluded.principal, recipients = excluded.recipients, status = excluded.status,
+		principal = excluded.principal, agent = excluded.agent, recipients = excluded.recipients, status = excluded.status,
 		attempts = excluded.attempts, last_reply = excluded.last_reply, time_ms = excluded.time_ms`
 
 // maxLogBatch bounds one transaction of the delivery log writer.
@@ -141,7 +141,7 @@ func (w *deliveryLogWriter) write(batch []logRequest) error {
 			return storeErr(err)
 		}
 		if _, err := stmt.ExecContext(ctx, r.QueueID, r.MessageID, r.Ticket, r.Channel, r.Principal, string(rcpts),
-			r.Status, r.Attempts, r.LastReply, ms(r.Time), created[r.QueueID]); err != nil {
+			r.Status, r.Attempts, r.LastReply, ms(r.Time), created[r.QueueID], r.Agent); err != nil {
 			_ = tx.Rollback()
 			return storeErr(err)
 		}

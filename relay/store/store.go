@@ -193,6 +193,8 @@ func migrations() []string {
 		// address fault does); bounces recorded before this version all suppressed.
 		`ALTER TABLE bounces ADD COLUMN fault TEXT NOT NULL DEFAULT 'address';
 	ALTER TABLE bounces ADD COLUMN suppressed INTEGER NOT NULL DEFAULT 1;`,
+		// 4: the delivery log names the agent a service principal sent for.
+		`ALTER TABLE deliveries ADD COLUMN agent TEXT NOT NULL DEFAULT '';`,
 	}
 }
 
@@ -463,7 +465,7 @@ type DeliveryFilter struct {
 
 // Deliveries searches the delivery log, most recently updated first.
 func (s *Store) Deliveries(ctx context.Context, f DeliveryFilter) ([]relay.DeliveryRecord, error) {
-	q := `SELECT queue_id, message_id, ticket, channel, principal, recipients, status, attempts, last_reply, time_ms
+	q := `SELECT queue_id, message_id, ticket, channel, principal, agent, recipients, status, attempts, last_reply, time_ms
 		FROM deliveries WHERE 1=1`
 	var args []any
 	for _, c := range []struct{ col, v string }{{"ticket", f.Ticket}, {"queue_id", f.QueueID}, {"message_id", strings.Trim(f.MessageID, "<>")}} {
@@ -484,7 +486,7 @@ func (s *Store) Deliveries(ctx context.Context, f DeliveryFilter) ([]relay.Deliv
 		var r relay.DeliveryRecord
 		var rcpts string
 		var t int64
-		if err := rows.Scan(&r.QueueID, &r.MessageID, &r.Ticket, &r.Channel, &r.Principal, &rcpts, &r.Status,
+		if err := rows.Scan(&r.QueueID, &r.MessageID, &r.Ticket, &r.Channel, &r.Principal, &r.Agent, &rcpts, &r.Status,
 			&r.Attempts, &r.LastReply, &t); err != nil {
 			return nil, storeErr(err)
 		}

@@ -432,7 +432,11 @@ func (s *session) deliver(f io.ReaderAt, size int64, rcpts []string, received ti
 		return s.reply(stageData, err, "principal", p.Login, "channel", ch.Name)
 	}
 
-	sub := &Submission{SessionID: s.id, Principal: p, Channel: ch, MailFrom: ch.MailFrom, Recipients: rcpts,
+	agent, err := actingAgent(header, rules, p, ch)
+	if err != nil {
+		return s.reply(stageData, err, "principal", p.Login, "channel", ch.Name)
+	}
+	sub := &Submission{SessionID: s.id, Principal: p, Agent: agent, Channel: ch, MailFrom: ch.MailFrom, Recipients: rcpts,
 		Received: received, Header: header, RawSize: size}
 	ctx, cancel := context.WithTimeout(s.srv.ctx, s.srv.o.ProcessTimeout)
 	defer cancel()
@@ -477,7 +481,7 @@ func (s *session) deliver(f io.ReaderAt, size int64, rcpts []string, received ti
 	}
 	queueID, err := draft.Commit(ctx, relay.Envelope{
 		Channel: ch.Name, Transport: ch.Transport, MailFrom: ch.MailFrom, Recipients: rcpts,
-		MessageID: composed.MessageID, Ticket: composed.Ticket, Principal: p.Login, ForceTLS: ch.ForceTLS,
+		MessageID: composed.MessageID, Ticket: composed.Ticket, Principal: p.Login, Agent: agentLogin(agent), ForceTLS: ch.ForceTLS,
 		Received: received,
 	})
 	if err != nil {
@@ -486,7 +490,7 @@ func (s *session) deliver(f io.ReaderAt, size int64, rcpts []string, received ti
 	committed = true
 	s.srv.o.Metrics.MessagesAccepted.WithLabelValues(ch.Name).Inc()
 	s.srv.log.Info("accepted", "session", s.id, "listener", s.listener, "queue_id", queueID, "channel", ch.Name,
-		"principal", p.Login, "message_id", composed.MessageID, "ticket", composed.Ticket, "reply", composed.Reply,
+		"principal", p.Login, "agent", agentLogin(agent), "message_id", composed.MessageID, "ticket", composed.Ticket, "reply", composed.Reply,
 		"recipients", len(rcpts), "raw_size", size, "size", composed.Size)
 	// go-smtp sends an *SMTPError returned by Data as the reply, whatever its code: this is how the
 	// queue id reaches the client.

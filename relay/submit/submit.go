@@ -227,8 +227,11 @@ type Composer interface {
 
 // Submission is what the Composer learns about the message being submitted.
 type Submission struct {
-	SessionID  string
-	Principal  *auth.Principal
+	SessionID string
+	Principal *auth.Principal
+	// Agent is the agent the principal sends for (X-Mailgate-Agent, accepted only with the channel's
+	// act_for_agents permission); nil when the principal sends as itself.
+	Agent      *auth.Principal
 	Channel    *Channel
 	MailFrom   string   // envelope sender chosen by mailgate (Channel.MailFrom)
 	Recipients []string // envelope recipients, as accepted at RCPT

@@ -38,7 +38,8 @@ type alertKey struct{ channel, reason string }
 // instance metadata) cannot hold start-up.
 const checkTimeout = 10 * time.Second
 
-// Check asks SES, when it is reachable, for the account's send quota (logged) and, for every Force TLS
+// Check asks SES, when it is reachable, for the account's send quota (logged), for each channel's
+// sending identity (identity.go: verified, DKIM, custom MAIL FROM domain) and, for every Force TLS
 // channel, for its configuration set's TLS policy, which must be REQUIRE. It returns (and keeps for
 // Problems) what must be fixed. An unreachable SES is logged and is not a Problem: mail waits in the
 // queue until SES answers. After a mismatch, Deliver defers that channel's mail instead of sending it
@@ -76,6 +77,7 @@ func (t *Transport) Check(ctx context.Context) []Problem {
 		}
 	}
 
+	problems = append(problems, t.checkIdentities(ctx, now)...)
 	for _, name := range sortedChannels(t.channels) {
 		ch := t.channels[name]
 		if !ch.ForceTLS {

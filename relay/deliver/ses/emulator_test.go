@@ -50,7 +50,7 @@ func TestEmulatorDeliver(t *testing.T) {
 	var logs bytes.Buffer
 	tr := newTestTransport(t, emu.URL, Options{
 		Logger:      slog.New(slog.NewTextHandler(&logs, nil)),
-		Channels:    map[string]Channel{"Support": {ConfigurationSet: "support-events"}},
+		Channels:    map[string]Channel{"Support": {ConfigurationSet: "support-events", From: "support@example.com"}},
 		MaxSendRate: 14,
 	})
 

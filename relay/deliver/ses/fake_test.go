@@ -20,11 +20,13 @@ import (
 
 // sendRequest is the JSON body of POST /v2/email/outbound-emails as SES receives it.
 type sendRequest struct {
-	FromEmailAddress     string
-	ConfigurationSetName string
-	Destination          struct{ ToAddresses, CcAddresses, BccAddresses []string }
-	Content              struct{ Raw struct{ Data []byte } } // base64 in JSON, decoded by encoding/json
-	EmailTags            []struct{ Name, Value string }
+	FromEmailAddress            string
+	ConfigurationSetName        string
+	Destination                 struct{ ToAddresses, CcAddresses, BccAddresses []string }
+	Content                     struct{ Raw struct{ Data []byte } } // base64 in JSON, decoded by encoding/json
+	EmailTags                   []struct{ Name, Value string }
+	TenantName                  string
+	FromEmailAddressIdentityArn string
 }
 
 // sesAnswer is what the fake SES answers: an error shape (X-Amzn-ErrorType + {"message"}) when
@@ -46,10 +48,13 @@ type fakeSES struct {
 	answer   func(n int, req sendRequest) sesAnswer // n counts SendEmail calls from 1
 	policies map[string]string                      // configuration set → TLS policy ("" = absent, "UNAVAILABLE" = HTTP 503)
 	account  string                                 // GetAccount JSON; "" = BadRequest like the emulator
+	// identities maps an identity (address or domain) to its GetEmailIdentity JSON; absent = 404
+	// NotFoundException, as SES answers for an identity the account does not have.
+	identities map[string]string
 }
 
 func newFakeSES(t testing.TB) *fakeSES {
-	f := &fakeSES{policies: map[string]string{}}
+	f := &fakeSES{policies: map[string]string{}, identities: map[string]string{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v2/email/outbound-emails", func(w http.ResponseWriter, r *http.Request) {
 		var req sendRequest
@@ -101,6 +106,18 @@ func newFakeSES(t testing.TB) *fakeSES {
 			return
 		}
 		fmt.Fprintf(w, `{"ConfigurationSetName":%q,"DeliveryOptions":{"TlsPolicy":%q}}`, name, policy)
+	})
+	mux.HandleFunc("GET /v2/email/identities/{id}", func(w http.ResponseWriter, r *http.Request) {
+		id := r.PathValue("id")
+		f.mu.Lock()
+		body, ok := f.identities[id]
+		f.mu.Unlock()
+		if !ok {
+			writeSESError(w, sesAnswer{Status: 404, ErrorType: "NotFoundException", Message: "Email identity <" + id + "> does not exist."})
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, body)
 	})
 	f.Server = httptest.NewServer(mux)
 	t.Cleanup(f.Close)

@@ -5,8 +5,10 @@
 // Design:
 //
 //   - The message SES sends is exactly the composed MIME message in the spool: it is read fully here
-//     (at most MaxMessageBytes, 40 MB) and sent as Content.Raw. FromEmailAddress is the envelope sender
-//     mailgate chose for the channel (its MAIL FROM), and Destination carries the envelope recipients,
+//     (at most MaxMessageBytes, 40 MB) and sent as Content.Raw. FromEmailAddress is the channel's From
+//     address, the sending identity SES authorises — not the envelope sender: SES sets MAIL FROM
+//     itself, from the identity's custom MAIL FROM domain or its own amazonses.com domain, which is why
+//     config refuses mail_from on SES channels. Destination carries the envelope recipients,
 //     so Bcc recipients that appear in no header are still delivered (SES, like RFC 5321 §3.3, sends to
 //     the envelope, not to the headers). SES accepts at most 50 destinations per call, so longer envelopes
 //     are sent in batches of 50, each answered with its own MessageId.
@@ -20,6 +22,11 @@
 //     each destination address counts as one message, as SES counts them.
 //   - Force TLS on an SES channel means the channel's configuration set has TLS policy REQUIRE; Check
 //     confirms it at start-up and Problems reports any mismatch for /readyz.
+//   - Check (at start, on reload, and periodically through Watch) also reads each channel's sending
+//     identity (GetEmailIdentity on the From address, then its domain): not verified for sending, or a
+//     failing custom MAIL FROM domain with REJECT_MESSAGE, makes a Problem with the remedy and holds
+//     the channel's mail as a setup fault (deferred, never bounced) until a check finds it fixed;
+//     failed DKIM is a Problem without holding mail (SES still sends, unsigned).
 //
 // The SES bounce and complaint notifications (SNS) are handled by the events subpackage.
 package ses
@@ -64,15 +71,27 @@ type API interface {
 	SendEmail(ctx context.Context, in *sesv2.SendEmailInput, optFns ...func(*sesv2.Options)) (*sesv2.SendEmailOutput, error)
 	GetAccount(ctx context.Context, in *sesv2.GetAccountInput, optFns ...func(*sesv2.Options)) (*sesv2.GetAccountOutput, error)
 	GetConfigurationSet(ctx context.Context, in *sesv2.GetConfigurationSetInput, optFns ...func(*sesv2.Options)) (*sesv2.GetConfigurationSetOutput, error)
+	GetEmailIdentity(ctx context.Context, in *sesv2.GetEmailIdentityInput, optFns ...func(*sesv2.Options)) (*sesv2.GetEmailIdentityOutput, error)
 }
 
 // Channel is what the SES transport needs to know about one mailgate channel.
 type Channel struct {
+	// From is the channel's From address: the SES sending identity (FromEmailAddress), checked to be
+	// verified (itself or its domain) by Check. SES chooses the envelope sender itself (its own
+	// amazonses.com MAIL FROM, or the identity's custom MAIL FROM domain), so a channel cannot set one.
+	From string
 	// ConfigurationSet is the SES configuration set its mail is sent with ("" = none). It selects the
 	// event destinations (bounce/complaint notifications) and, for Force TLS, the TLS policy.
 	ConfigurationSet string
 	// ForceTLS means SES must deliver over TLS only: the configuration set's TLS policy must be REQUIRE.
 	ForceTLS bool
+	// TenantName, when set, sends the channel's mail as that SES tenant (reputation and sending
+	// status kept per tenant).
+	TenantName string
+	// IdentityARN, when set, is the ARN of the sending identity another AWS account authorised this one
+	// to use (sending authorization: FromEmailAddressIdentityArn, SES v1's SourceArn). That identity
+	// lives in the other account, so Check cannot read it and does not hold the channel's mail for it.
+	IdentityARN string
 }
 
 // Options configure a Transport. The zero value of every field but Region is usable.
@@ -114,7 +133,10 @@ type Transport struct {
 	checked  []Problem            // found by the last Check
 	alerts   map[alertKey]Problem // live alerts raised by SES answers, cleared by a successful send
 	policies map[string]bool      // configuration set → TLS policy confirmed REQUIRE (false = mismatch)
-	recheck  chan struct{}        // Deliver asks Watch for an early Check (buffered 1)
+	// identities is what the last Check learnt about each channel's sending identity (absent: not
+	// checked, or SES could not be asked).
+	identities map[string]identityState
+	recheck    chan struct{} // Deliver asks Watch for an early Check (buffered 1)
 }
 
 // New builds a Transport. Unless opts.Client is set it loads the AWS configuration (region, credentials)
@@ -145,13 +167,14 @@ func New(ctx context.Context, opts Options) (*Transport, error) {
 		}
 	}
 	t := &Transport{
-		api:      api,
-		channels: opts.Channels,
-		log:      log,
-		now:      now,
-		alerts:   map[alertKey]Problem{},
-		policies: map[string]bool{},
-		recheck:  make(chan struct{}, 1),
+		api:        api,
+		channels:   opts.Channels,
+		log:        log,
+		now:        now,
+		alerts:     map[alertKey]Problem{},
+		policies:   map[string]bool{},
+		identities: map[string]identityState{},
+		recheck:    make(chan struct{}, 1),
 	}
 	if opts.MaxSendRate > 0 {
 		t.bucket = newBucket(opts.MaxSendRate)
@@ -229,6 +252,10 @@ func (t *Transport) Deliver(ctx context.Context, m *relay.Message) relay.Result 
 	ch := t.channels[m.Channel]
 	if err := t.tlsGuard(m, ch); err != nil {
 		log.Error("ses refused to send: force TLS not guaranteed", "err", err)
+		return relay.Failed(len(m.Recipients), err)
+	}
+	if err := t.identityGuard(m); err != nil {
+		log.Warn("ses channel's identity cannot send; mail deferred", "err", err)
 		return relay.Failed(len(m.Recipients), err)
 	}
 	raw, err := readMessage(m)
@@ -328,11 +355,22 @@ func (t *Transport) send(ctx context.Context, m *relay.Message, ch Channel, raw 
 		Destination: &types.Destination{ToAddresses: rcpts},
 		EmailTags:   emailTags(m),
 	}
-	if m.MailFrom != "" {
+	// FromEmailAddress is the sending identity SES authorises, not the envelope sender: the channel's
+	// From (SES picks the MAIL FROM from the identity's custom MAIL FROM domain, or its own).
+	switch {
+	case ch.From != "":
+		in.FromEmailAddress = aws.String(ch.From)
+	case m.MailFrom != "":
 		in.FromEmailAddress = aws.String(m.MailFrom)
 	}
 	if ch.ConfigurationSet != "" {
 		in.ConfigurationSetName = aws.String(ch.ConfigurationSet)
+	}
+	if ch.TenantName != "" {
+		in.TenantName = aws.String(ch.TenantName)
+	}
+	if ch.IdentityARN != "" {
+		in.FromEmailAddressIdentityArn = aws.String(ch.IdentityARN)
 	}
 	out, err := t.api.SendEmail(ctx, in)
 	if err != nil {

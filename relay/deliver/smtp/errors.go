@@ -17,15 +17,16 @@ import (
 
 // Reasons carried by the *relay.Error values of this package (low-cardinality words for metrics).
 const (
-	ReasonUpstream     = "upstream"           // the upstream's own reply, passed through
-	ReasonNetwork      = "upstream_network"   // connect failure, dropped connection, timeout
-	ReasonTLSRequired  = "tls_required"       // Force TLS could not be satisfied: bounce at once
-	ReasonUpstreamAuth = "upstream_auth"      // the relay's credentials or upstream config: defer, alert
-	ReasonThrottled    = "upstream_throttled" // 432 4.3.2 and friends: retry later
-	ReasonQuota        = "upstream_quota"     // 554 5.2.0 quota exceeded: server paused
-	ReasonRateLimited  = "rate_limited"       // mailgate's own shaping deferred the message
-	ReasonSize         = "size"               // message larger than the configured or advertised limit
-	ReasonLocal        = "local"              // the spooled message could not be read
+	ReasonUpstream     = "upstream"              // the upstream's own reply, passed through
+	ReasonNetwork      = "upstream_network"      // connect failure, dropped connection, timeout
+	ReasonTLSRequired  = "tls_required"          // Force TLS could not be satisfied: bounce at once
+	ReasonUpstreamAuth = "upstream_auth"         // the relay's credentials or upstream config: defer, alert
+	ReasonThrottled    = "upstream_throttled"    // 432 4.3.2 and friends: retry later
+	ReasonQuota        = "upstream_quota"        // 554 5.2.0 quota exceeded: server paused
+	ReasonTenantLimit  = "upstream_tenant_limit" // 550 5.7.233 the tenant's external recipient limit: defer, alert
+	ReasonRateLimited  = "rate_limited"          // mailgate's own shaping deferred the message
+	ReasonSize         = "size"                  // message larger than the configured or advertised limit
+	ReasonLocal        = "local"                 // the spooled message could not be read
 )
 
 // replyError maps an upstream reply into a *relay.Error that keeps its code, enhanced code and text
@@ -48,6 +49,8 @@ func (t *Transport) replyError(se *gosmtp.SMTPError, st relay.Stage) *relay.Erro
 	case quotaReply(se, enh):
 		re.Code, re.Enhanced, re.Reason = 451, "4.2.0", ReasonQuota
 		re.Msg = fmt.Sprintf("upstream %s sending quota exceeded (%s); mail deferred", t.o.Name, upstream)
+	case enh == "5.7.233":
+		re.Reason = ReasonTenantLimit
 	case se.Code == 432 || enh == "4.3.2":
 		re.Reason, re.RetryAfter = ReasonThrottled, t.o.ThrottleRetryAfter
 	case st == relay.StageAuth || authConfigReply(se, enh):
@@ -58,6 +61,7 @@ func (t *Transport) replyError(se *gosmtp.SMTPError, st relay.Stage) *relay.Erro
 		re.Code, re.Enhanced = 451, relay.CodeTempLocal
 		re.Msg = fmt.Sprintf("unexpected reply from upstream %s: %s", t.o.Name, upstream)
 	}
+	re.Remedy = t.remedy(re) // for the queue's alert and /readyz
 	return re
 }
 
@@ -153,9 +157,15 @@ func (t *Transport) tlsRequired(what string, cause error) *relay.Error {
 // classify (no token, no TLS for credentials, no usable mechanism): a setup fault, deferred and
 // alerted. A customer's address is never bounced because mailgate's credentials are wrong.
 func (t *Transport) authError(msg string, cause error) *relay.Error {
-	return &relay.Error{Code: 451, Enhanced: relay.CodeTempAuth, Reason: ReasonUpstreamAuth,
+	re := &relay.Error{Code: 451, Enhanced: relay.CodeTempAuth, Reason: ReasonUpstreamAuth,
 		Stage: relay.StageAuth, Fault: relay.FaultSetup,
 		Msg: fmt.Sprintf("upstream %s: %s; mail deferred", t.o.Name, msg), Err: cause}
+	if inner, ok := relay.AsError(cause); ok && inner.Remedy != "" {
+		re.Remedy = inner.Remedy // the token source's (auth/oauth's) remedy
+	} else {
+		re.Remedy = t.remedy(re)
+	}
+	return re
 }
 
 // remedy returns the operator action for a relay error, for the warn log line.
@@ -164,7 +174,22 @@ func (t *Transport) remedy(re *relay.Error) string {
 	switch {
 	case enh == "5.7.139":
 		return "SMTP AUTH is disabled for the mailbox or tenant: enable it with Set-CASMailbox -Identity " +
-			t.mailboxOrUser() + " -SmtpClientAuthenticationDisabled $false (and check Security Defaults)"
+			t.mailboxOrUser() + " -SmtpClientAuthenticationDisabled $false (tenant-wide: Set-TransportConfig " +
+			"-SmtpClientAuthenticationDisabled $false; Security Defaults turn it off too), or send through a graph_servers mailbox"
+	case enh == "5.7.30":
+		return "Exchange Online does not accept basic authentication (a password) for SMTP: set server " + t.o.Name +
+			" to auth: microsoft-oauth (client_credentials with the SMTP.SendAsApp application permission, or " +
+			"authorization_code with SMTP.Send), or send through a graph_servers mailbox"
+	case enh == "5.7.233":
+		return "the tenant reached its external recipient rate limit (TERRL): Exchange Online refuses external recipients " +
+			"for up to 24 hours; mail is deferred, not bounced. Lower recipients_per_day for server " + t.o.Name +
+			" or spread the load over more mailboxes or tenants"
+	case enh == "5.7.3" && t.o.Auth == AuthXOAUTH2:
+		return "Exchange Online refused the OAuth token for " + t.mailboxOrUser() + ": it must be issued for " +
+			"https://outlook.office365.com (scope https://outlook.office365.com/.default with SMTP.SendAsApp, or delegated " +
+			"SMTP.Send); a Microsoft Graph token (Mail.Send, audience https://graph.microsoft.com) is refused on SMTP — " +
+			"use a graph_servers mailbox for it. For the app permission, also register the service principal " +
+			"(New-ServicePrincipal) and grant it the mailbox (Add-MailboxPermission -User SERVICE_PRINCIPAL_ID -AccessRights FullAccess)"
 	case enh == "5.7.57":
 		return "the upstream requires authentication: configure auth for server " + t.o.Name
 	case enh == "5.7.60":

@@ -323,3 +323,38 @@ func TestNewRejectsBadOptions(t *testing.T) {
 		}
 	}
 }
+
+// Exchange Online's account replies each carry a precise remedy on the error (for the queue's alert
+// and /readyz) and are deferred as setup faults: basic auth off (5.7.30), the tenant's external
+// recipient limit after the dot (5.7.233), and a token Exchange refuses (5.7.3, e.g. one issued for
+// Graph).
+func TestExchangeRemedies(t *testing.T) {
+	cases := []struct {
+		name    string
+		replies map[string]string
+		opts    smtp.Options
+		remedy  string
+	}{
+		{"5.7.30 basic auth", map[string]string{"AUTH": "535 5.7.30 Basic authentication is not supported for Client Submission."},
+			smtp.Options{Auth: smtp.AuthLogin, Username: "box@contoso.example", Password: "pw-123456"}, "auth: microsoft-oauth"},
+		{"5.7.233 tenant limit", map[string]string{".": "550 5.7.233 Your message can't be sent because your organization has exceeded the external recipient rate limit."},
+			smtp.Options{}, "external recipient rate limit"},
+		{"5.7.3 graph token", map[string]string{"AUTH": "535 5.7.3 Authentication unsuccessful"},
+			smtp.Options{Auth: smtp.AuthXOAUTH2, Tokens: &staticTokens{tokens: []string{"graph-token-1", "graph-token-2"}}, Mailbox: "box@contoso.example"},
+			"a Microsoft Graph token (Mail.Send, audience https://graph.microsoft.com) is refused on SMTP"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f := startFake(t, &fakeUpstream{replies: c.replies})
+			h := fakeTransport(t, f, c.opts)
+			res := h.tr.Deliver(ctxTimeout(t, 10*time.Second), message("a@example.net"))
+			re, ok := relay.AsError(res.Errs[0])
+			if !ok || relay.Classify(re) != relay.FaultSetup {
+				t.Fatalf("%v: want a setup fault", res.Errs[0])
+			}
+			if !strings.Contains(re.Remedy, c.remedy) {
+				t.Fatalf("remedy %q, want it to say %q", re.Remedy, c.remedy)
+			}
+		})
+	}
+}

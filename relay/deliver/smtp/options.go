@@ -9,6 +9,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/mailgate/mailgate/relay/deliver/internal/shaping"
 	"github.com/mailgate/mailgate/relay/metrics"
 )
 
@@ -178,20 +179,20 @@ func (o *Options) setDefaults() error {
 		}
 	}
 	ms := o.Provider == ProviderMicrosoft
-	o.MaxConnections = limit(o.MaxConnections, pick(ms, 3, 10))
+	o.MaxConnections = shaping.Limit(o.MaxConnections, pick(ms, 3, 10))
 	if o.MaxConnections < 0 {
 		o.MaxConnections = 1 << 16 // "no limit" still needs a semaphore size
 	}
-	o.MessagesPerMinute = limit(o.MessagesPerMinute, pick(ms, 30, -1))
-	o.RecipientsPerDay = limit(o.RecipientsPerDay, pick(ms, 10000, -1))
-	o.MaxShapingWait = dur(o.MaxShapingWait, 10*time.Second)
-	o.DialTimeout = dur(o.DialTimeout, 30*time.Second)
-	o.CommandTimeout = dur(o.CommandTimeout, 5*time.Minute)
-	o.DataTimeout = dur(o.DataTimeout, 3*time.Minute)
-	o.FinalReplyTimeout = dur(o.FinalReplyTimeout, 10*time.Minute)
-	o.IdleTimeout = dur(o.IdleTimeout, 30*time.Second)
-	o.ThrottleRetryAfter = dur(o.ThrottleRetryAfter, time.Minute)
-	o.QuotaPause = dur(o.QuotaPause, time.Hour)
+	o.MessagesPerMinute = shaping.Limit(o.MessagesPerMinute, pick(ms, 30, -1))
+	o.RecipientsPerDay = shaping.Limit(o.RecipientsPerDay, pick(ms, 10000, -1))
+	o.MaxShapingWait = shaping.Duration(o.MaxShapingWait, 10*time.Second)
+	o.DialTimeout = shaping.Duration(o.DialTimeout, 30*time.Second)
+	o.CommandTimeout = shaping.Duration(o.CommandTimeout, 5*time.Minute)
+	o.DataTimeout = shaping.Duration(o.DataTimeout, 3*time.Minute)
+	o.FinalReplyTimeout = shaping.Duration(o.FinalReplyTimeout, 10*time.Minute)
+	o.IdleTimeout = shaping.Duration(o.IdleTimeout, 30*time.Second)
+	o.ThrottleRetryAfter = shaping.Duration(o.ThrottleRetryAfter, time.Minute)
+	o.QuotaPause = shaping.Duration(o.QuotaPause, time.Hour)
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -203,18 +204,4 @@ func pick(ms bool, microsoft, generic int) int {
 		return microsoft
 	}
 	return generic
-}
-
-func limit(v, def int) int {
-	if v == 0 {
-		return def
-	}
-	return v
-}
-
-func dur(v, def time.Duration) time.Duration {
-	if v <= 0 {
-		return def
-	}
-	return v
 }

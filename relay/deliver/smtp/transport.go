@@ -145,9 +145,7 @@ func (t *Transport) Deliver(ctx context.Context, m *relay.Message) relay.Result 
 	}
 
 	// Recipients per day: send what the budget allows now, defer the rest.
-	t.b.mu.Lock()
-	granted, dayStamp, dayWait := t.b.perDay.reserve(n, time.Now())
-	t.b.mu.Unlock()
+	granted, dayStamp, dayWait := t.b.limits.ReserveRecipients(n, time.Now())
 	if granted < n {
 		failAll(res.Errs, all[granted:], &relay.Error{Code: 451, Enhanced: "4.7.0", Reason: ReasonRateLimited, RetryAfter: dayWait,
 			Msg: fmt.Sprintf("recipients-per-day limit (%d) of upstream %s reached; deferred", t.o.RecipientsPerDay, t.o.Name)})
@@ -158,7 +156,7 @@ func (t *Transport) Deliver(ctx context.Context, m *relay.Message) relay.Result 
 	}
 	minuteStamp, err := t.waitRate(ctx)
 	if err != nil {
-		t.refund(len(idx), dayStamp, false, 0)
+		t.b.limits.Refund(len(idx), dayStamp, 0)
 		failAll(res.Errs, idx, err)
 		return res
 	}
@@ -169,7 +167,11 @@ func (t *Transport) Deliver(ctx context.Context, m *relay.Message) relay.Result 
 				failed++
 			}
 		}
-		t.refund(failed, dayStamp, failed == len(idx), minuteStamp)
+		sent := minuteStamp
+		if failed < len(idx) {
+			sent = 0 // a message went: its place in the minute stays taken
+		}
+		t.b.limits.Refund(failed, dayStamp, sent)
 	}
 
 	if err := t.b.acquire(ctx); err != nil {
@@ -245,13 +247,11 @@ func (t *Transport) precheck(m *relay.Message) error {
 	t.mu.Lock()
 	closed := t.closed
 	t.mu.Unlock()
-	t.b.mu.Lock()
-	until := t.b.pausedUntil
-	t.b.mu.Unlock()
+	wait, until := t.b.limits.PausedFor(time.Now())
 	if closed {
 		return &relay.Error{Code: 451, Enhanced: relay.CodeTempLocal, Reason: ReasonLocal, Msg: "transport is shutting down"}
 	}
-	if wait := time.Until(until); wait > 0 {
+	if wait > 0 {
 		return &relay.Error{Code: 451, Enhanced: "4.2.0", Reason: ReasonQuota, RetryAfter: wait,
 			Msg: fmt.Sprintf("upstream %s paused after a quota reply until %s", t.o.Name, until.UTC().Format(time.RFC3339))}
 	}
@@ -265,35 +265,15 @@ func (t *Transport) precheck(m *relay.Message) error {
 // waitRate takes one message from the per-minute budget, waiting up to MaxShapingWait (and never past
 // ctx's deadline); longer waits become a deferral with RetryAfter, so queue workers are not parked.
 func (t *Transport) waitRate(ctx context.Context) (int64, error) {
-	for {
-		t.b.mu.Lock()
-		g, stamp, wait := t.b.perMinute.reserve(1, time.Now())
-		t.b.mu.Unlock()
-		if g == 1 {
-			return stamp, nil
-		}
-		dl, hasDL := ctx.Deadline()
-		if wait > t.o.MaxShapingWait || (hasDL && time.Now().Add(wait).After(dl)) {
-			return 0, &relay.Error{Code: 451, Enhanced: "4.7.0", Reason: ReasonRateLimited, RetryAfter: wait,
-				Msg: fmt.Sprintf("messages-per-minute limit (%d) of upstream %s reached; deferred", t.o.MessagesPerMinute, t.o.Name)}
-		}
-		timer := time.NewTimer(wait)
-		select {
-		case <-timer.C:
-		case <-ctx.Done():
-			timer.Stop()
-			return 0, t.classify(ctx.Err(), relay.StageConnect)
-		}
+	stamp, wait, ok, err := t.b.limits.WaitMessage(ctx, t.o.MaxShapingWait)
+	switch {
+	case err != nil:
+		return 0, t.classify(err, relay.StageConnect)
+	case !ok:
+		return 0, &relay.Error{Code: 451, Enhanced: "4.7.0", Reason: ReasonRateLimited, RetryAfter: wait,
+			Msg: fmt.Sprintf("messages-per-minute limit (%d) of upstream %s reached; deferred", t.o.MessagesPerMinute, t.o.Name)}
 	}
-}
-
-func (t *Transport) refund(rcpts int, dayStamp int64, message bool, minuteStamp int64) {
-	t.b.mu.Lock()
-	defer t.b.mu.Unlock()
-	t.b.perDay.release(rcpts, dayStamp)
-	if message && minuteStamp != 0 {
-		t.b.perMinute.release(1, minuteStamp)
-	}
+	return stamp, nil
 }
 
 // session returns a pooled session (most recently used first) or dials a new one; fresh skips the pool.
@@ -443,18 +423,7 @@ func (t *Transport) checkQuota(re *relay.Error) {
 	if re == nil || re.Reason != ReasonQuota {
 		return
 	}
-	now := time.Now()
-	t.b.mu.Lock()
-	wait := t.b.perDay.oldestExpiry(now)
-	if wait <= 0 {
-		wait = t.o.QuotaPause
-	}
-	wait = max(wait, time.Minute)
-	if until := now.Add(wait); until.After(t.b.pausedUntil) {
-		t.b.pausedUntil = until
-	}
-	t.b.mu.Unlock()
-	re.RetryAfter = wait
+	re.RetryAfter = t.b.limits.PauseForQuota(time.Now(), t.o.QuotaPause)
 }
 
 type readTracker struct {
