@@ -92,7 +92,7 @@ type daemon struct {
 	configPath string
 
 	metrics    *metrics.Metrics
-	store      *store.Store
+	store      store.Store
 	queue      *queue.Queue
 	submit     *submit.Server
 	admin      *admin.Server
@@ -113,14 +113,12 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error
 	d.spoolDir = cfg.Spool.Dir
 	d.budgets = smtpdeliver.NewBudgets()
 
-	for _, dir := range []string{filepath.Dir(cfg.Store.Path), cfg.Spool.Dir} {
-		if err := os.MkdirAll(dir, 0o750); err != nil {
-			return err
-		}
+	if err := os.MkdirAll(cfg.Spool.Dir, 0o750); err != nil {
+		return err
 	}
-	st, err := store.Open(cfg.Store.Path)
+	st, err := openConfiguredStore(ctx, cfg, d.log.With("component", "store"))
 	if err != nil {
-		return fmt.Errorf("store %s: %w", cfg.Store.Path, err)
+		return err
 	}
 	defer st.Close()
 	d.store = st
@@ -254,7 +252,7 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error
 	for _, run := range runners {
 		go func() { errc <- run(ctx) }()
 	}
-	d.log.Info("started", "listeners", len(cfg.Listeners), "spool", cfg.Spool.Dir, "store", cfg.Store.Path)
+	d.log.Info("started", "listeners", len(cfg.Listeners), "spool", cfg.Spool.Dir, "store", st.Describe())
 	var first error
 	for i := 0; i < len(runners); i++ {
 		err := <-errc

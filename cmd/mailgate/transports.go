@@ -285,7 +285,7 @@ func (d *daemon) checks(g *generation) map[string]admin.Check {
 }
 
 // sesEvents is the SNS endpoint for SES bounce and complaint notifications, writing into the store.
-func sesEvents(cfg *config.Config, st *store.Store, d *daemon) (*events.Handler, error) {
+func sesEvents(cfg *config.Config, st store.Store, d *daemon) (*events.Handler, error) {
 	sets := map[string]string{}
 	for _, ch := range cfg.Channels {
 		if ch.SESConfigurationSet != "" {

@@ -133,7 +133,7 @@ func (w *deliveryLogWriter) enqueue(ctx context.Context, req logRequest) error {
 
 // LogDelivery records the latest state of a queued message (an upsert by queue id). It returns once
 // the row is committed; concurrent callers share one transaction.
-func (s *Store) LogDelivery(ctx context.Context, r relay.DeliveryRecord) error {
+func (s *tables) LogDelivery(ctx context.Context, r relay.DeliveryRecord) error {
 	if r.QueueID == "" {
 		return badInput("delivery record without a queue id")
 	}
@@ -152,7 +152,7 @@ func (s *Store) LogDelivery(ctx context.Context, r relay.DeliveryRecord) error {
 // LogDeliveryLater queues a delivery-log row and returns at once; onError (if not nil) hears of a
 // failure. Rows still apply in the order they were queued, so a later LogDelivery of the same message
 // wins. Submission uses it for the "queued" row, so no client waits on the log before its 250.
-func (s *Store) LogDeliveryLater(r relay.DeliveryRecord, onError func(error)) {
+func (s *tables) LogDeliveryLater(r relay.DeliveryRecord, onError func(error)) {
 	if r.QueueID == "" {
 		if onError != nil {
 			onError(badInput("delivery record without a queue id"))
