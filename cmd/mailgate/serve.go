@@ -134,7 +134,7 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error
 	defer func() { d.gen.close() }()
 
 	q, err := queue.New(queue.Options{
-		Dir: cfg.Spool.Dir, Transports: d.transports, Bounces: st, DeliveryLog: st,
+		Dir: cfg.Spool.Dir, Transports: d.transports, Bounces: st, DeliveryLog: st, Gate: st,
 		Metrics: d.metrics, Logger: d.log,
 	})
 	if err == nil {

@@ -262,6 +262,9 @@ func (d *daemon) checks(g *generation) map[string]admin.Check {
 		},
 		// A real query: the store answers, not just that the file exists.
 		"store": func(ctx context.Context) error {
+			if err := d.store.Unavailable(); err != nil {
+				return err
+			}
 			_, _, err := d.store.Suppressed(ctx, "readiness-check@invalid")
 			return err
 		},

@@ -137,7 +137,7 @@ func TestSetupFaultExpiresWithoutSuppression(t *testing.T) {
 // rig is a queue delivering through the real SMTP transport to the Node peer, with the real store.
 type rig struct {
 	q         *queue.Queue
-	st        *store.Store
+	st        *store.SQLite
 	peer      *peertest.NodeSMTP
 	innocents int
 }

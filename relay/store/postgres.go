@@ -30,6 +30,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -54,6 +55,8 @@ type Postgres struct {
 	logger   *slog.Logger
 	stop     context.CancelFunc
 	wg       sync.WaitGroup
+	// down is why the database is unreachable (nil: reachable), as the listener connection last saw it.
+	down atomic.Pointer[error]
 }
 
 var _ Store = (*Postgres)(nil)
@@ -132,13 +135,15 @@ func (s *Postgres) listen(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		s.logger.Warn("store: suppression listener lost; the version check covers until it is back", "err", err)
+		s.setDown(err)
+		s.suppressions.invalidate() // notifications may be missed from now on
+		s.logger.Warn("store: the database is unreachable; deliveries wait and submissions are deferred until it is back", "err", err)
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(backoff):
 		}
-		backoff = min(backoff*2, 5*time.Second)
+		backoff = min(backoff*2, 2*time.Second)
 	}
 }
 
@@ -156,15 +161,49 @@ func (s *Postgres) listenOnce(ctx context.Context) error {
 		return err
 	}
 	s.suppressions.invalidate()
+	if s.down.Swap(nil) != nil {
+		s.logger.Info("store: the database is reachable again")
+	}
 	for {
-		n, err := conn.WaitForNotification(ctx)
-		if err != nil {
+		wctx, cancel := context.WithTimeout(ctx, listenerPing)
+		n, err := conn.WaitForNotification(wctx)
+		cancel()
+		switch {
+		case err == nil:
+			if n.Payload == schema {
+				s.suppressions.invalidate()
+			}
+		case ctx.Err() == nil && wctx.Err() != nil:
+			// Idle for listenerPing: prove the connection is alive (a silent network loses no RST).
+			pctx, cancel := context.WithTimeout(ctx, listenerPing)
+			err = conn.Ping(pctx)
+			cancel()
+			if err != nil {
+				return err
+			}
+		default:
 			return err
 		}
-		if n.Payload == schema {
-			s.suppressions.invalidate()
-		}
 	}
+}
+
+// listenerPing is how long the listener waits idle before it pings: the bound on noticing a database
+// that went away without closing the connection.
+const listenerPing = 3 * time.Second
+
+func (s *Postgres) setDown(err error) {
+	err = storeErr(err)
+	s.down.Store(&err)
+}
+
+// Unavailable reports why the database cannot be reached, or nil: the queue holds deliveries while it
+// is unreachable (queue.Gate). It is the listener connection's view, refreshed at every reconnection
+// attempt and at least every listenerPing.
+func (s *Postgres) Unavailable() error {
+	if p := s.down.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // postgresMigrations are applied in order; schema_version holds how many have run. Never edit one that

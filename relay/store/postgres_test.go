@@ -78,7 +78,11 @@ func TestPostgresOutage(t *testing.T) {
 		t.Fatalf("Suppressed before the outage: %v %v", ok, err)
 	}
 
+	if err := s.Unavailable(); err != nil {
+		t.Fatalf("Unavailable before the outage: %v", err)
+	}
 	proxy.Cut()
+	waitUntil(t, "the outage noticed (queue.Gate)", 10*time.Second, func() bool { return s.Unavailable() != nil })
 	temporary := func(what string, err error) {
 		t.Helper()
 		re, ok := relay.AsError(err)
@@ -111,7 +115,9 @@ func TestPostgresOutage(t *testing.T) {
 	temporary("RecordBounce", s.RecordBounce(ctx, bounce("during@example.net", time.Now())))
 	temporary("LogDelivery", s.LogDelivery(ctx, relay.DeliveryRecord{QueueID: "q-outage", Status: "queued"}))
 
+	temporary("Unavailable", s.Unavailable())
 	proxy.Restore()
+	waitUntil(t, "the store available again", 10*time.Second, func() bool { return s.Unavailable() == nil })
 	deadline = time.Now().Add(15 * time.Second)
 	for {
 		err := s.RecordBounce(ctx, bounce("after@example.net", time.Now()))
@@ -225,4 +231,15 @@ func TestPostgresSuppressionPropagation(t *testing.T) {
 		worst = max(worst, time.Since(began))
 	}
 	t.Logf("suppression propagation between instances: worst of 20 = %v (RecordBounce included)", worst)
+}
+
+func waitUntil(t testing.TB, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

@@ -102,6 +102,9 @@ func privateFile(path string) error {
 	return f.Chmod(0o600)
 }
 
+// Unavailable is always nil: a local file is there as long as the process is.
+func (s *SQLite) Unavailable() error { return nil }
+
 // Describe names the database file.
 func (s *SQLite) Describe() string { return "sqlite " + s.path }
 

@@ -72,6 +72,9 @@ type Store interface {
 	// PruneProcessed forgets notification ids older than before.
 	PruneProcessed(ctx context.Context, before time.Time) (int, error)
 
+	// Unavailable says why the store cannot be reached right now, or nil; the queue holds deliveries
+	// meanwhile (queue.Gate).
+	Unavailable() error
 	// Describe names the store for operators ("sqlite /var/lib/mailgate/mailgate.db", "postgresql
 	// db.internal:5432/mailgate"): never a password.
 	Describe() string
