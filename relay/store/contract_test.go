@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/relay"
-	"github.com/mailgate/mailgate/relay/internal/pgtest"
+	"github.com/mailgate/mailgate/relay/peertest"
 )
 
 // backend opens a fresh, empty store of one kind; another opens a second Store on the same database,
@@ -33,7 +33,7 @@ func backends() []backend {
 			}
 		}},
 		{"postgres", func(t testing.TB) (Store, func() Store) {
-			dsn := pgtest.Schema(t)
+			dsn := peertest.PostgresSchema(t)
 			s := openPostgres(t, dsn)
 			return s, func() Store { return openPostgres(t, dsn) }
 		}},

@@ -11,14 +11,14 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/mailgate/mailgate/relay"
-	"github.com/mailgate/mailgate/relay/internal/pgtest"
+	"github.com/mailgate/mailgate/relay/peertest"
 )
 
 // TestPostgresMigrateOnce: instances starting together on an empty schema all open, and the schema is
 // created once (the advisory lock makes the later ones wait and find it current). Without the lock the
 // second CREATE TABLE fails.
 func TestPostgresMigrateOnce(t *testing.T) {
-	dsn := pgtest.Schema(t)
+	dsn := peertest.PostgresSchema(t)
 	const instances = 4
 	var wg sync.WaitGroup
 	errs := make(chan error, instances)
@@ -69,9 +69,9 @@ func pgConn(t testing.TB, dsn string) *pgx.Conn {
 // once the database is back the same Store answers again, without a restart; nothing written before
 // the outage is lost.
 func TestPostgresOutage(t *testing.T) {
-	schemaDSN := pgtest.Schema(t)
-	proxy := pgtest.NewProxy(t)
-	s := openPostgres(t, strings.Replace(schemaDSN, pgtest.Addr, proxy.Addr(), 1))
+	schemaDSN := peertest.PostgresSchema(t)
+	proxy := peertest.PostgresProxy(t)
+	s := openPostgres(t, strings.Replace(schemaDSN, peertest.PostgresAddr, proxy.Addr(), 1))
 	ctx := context.Background()
 	must(t, s.RecordBounce(ctx, bounce("before@example.net", time.Now())))
 	if _, ok, err := s.Suppressed(ctx, "before@example.net"); !ok || err != nil {
@@ -143,7 +143,7 @@ func TestPostgresOutage(t *testing.T) {
 // the DSN does not parse or the server cannot be reached.
 func TestPostgresDSNNeverInErrors(t *testing.T) {
 	const password = "s3cret-Pa55"
-	proxy := pgtest.NewProxy(t)
+	proxy := peertest.PostgresProxy(t)
 	proxy.Cut()
 	for _, dsn := range []string{
 		"postgres://mailgate:" + password + "@" + proxy.Addr() + "/test?sslmode=disable&connect_timeout=2",
@@ -161,7 +161,7 @@ func TestPostgresDSNNeverInErrors(t *testing.T) {
 			}
 		}
 	}
-	dsn := pgtest.Schema(t)
+	dsn := peertest.PostgresSchema(t)
 	s := openPostgres(t, strings.Replace(dsn, "postgres@", "postgres:"+password+"@", 1))
 	if d := s.Describe(); strings.Contains(d, password) || !strings.Contains(d, "postgresql 127.0.0.1:5432/test") {
 		t.Errorf("Describe() = %q", d)
@@ -171,7 +171,7 @@ func TestPostgresDSNNeverInErrors(t *testing.T) {
 // TestPostgresNotificationClaimAcrossInstances: two instances receiving the same SNS notification
 // (SNS may deliver it to either) record it once.
 func TestPostgresNotificationClaimAcrossInstances(t *testing.T) {
-	dsn := pgtest.Schema(t)
+	dsn := peertest.PostgresSchema(t)
 	a, b := openPostgres(t, dsn), openPostgres(t, dsn)
 	ctx := context.Background()
 	bs := []relay.Bounce{bounce("x@example.net", time.Now()), bounce("w@example.net", time.Now())}
@@ -206,7 +206,7 @@ func TestPostgresNotificationClaimAcrossInstances(t *testing.T) {
 // TestPostgresSuppressionPropagation measures how long an address suppressed through one instance
 // takes to be refused by another (the LISTEN/NOTIFY path); the bound is 1 s.
 func TestPostgresSuppressionPropagation(t *testing.T) {
-	dsn := pgtest.Schema(t)
+	dsn := peertest.PostgresSchema(t)
 	a, b := openPostgres(t, dsn), openPostgres(t, dsn)
 	ctx := context.Background()
 	var worst time.Duration

@@ -1,10 +1,10 @@
-// Package pgtest gives tests a PostgreSQL schema of their own on the machine's cluster (PostgreSQL 15
-// on 127.0.0.1:5432, trust authentication, database "test"), and a TCP proxy that a test can cut to
-// play a database outage without touching the cluster other tests use. Imported by _test.go files only.
-//
-// The cluster is started with pg_ctlcluster when it does not answer (scripts/install-test-deps.sh
-// installs it); a cluster that cannot be reached fails the test, never skips it.
-package pgtest
+package peertest
+
+// PostgreSQL as a peer: a schema of its own per test on the machine's cluster (PostgreSQL 15 on
+// 127.0.0.1:5432, trust authentication, database "test"), and a TCP proxy that a test can cut to play
+// a database outage without touching the cluster other tests use. The cluster is started with
+// pg_ctlcluster when it does not answer (scripts/install-test-deps.sh installs it); a cluster that
+// cannot be reached fails the test, never skips it.
 
 import (
 	"context"
@@ -23,78 +23,78 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Addr is where the machine's cluster listens.
-const Addr = "127.0.0.1:5432"
+// PostgresAddr is where the machine's cluster listens.
+const PostgresAddr = "127.0.0.1:5432"
 
 // base is the DSN of the test database without a schema.
-func base(addr string) string {
+func pgBase(addr string) string {
 	return "postgres://postgres@" + addr + "/test?sslmode=disable"
 }
 
-// Schema creates a fresh schema in the test database, drops it (with everything in it) when the test
+// PostgresSchema creates a fresh schema in the test database, drops it (with everything in it) when the test
 // ends, and returns a DSN whose search_path is that schema. Two Opens of the DSN are two instances on
 // one shared store.
-func Schema(t testing.TB) string {
+func PostgresSchema(t testing.TB) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	conn := connect(t, ctx)
+	conn := pgConnect(t, ctx)
 	defer conn.Close(context.Background())
 	b := make([]byte, 6)
 	rand.Read(b)
 	schema := "mgtest_" + hex.EncodeToString(b)
 	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
-		t.Fatalf("pgtest: %v", err)
+		t.Fatalf("peertest: %v", err)
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		c, err := pgx.Connect(ctx, base(Addr))
+		c, err := pgx.Connect(ctx, pgBase(PostgresAddr))
 		if err != nil {
-			t.Errorf("pgtest: drop schema %s: %v", schema, err)
+			t.Errorf("peertest: drop schema %s: %v", schema, err)
 			return
 		}
 		defer c.Close(ctx)
 		if _, err := c.Exec(ctx, "DROP SCHEMA "+schema+" CASCADE"); err != nil {
-			t.Errorf("pgtest: drop schema %s: %v", schema, err)
+			t.Errorf("peertest: drop schema %s: %v", schema, err)
 		}
 	})
-	return DSN(Addr, schema)
+	return PostgresDSN(PostgresAddr, schema)
 }
 
-// DSN is the DSN of schema in the test database at addr (the cluster, or a Proxy in front of it).
-func DSN(addr, schema string) string { return base(addr) + "&search_path=" + schema }
+// PostgresDSN is the DSN of schema in the test database at addr (the cluster, or a Proxy in front of it).
+func PostgresDSN(addr, schema string) string { return pgBase(addr) + "&search_path=" + schema }
 
-// connect reaches the cluster, starting it once if it does not answer.
-func connect(t testing.TB, ctx context.Context) *pgx.Conn {
+// pgConnect reaches the cluster, starting it once if it does not answer.
+func pgConnect(t testing.TB, ctx context.Context) *pgx.Conn {
 	t.Helper()
-	conn, err := pgx.Connect(ctx, base(Addr))
+	conn, err := pgx.Connect(ctx, pgBase(PostgresAddr))
 	if err == nil {
 		return conn
 	}
 	versions, _ := filepath.Glob("/etc/postgresql/*")
 	if len(versions) == 0 {
-		t.Fatalf("pgtest: PostgreSQL does not answer on %s and is not installed: run scripts/install-test-deps.sh (%v)", Addr, err)
+		t.Fatalf("peertest: PostgreSQL does not answer on %s and is not installed: run scripts/install-test-deps.sh (%v)", PostgresAddr, err)
 	}
 	cmd := exec.CommandContext(ctx, "pg_ctlcluster", "--skip-systemctl-redirect", filepath.Base(versions[0]), "main", "start")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
-		t.Logf("pgtest: pg_ctlcluster start: %v", err)
+		t.Logf("peertest: pg_ctlcluster start: %v", err)
 	}
 	for {
-		conn, err = pgx.Connect(ctx, base(Addr))
+		conn, err = pgx.Connect(ctx, pgBase(PostgresAddr))
 		if err == nil {
 			return conn
 		}
 		select {
 		case <-ctx.Done():
-			t.Fatalf("pgtest: PostgreSQL on %s does not answer: %v", Addr, err)
+			t.Fatalf("peertest: PostgreSQL on %s does not answer: %v", PostgresAddr, err)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
 }
 
-// Proxy forwards TCP connections from a loopback port to the cluster until it is cut. Cut closes
+// Proxy forwards TCP connections from a loopback port to the PostgreSQL cluster until it is cut. Cut closes
 // every forwarded connection and refuses new ones (the listener stays bound, so the address does not
 // change); Restore lets connections through again.
 type Proxy struct {
@@ -108,14 +108,14 @@ type Proxy struct {
 	accepted int
 }
 
-// NewProxy starts a proxy in front of the cluster; it stops when the test ends.
-func NewProxy(t testing.TB) *Proxy {
+// PostgresProxy starts a proxy in front of the cluster; it stops when the test ends.
+func PostgresProxy(t testing.TB) *Proxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &Proxy{ln: ln, target: Addr, conns: map[net.Conn]struct{}{}}
+	p := &Proxy{ln: ln, target: PostgresAddr, conns: map[net.Conn]struct{}{}}
 	p.wg.Add(1)
 	go p.serve()
 	t.Cleanup(func() {
@@ -207,4 +207,4 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 }
 
 // String is for test logs.
-func (p *Proxy) String() string { return fmt.Sprintf("pgtest proxy %s -> %s", p.Addr(), p.target) }
+func (p *Proxy) String() string { return fmt.Sprintf("proxy %s -> %s", p.Addr(), p.target) }
