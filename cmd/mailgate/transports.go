@@ -219,7 +219,7 @@ func (d *daemon) oauthOptions(s config.SMTPServer, secret kms.Secret, resolver *
 		Server: s.Name, Provider: oauth.ProviderMicrosoft, Tenant: o.TenantID, ClientID: o.ClientID,
 		ClientSecret: secret, Mailbox: o.Mailbox, Flow: oauth.Flow(o.Flow), Scopes: o.Scopes,
 		RedirectURL: o.RedirectURL, AuthURL: o.AuthorizeURL, TokenURL: o.TokenURL,
-		Store: d.store, Sealer: resolver, Metrics: d.metrics, Logger: d.log.With("server", s.Name),
+		Store: d.store, Sealer: resolver, Fleet: d.store, Metrics: d.metrics, Logger: d.log.With("server", s.Name),
 	}
 }
 

@@ -68,6 +68,7 @@ func TestContract(t *testing.T) {
 		{"DeliveryLogAfterClose", contractDeliveryLogAfterClose},
 		{"LogDeliveryLater", contractLogDeliveryLater},
 		{"SuppressionSeenAcrossStores", contractSuppressionSeenAcrossStores},
+		{"LockRefresh", contractLockRefresh},
 	}
 	for _, b := range backends() {
 		t.Run(b.name, func(t *testing.T) {
@@ -502,5 +503,38 @@ func contractSuppressionSeenAcrossStores(t *testing.T, bk backend) {
 			t.Fatal("suppression by another process never seen")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// contractLockRefresh: the lock excludes a second holder of the same key until unlock, and does not
+// hold up another key.
+func contractLockRefresh(t *testing.T, bk backend) {
+	s, _ := bk.open(t)
+	ctx := context.Background()
+	unlock, err := s.LockRefresh(ctx, "oauth/m365")
+	must(t, err)
+	other, err := s.LockRefresh(ctx, "oauth/other")
+	must(t, err)
+	other()
+	waiting, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	if u, err := s.LockRefresh(waiting, "oauth/m365"); err == nil {
+		u()
+		t.Fatal("a second holder got the lock while the first held it")
+	}
+	got := make(chan func(), 1)
+	go func() {
+		u, err := s.LockRefresh(ctx, "oauth/m365")
+		if err != nil {
+			t.Error(err)
+		}
+		got <- u
+	}()
+	unlock()
+	select {
+	case u := <-got:
+		u()
+	case <-time.After(5 * time.Second):
+		t.Fatal("the lock was not handed over after unlock")
 	}
 }

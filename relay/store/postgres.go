@@ -24,6 +24,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -310,4 +311,27 @@ func migratePostgres(ctx context.Context, db *sql.DB) error {
 		return err
 	}
 	return tx.Commit()
+}
+
+// LockRefresh takes a session-level advisory lock on a connection of its own, held until unlock: the
+// lock is the fleet's, and the database releases it if this process dies (its session ends).
+func (s *Postgres) LockRefresh(ctx context.Context, key string) (func(), error) {
+	conn, err := s.durable.Conn(ctx)
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	const k = `hashtext('mailgate.lock.' || current_schema() || '.' || $1)`
+	if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock(`+k+`)`, key); err != nil {
+		conn.Close()
+		return nil, storeErr(err)
+	}
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_unlock(`+k+`)`, key); err != nil {
+			// The session may be broken; dropping the connection ends it, and the lock with it.
+			_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+		}
+		conn.Close()
+	}, nil
 }

@@ -243,3 +243,29 @@ func waitUntil(t testing.TB, what string, timeout time.Duration, cond func() boo
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestPostgresLockRefreshAcrossInstances: the refresh lock excludes another instance on the same
+// database, and comes back when its holder's process dies (here: its connection is cut).
+func TestPostgresLockRefreshAcrossInstances(t *testing.T) {
+	dsn := peertest.PostgresSchema(t)
+	proxy := peertest.PostgresProxy(t)
+	crashing := openPostgres(t, strings.Replace(dsn, peertest.PostgresAddr, proxy.Addr(), 1))
+	other := openPostgres(t, dsn)
+	ctx := context.Background()
+	_, err := crashing.LockRefresh(ctx, "oauth/m365")
+	must(t, err)
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	if u, err := other.LockRefresh(short, "oauth/m365"); err == nil {
+		u()
+		t.Fatal("another instance got the lock while the first held it")
+	}
+	proxy.Cut() // the holder's session ends, as if it crashed
+	long, cancel2 := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel2()
+	u, err := other.LockRefresh(long, "oauth/m365")
+	if err != nil {
+		t.Fatalf("the lock of a dead instance did not come back: %v", err)
+	}
+	u()
+}

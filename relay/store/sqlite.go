@@ -23,6 +23,7 @@ import (
 	"io/fs"
 	"os"
 	"strings"
+	"sync"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 )
@@ -32,6 +33,9 @@ type SQLite struct {
 	tables
 	path string
 	logw *sql.DB // delivery log writer, synchronous=NORMAL
+
+	locksMu sync.Mutex
+	locks   map[string]chan struct{} // LockRefresh's locks, one-slot semaphores by key
 }
 
 var _ Store = (*SQLite)(nil)
@@ -52,7 +56,7 @@ func Open(path string) (*SQLite, error) {
 	if err := privateFile(path); err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
-	s := &SQLite{path: path}
+	s := &SQLite{path: path, locks: map[string]chan struct{}{}}
 	var err error
 	// The durable writer opens first: it sets WAL mode and runs the migrations before anyone reads.
 	if s.durable, err = sql.Open("sqlite", dsn(path, "FULL")); err != nil {
@@ -100,6 +104,23 @@ func privateFile(path string) error {
 	}
 	defer f.Close()
 	return f.Chmod(0o600)
+}
+
+// LockRefresh is a process-local lock: a SQLite store belongs to one instance.
+func (s *SQLite) LockRefresh(ctx context.Context, key string) (func(), error) {
+	s.locksMu.Lock()
+	l, ok := s.locks[key]
+	if !ok {
+		l = make(chan struct{}, 1)
+		s.locks[key] = l
+	}
+	s.locksMu.Unlock()
+	select {
+	case l <- struct{}{}:
+		return func() { <-l }, nil
+	case <-ctx.Done():
+		return nil, storeErr(ctx.Err())
+	}
 }
 
 // Unavailable is always nil: a local file is there as long as the process is.

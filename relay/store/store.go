@@ -72,6 +72,10 @@ type Store interface {
 	// PruneProcessed forgets notification ids older than before.
 	PruneProcessed(ctx context.Context, before time.Time) (int, error)
 
+	// LockRefresh holds the lock named key across every process sharing the store until unlock is
+	// called (auth/oauth's single token request per credential); a crashed holder's lock is released.
+	LockRefresh(ctx context.Context, key string) (unlock func(), err error)
+
 	// Unavailable says why the store cannot be reached right now, or nil; the queue holds deliveries
 	// meanwhile (queue.Gate).
 	Unavailable() error
