@@ -118,3 +118,25 @@ func TestFleetRotatedRefreshTokenWrittenOnce(t *testing.T) {
 		}
 	}
 }
+
+// TestFleetInvalidatedTokenNotAdoptedAgain: after the upstream refused a token (535 → Invalidate), the
+// instance requests a new one rather than adopting the refused one back from the store, and the other
+// instances then adopt the new one.
+func TestFleetInvalidatedTokenNotAdoptedAgain(t *testing.T) {
+	e := newEnv(t)
+	srcs := e.fleet(t, 2, ClientCredentials)
+	ctx := context.Background()
+	t1, err := srcs[0].Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond) // the mock's next JWT differs only from the next second on
+	srcs[0].Invalidate(t1)
+	t2, err := srcs[0].Token(ctx)
+	if err != nil || t2 == t1 || len(e.proxy.tokenRequests()) != 2 {
+		t.Fatalf("after Invalidate: new token %v, %d requests, %v", t2 != t1, len(e.proxy.tokenRequests()), err)
+	}
+	if got, err := srcs[1].Token(ctx); err != nil || got != t2 || len(e.proxy.tokenRequests()) != 2 {
+		t.Fatalf("the other instance: adopted the new token %v, %d requests, %v", got == t2, len(e.proxy.tokenRequests()), err)
+	}
+}

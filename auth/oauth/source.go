@@ -33,6 +33,7 @@ type Source struct {
 	refresh       kms.Secret
 	refreshStored bool
 	lastRefresh   time.Time
+	rejected      string // the access token the upstream refused last (Invalidate)
 	lastErr       *relay.Error
 	lastErrAt     time.Time
 	pausedUntil   time.Time
@@ -137,6 +138,7 @@ func (s *Source) Invalidate(token string) {
 	defer s.mu.Unlock()
 	if s.cached != nil && s.cached.access == token {
 		s.cached = nil
+		s.rejected = token // not to be adopted again from the fleet's store
 		s.log.Info("oauth token invalidated")
 	}
 }
@@ -264,6 +266,12 @@ func (s *Source) sharedToken(ctx context.Context) (*oauth2.Token, time.Time, boo
 	}
 	var st sharedAccessToken
 	if err := json.Unmarshal([]byte(plain.Reveal()), &st); err != nil || st.Access == "" || st.Lifetime <= 0 {
+		return nil, time.Time{}, false
+	}
+	s.mu.Lock()
+	rejected := st.Access == s.rejected
+	s.mu.Unlock()
+	if rejected {
 		return nil, time.Time{}, false
 	}
 	issued := time.UnixMilli(st.IssuedMS)
