@@ -225,3 +225,46 @@ func TestSharedStoreOutage(t *testing.T) {
 		t.Fatal("the DSN's password reached the log")
 	}
 }
+
+// TestFleetBudgetsHoldForTheMailbox: three instances on one PostgreSQL relay to one mailbox of a Node
+// smtp-server whose configured limits are 2 connections and 12 messages a minute. Each instance alone
+// would open 2 and send 12 (6 and 36 for the three): the upstream, seen through a counting proxy, never
+// has more than 2 connections open at once, and takes 12 messages in the minute — the rest wait
+// (deferred, none bounced).
+func TestFleetBudgetsHoldForTheMailbox(t *testing.T) {
+	dsn := peertest.PostgresSchema(t)
+	node := peertest.NodeSMTPServer(t, peertest.NodeSMTPOptions{NoPlain: true})
+	counting := peertest.TCPProxy(t, node.Addr)
+	var ins []*instance
+	for range 3 {
+		in := newInstance(t, nodeChannel(counting.Addr(), node.Cert.CertFile, "\n    max_connections: 2\n    messages_per_minute: 12"))
+		in.onPostgres(dsn)
+		in.start()
+		ins = append(ins, in)
+	}
+	const each = 8
+	for i := range each * len(ins) {
+		in := ins[i%len(ins)]
+		if out, code := in.swaks("--to", "c"+strconv.Itoa(i)+"@example.net", "--h-From", "support@example.com", "--body", "fleet"); code != 0 {
+			t.Fatalf("submission %d: %d\n%s", i, code, out)
+		}
+	}
+	waitFor(t, 30*time.Second, "12 messages at the upstream", func() bool { return len(node.Accepted(t)) >= 12 })
+	// Each instance's own windows would let the rest through within seconds: they must wait.
+	deadline := time.Now().Add(4 * time.Second)
+	for time.Now().Before(deadline) {
+		if n := len(node.Accepted(t)); n > 12 {
+			t.Fatalf("the upstream took %d messages within the minute; the fleet's limit is 12", n)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if m := counting.MaxOpen(); m > 2 || m < 1 {
+		t.Fatalf("the upstream saw %d connections at once; the fleet's limit is 2", m)
+	}
+	t.Logf("upstream: %d messages, at most %d connections at once (%d accepted by the proxy)", len(node.Accepted(t)), counting.MaxOpen(), counting.Accepted())
+	for i, in := range ins {
+		if strings.Contains(in.logs(), "msg=bounced") {
+			t.Errorf("instance %d bounced a message that only had to wait:\n%s", i, in.logs())
+		}
+	}
+}

@@ -84,6 +84,9 @@ func newLogger(env *cliEnv, level, format string) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format must be text or json")
 }
 
+// The shared store keeps the fleet's upstream budgets.
+var _ smtpdeliver.Fleet = (*store.Postgres)(nil)
+
 // daemon is the running relay: what lives for the whole process (listeners, spool, store, metrics)
 // and the generation built from the current configuration (rules, transports), swapped on SIGHUP.
 type daemon struct {
@@ -111,7 +114,6 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	d.metrics = metrics.New(reg)
 	d.spoolDir = cfg.Spool.Dir
-	d.budgets = smtpdeliver.NewBudgets()
 
 	if err := os.MkdirAll(cfg.Spool.Dir, 0o750); err != nil {
 		return err
@@ -122,6 +124,13 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error
 	}
 	defer st.Close()
 	d.store = st
+	// A shared store keeps the upstream budgets (connection slots, rate windows) for the whole fleet.
+	if fleet, ok := st.(smtpdeliver.Fleet); ok {
+		d.budgets = smtpdeliver.NewFleetBudgets(fleet, smtpdeliver.FleetOptions{Logger: d.log.With("component", "budgets")})
+	} else {
+		d.budgets = smtpdeliver.NewBudgets()
+	}
+	defer d.budgets.Close()
 
 	gen, err := d.build(ctx, cfg)
 	if err != nil {

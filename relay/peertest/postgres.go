@@ -94,9 +94,9 @@ func pgConnect(t testing.TB, ctx context.Context) *pgx.Conn {
 	}
 }
 
-// Proxy forwards TCP connections from a loopback port to the PostgreSQL cluster until it is cut. Cut closes
-// every forwarded connection and refuses new ones (the listener stays bound, so the address does not
-// change); Restore lets connections through again.
+// Proxy forwards TCP connections from a loopback port to a target (the PostgreSQL cluster, an SMTP
+// peer) until it is cut, counting them. Cut closes every forwarded connection and refuses new ones
+// (the listener stays bound, so the address does not change); Restore lets connections through again.
 type Proxy struct {
 	ln     net.Listener
 	target string
@@ -104,18 +104,24 @@ type Proxy struct {
 	cut    bool
 	conns  map[net.Conn]struct{}
 	wg     sync.WaitGroup
-	// Accepted counts client connections the proxy has taken.
-	accepted int
+	accepted      int // client connections taken
+	open, maxOpen int // forwarded connections open now, and the most at once
 }
 
 // PostgresProxy starts a proxy in front of the cluster; it stops when the test ends.
 func PostgresProxy(t testing.TB) *Proxy {
 	t.Helper()
+	return TCPProxy(t, PostgresAddr)
+}
+
+// TCPProxy starts a proxy in front of target; it stops when the test ends.
+func TCPProxy(t testing.TB, target string) *Proxy {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &Proxy{ln: ln, target: PostgresAddr, conns: map[net.Conn]struct{}{}}
+	p := &Proxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
 	p.wg.Add(1)
 	go p.serve()
 	t.Cleanup(func() {
@@ -134,6 +140,13 @@ func (p *Proxy) Accepted() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.accepted
+}
+
+// MaxOpen is the most connections that were forwarded at once.
+func (p *Proxy) MaxOpen() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.maxOpen
 }
 
 // Cut closes every forwarded connection and refuses new ones until Restore.
@@ -192,15 +205,21 @@ func (p *Proxy) track(c, up net.Conn) bool {
 		return false
 	}
 	p.conns[c], p.conns[up] = struct{}{}, struct{}{}
+	p.open++
+	p.maxOpen = max(p.maxOpen, p.open)
 	return true
 }
 
+// pipe copies one direction; the first direction to end closes both and counts the pair closed.
 func (p *Proxy) pipe(dst, src net.Conn) {
 	defer p.wg.Done()
 	io.Copy(dst, src)
 	dst.Close()
 	src.Close()
 	p.mu.Lock()
+	if _, ok := p.conns[src]; ok {
+		p.open--
+	}
 	delete(p.conns, dst)
 	delete(p.conns, src)
 	p.mu.Unlock()

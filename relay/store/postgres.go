@@ -273,6 +273,25 @@ func postgresMigrations() []string {
 	END $$;
 	CREATE CONSTRAINT TRIGGER suppression_changed AFTER INSERT OR UPDATE OR DELETE ON suppression
 		DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION suppression_changed();`,
+		// 2: the upstream budgets of the fleet (budget.go): connection slots as leases, the demand
+		// for them, and the rate windows' buckets.
+		`CREATE TABLE budget_leases (
+		id         BIGSERIAL PRIMARY KEY,
+		identity   TEXT   NOT NULL,
+		expires_ms BIGINT NOT NULL
+	);
+	CREATE INDEX budget_leases_identity ON budget_leases(identity, expires_ms);
+	CREATE TABLE budget_demand (
+		identity     TEXT PRIMARY KEY,
+		wanted_until BIGINT NOT NULL
+	);
+	CREATE TABLE budget_counts (
+		identity TEXT    NOT NULL,
+		win      TEXT    NOT NULL,
+		bucket   BIGINT  NOT NULL,
+		n        INTEGER NOT NULL,
+		PRIMARY KEY (identity, win, bucket)
+	);`,
 	}
 }
 

@@ -14,8 +14,9 @@ import (
 // the old ones stopped and share their connection slots while old attempts finish. cmd creates one
 // Budgets per process and hands it to every Transport it builds (Options.Budgets).
 type Budgets struct {
-	mu sync.Mutex
-	m  map[string]*budget
+	mu    sync.Mutex
+	m     map[string]*budget
+	fleet *fleetState // nil: the budgets live in this process only (NewBudgets)
 }
 
 // NewBudgets returns an empty registry.
@@ -37,6 +38,14 @@ func (r *Budgets) budget(o *Options) *budget {
 	b, ok := r.m[identity(o)]
 	if !ok {
 		b = &budget{users: map[string]int{}}
+		if r.fleet != nil {
+			// The store's key: readable, and free of the NUL that separates the in-memory key.
+			who := o.Mailbox
+			if who == "" {
+				who = o.Username
+			}
+			b.fleet = &fleetBudget{fleetState: r.fleet, identity: o.Name + "/" + strings.ToLower(who), leases: map[int64]struct{}{}}
+		}
 		r.m[identity(o)] = b
 	}
 	r.mu.Unlock()
@@ -62,6 +71,7 @@ type budget struct {
 	pausedUntil time.Time
 	idle        []*session     // set-up sessions not in use, most recently used last
 	users       map[string]int // open Transports by fingerprint: the last one to close ends their sessions
+	fleet       *fleetBudget   // nil: slots and windows are this process's alone
 }
 
 // acquire takes a connection slot, waiting in line until one is free or ctx ends.

@@ -141,9 +141,11 @@ func (t *Transport) Deliver(ctx context.Context, m *relay.Message) relay.Result 
 	}
 
 	// Recipients per day: send what the budget allows now, defer the rest.
-	t.b.mu.Lock()
-	granted, dayStamp, dayWait := t.b.perDay.reserve(n, time.Now())
-	t.b.mu.Unlock()
+	granted, dayStamp, dayWait, err := t.b.reserveWindow(ctx, &t.b.perDay, "day", n)
+	if err != nil {
+		failAll(res.Errs, all, err)
+		return res
+	}
 	if granted < n {
 		failAll(res.Errs, all[granted:], &relay.Error{Code: 451, Enhanced: "4.7.0", Reason: ReasonRateLimited, RetryAfter: dayWait,
 			Msg: fmt.Sprintf("recipients-per-day limit (%d) of upstream %s reached; deferred", t.o.RecipientsPerDay, t.o.Name)})
@@ -251,9 +253,10 @@ func (t *Transport) precheck(m *relay.Message) error {
 // ctx's deadline); longer waits become a deferral with RetryAfter, so queue workers are not parked.
 func (t *Transport) waitRate(ctx context.Context) (int64, error) {
 	for {
-		t.b.mu.Lock()
-		g, stamp, wait := t.b.perMinute.reserve(1, time.Now())
-		t.b.mu.Unlock()
+		g, stamp, wait, err := t.b.reserveWindow(ctx, &t.b.perMinute, "minute", 1)
+		if err != nil {
+			return 0, err
+		}
 		if g == 1 {
 			return stamp, nil
 		}
@@ -274,10 +277,11 @@ func (t *Transport) waitRate(ctx context.Context) (int64, error) {
 
 func (t *Transport) refund(rcpts int, dayStamp int64, message bool, minuteStamp int64) {
 	t.b.mu.Lock()
-	defer t.b.mu.Unlock()
-	t.b.perDay.release(rcpts, dayStamp)
+	day, minute := t.b.perDay, t.b.perMinute
+	t.b.mu.Unlock()
+	t.b.unreserveWindow(day, "day", rcpts, dayStamp)
 	if message && minuteStamp != 0 {
-		t.b.perMinute.release(1, minuteStamp)
+		t.b.unreserveWindow(minute, "minute", 1, minuteStamp)
 	}
 }
 
@@ -310,6 +314,11 @@ func (t *Transport) session(ctx context.Context, forceTLS, fresh bool) (*session
 		t.o.Logger.Debug("upstream connection reused", "server", t.o.Name, "uses", s.uses)
 		return s, true, nil
 	}
+	// With a fleet, every open connection holds one of the mailbox's slots across the instances.
+	lease, err := t.b.lease(ctx)
+	if err != nil {
+		return nil, false, t.classify(err, relay.StageConnect)
+	}
 	s, err := t.dial(ctx, forceTLS, true)
 	if errors.Is(err, errHandshake) {
 		t.o.Logger.Warn("upstream STARTTLS handshake failed; falling back to plain text (no Force TLS, no credentials)",
@@ -320,8 +329,10 @@ func (t *Transport) session(ctx context.Context, forceTLS, fresh bool) (*session
 		}
 	}
 	if err != nil {
+		t.b.unlease(lease)
 		return nil, false, err
 	}
+	s.lease = lease
 	tlsv := ""
 	if s.tlsVersion != 0 {
 		tlsv = tlsVersionName(s.tlsVersion)
@@ -336,7 +347,7 @@ func (t *Transport) put(s *session) {
 	t.mu.Lock()
 	closed := t.closed
 	t.mu.Unlock()
-	if closed {
+	if closed || t.b.contended() { // another instance waits for this mailbox's slot: free it
 		t.drop(s, true)
 		return
 	}
@@ -386,6 +397,7 @@ func (t *Transport) expire(s *session) {
 
 // drop ends a session: QUIT (briefly) when it is healthy, a plain close otherwise.
 func (t *Transport) drop(s *session, quit bool) {
+	defer t.b.unlease(s.lease)
 	if s.c == nil {
 		return
 	}

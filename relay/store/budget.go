@@ -1,0 +1,161 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"time"
+)
+
+// The fleet's upstream budgets (relay/deliver/smtp.Fleet), PostgreSQL only: a SQLite store has one
+// instance, whose budgets stay in its memory.
+//
+//   - Every decision runs in one transaction that first takes a transaction-scoped advisory lock on
+//     the identity (and window), so two instances never both see the last free slot or the last
+//     message of a minute. Times are the database's clock, so instances on machines whose clocks
+//     differ still agree on leases and buckets.
+//   - A lease expires unless renewed; expired leases are deleted by the next acquisition (a crashed
+//     instance's slots come back). A refused acquisition records demand for LeaseTime, which the
+//     holders learn when they renew and answer by closing idle connections.
+//   - A window is 60 buckets of span/60, as the in-memory window: an event counts until its bucket
+//     has left the span. Buckets older than the span are deleted as new ones are written.
+
+const dbNowMS = `(extract(epoch from clock_timestamp()) * 1000)::bigint`
+
+// inLock runs f in a transaction holding the advisory lock named by key.
+func (s *Postgres) inLock(ctx context.Context, key string, f func(tx *sql.Tx, nowMS int64) error) error {
+	tx, err := s.durable.BeginTx(ctx, nil)
+	if err != nil {
+		return storeErr(err)
+	}
+	defer tx.Rollback()
+	var now int64
+	if err := tx.QueryRowContext(ctx, `SELECT `+dbNowMS+` FROM (SELECT pg_advisory_xact_lock(hashtext('mailgate.budget.' || current_schema() || '.' || $1))) AS locked`, key).Scan(&now); err != nil {
+		return storeErr(err)
+	}
+	if err := f(tx, now); err != nil {
+		return storeErr(err)
+	}
+	return storeErr(tx.Commit())
+}
+
+// AcquireLease takes one of limit connection slots of identity for ttl, unless all are held.
+func (s *Postgres) AcquireLease(ctx context.Context, identity string, limit int, ttl time.Duration) (id int64, ok bool, err error) {
+	err = s.inLock(ctx, "slots."+identity, func(tx *sql.Tx, now int64) error {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM budget_leases WHERE identity = $1 AND expires_ms <= $2`, identity, now); err != nil {
+			return err
+		}
+		var held int
+		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM budget_leases WHERE identity = $1`, identity).Scan(&held); err != nil {
+			return err
+		}
+		if held >= limit {
+			_, err := tx.ExecContext(ctx, `INSERT INTO budget_demand (identity, wanted_until) VALUES ($1, $2)
+				ON CONFLICT (identity) DO UPDATE SET wanted_until = excluded.wanted_until`, identity, now+ttl.Milliseconds())
+			return err
+		}
+		ok = true
+		return tx.QueryRowContext(ctx, `INSERT INTO budget_leases (identity, expires_ms) VALUES ($1, $2) RETURNING id`,
+			identity, now+ttl.Milliseconds()).Scan(&id)
+	})
+	return id, ok, err
+}
+
+// RenewLeases extends the given leases of identity and reports whether another instance was refused a
+// slot within the last lease time.
+func (s *Postgres) RenewLeases(ctx context.Context, identity string, leases []int64, ttl time.Duration) (contended bool, err error) {
+	err = s.inLock(ctx, "slots."+identity, func(tx *sql.Tx, now int64) error {
+		if len(leases) > 0 {
+			if _, err := tx.ExecContext(ctx, `UPDATE budget_leases SET expires_ms = $1 WHERE identity = $2 AND id = ANY($3)`,
+				now+ttl.Milliseconds(), identity, leases); err != nil {
+				return err
+			}
+		}
+		var until int64
+		switch err := tx.QueryRowContext(ctx, `SELECT wanted_until FROM budget_demand WHERE identity = $1`, identity).Scan(&until); {
+		case err == sql.ErrNoRows:
+		case err != nil:
+			return err
+		default:
+			contended = until > now
+		}
+		return nil
+	})
+	return contended, err
+}
+
+// ReleaseLease gives a slot back.
+func (s *Postgres) ReleaseLease(ctx context.Context, identity string, lease int64) error {
+	_, err := s.durable.ExecContext(ctx, `DELETE FROM budget_leases WHERE identity = $1 AND id = $2`, identity, lease)
+	return storeErr(err)
+}
+
+// windowBuckets matches relay/deliver/smtp's window: 60 buckets per span.
+const windowBuckets = 60
+
+// Reserve admits up to n events of identity's window under limit in the current bucket.
+func (s *Postgres) Reserve(ctx context.Context, identity, window string, n, limit int, span time.Duration) (granted int, bucket int64, retryAfter time.Duration, err error) {
+	slot := span / windowBuckets
+	if slot <= 0 {
+		return n, 0, 0, nil
+	}
+	err = s.inLock(ctx, "window."+window+"."+identity, func(tx *sql.Tx, now int64) error {
+		cur := now * int64(time.Millisecond) / int64(slot)
+		oldest := cur - windowBuckets + 1
+		if _, err := tx.ExecContext(ctx, `DELETE FROM budget_counts WHERE identity = $1 AND win = $2 AND bucket < $3`,
+			identity, window, oldest); err != nil {
+			return err
+		}
+		rows, err := tx.QueryContext(ctx, `SELECT bucket, n FROM budget_counts WHERE identity = $1 AND win = $2 AND bucket <= $3
+			ORDER BY bucket`, identity, window, cur)
+		if err != nil {
+			return err
+		}
+		type counted struct{ bucket, n int64 }
+		var live []counted
+		used := 0
+		for rows.Next() {
+			var c counted
+			if err := rows.Scan(&c.bucket, &c.n); err != nil {
+				rows.Close()
+				return err
+			}
+			live = append(live, c)
+			used += int(c.n)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		granted, bucket = min(n, max(0, limit-used)), cur
+		if granted > 0 {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO budget_counts (identity, win, bucket, n) VALUES ($1, $2, $3, $4)
+				ON CONFLICT (identity, win, bucket) DO UPDATE SET n = budget_counts.n + excluded.n`,
+				identity, window, cur, granted); err != nil {
+				return err
+			}
+		}
+		if granted < n {
+			// When enough of the oldest buckets have left the span for the rest (capped at the limit).
+			over := used + granted + min(n-granted, limit) - limit
+			freed := 0
+			retryAfter = slot
+			for _, c := range live {
+				freed += int(c.n)
+				if freed >= over {
+					end := time.Duration(c.bucket+windowBuckets) * slot
+					retryAfter = max(end-time.Duration(now)*time.Millisecond, time.Millisecond)
+					break
+				}
+			}
+		}
+		return nil
+	})
+	return granted, bucket, retryAfter, err
+}
+
+// Unreserve gives back n events counted in bucket.
+func (s *Postgres) Unreserve(ctx context.Context, identity, window string, n int, bucket int64) error {
+	_, err := s.durable.ExecContext(ctx, `UPDATE budget_counts SET n = greatest(0, n - $4)
+		WHERE identity = $1 AND win = $2 AND bucket = $3`, identity, window, bucket, n)
+	return storeErr(err)
+}
