@@ -98,12 +98,12 @@ func pgConnect(t testing.TB, ctx context.Context) *pgx.Conn {
 // peer) until it is cut, counting them. Cut closes every forwarded connection and refuses new ones
 // (the listener stays bound, so the address does not change); Restore lets connections through again.
 type Proxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	cut    bool
-	conns  map[net.Conn]struct{}
-	wg     sync.WaitGroup
+	ln            net.Listener
+	target        string
+	mu            sync.Mutex
+	cut           bool
+	conns         map[net.Conn]struct{}
+	wg            sync.WaitGroup
 	accepted      int // client connections taken
 	open, maxOpen int // forwarded connections open now, and the most at once
 }
