@@ -23,6 +23,9 @@ type Config struct {
 	// listeners that ask for it. The no-config development default sets it.
 	Development bool   `yaml:"development"`
 	Hostname    string `yaml:"hostname"` // EHLO name and Message-ID fallback domain
+	// Instance names this process in a fleet sharing one store (logs, /readyz, `mailgate queue`);
+	// default: the machine's host name.
+	Instance string `yaml:"instance"`
 
 	Listeners []Listener `yaml:"listeners"`
 	TLS       TLS        `yaml:"tls"`

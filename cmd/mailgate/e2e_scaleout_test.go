@@ -268,3 +268,44 @@ func TestFleetBudgetsHoldForTheMailbox(t *testing.T) {
 		}
 	}
 }
+
+// TestInstanceNameAndDrain: /readyz and `mailgate queue` name the instance; `mailgate drain` stops its
+// submission listener at once (new sessions are refused, /readyz fails "draining") while the queue goes
+// on delivering, and returns once the queue is empty — not before.
+func TestInstanceNameAndDrain(t *testing.T) {
+	upstream := "127.0.0.1:" + strconv.Itoa(peertest.FreePort(t))
+	cert := peertest.SelfSignedCert(t)
+	in := newInstance(t, nodeChannel(upstream, cert.CertFile, ""))
+	in.rewriteConfig("hostname: mailgate.test\n", "hostname: mailgate.test\ninstance: mg-east-1\n")
+	in.extraEnv = append(in.extraEnv, "MG_UP_PASSWORD=pass")
+	in.start()
+	if code, body := httpGet(t, "http://"+in.admin+"/readyz"); code != 200 || !strings.HasPrefix(body, "instance mg-east-1\n") {
+		t.Fatalf("/readyz = %d\n%s", code, body)
+	}
+	// Queued while the upstream is down: it waits in the queue.
+	if out, code := in.swaks("--to", "customer@example.net", "--h-From", "support@example.com", "--body", "before the restart"); code != 0 {
+		t.Fatalf("submission: %d\n%s", code, out)
+	}
+	if out, code := in.mailgate("queue", "list", "--config", in.config); code != 0 || !strings.Contains(out, "instance mg-east-1 (admin "+in.admin+"): 1 queued") {
+		t.Fatalf("queue list: %d\n%s", code, out)
+	}
+	out, code := in.mailgate("drain", "--config", in.config, "--wait", "1s")
+	if code != 1 || !strings.Contains(out, "instance mg-east-1") || !strings.Contains(out, "1 message(s) still queued") {
+		t.Fatalf("drain with mail that cannot go yet: exit %d, want 1 naming what is left\n%s", code, out)
+	}
+	if c, err := net.DialTimeout("tcp", in.smtp, time.Second); err == nil {
+		c.Close()
+		t.Fatal("the submission listener still accepts connections while draining")
+	}
+	if code, body := httpGet(t, "http://"+in.admin+"/readyz"); code != 503 || !strings.Contains(body, "FAIL draining") {
+		t.Fatalf("/readyz while draining = %d\n%s", code, body)
+	}
+	node := peertest.NodeSMTPServer(t, peertest.NodeSMTPOptions{Addr: upstream, Cert: cert, NoPlain: true})
+	out, code = in.mailgate("drain", "--config", in.config, "--wait", "30s")
+	if code != 0 || !strings.Contains(out, "instance mg-east-1: queue empty; safe to stop") {
+		t.Fatalf("drain: exit %d\n%s", code, out)
+	}
+	if n := len(node.Accepted(t)); n != 1 {
+		t.Fatalf("the upstream got %d messages, want the queued one", n)
+	}
+}

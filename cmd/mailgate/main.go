@@ -47,6 +47,7 @@ func commands() map[string]command {
 		"test-send":     {"send a test message through a channel's real transport", cmdTestSend},
 		"bounces":       {"list or remove recorded bounces (and their suppression)", cmdBounces},
 		"queue":         {"list, retry or drop queued messages", cmdQueue},
+		"drain":         {"stop a running instance's intake and wait until its queue is delivered (rolling restarts)", cmdDrain},
 		"log":           {"search the delivery log (log search title=123456)", cmdLog},
 		"preview":       {"print the message a channel would compose", cmdPreview},
 		"secret":        {"encrypt a secret into a reference, or make a local keyring", cmdSecret},

@@ -12,6 +12,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -103,6 +104,7 @@ type daemon struct {
 	transports *transportSet
 
 	spoolDir string
+	instance string     // this process's name in the fleet (config instance, else the host name)
 	mu       sync.Mutex // serializes reloads
 	cfg      *config.Config
 	gen      *generation          // the running generation, replaced on reload
@@ -114,6 +116,13 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	d.metrics = metrics.New(reg)
 	d.spoolDir = cfg.Spool.Dir
+	d.instance = cfg.Instance
+	if d.instance == "" {
+		var err error
+		if d.instance, err = os.Hostname(); err != nil {
+			d.instance = "mailgate"
+		}
+	}
 
 	if err := os.MkdirAll(cfg.Spool.Dir, 0o750); err != nil {
 		return err
@@ -185,8 +194,13 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error
 	if err != nil {
 		return err
 	}
+	// Drain stops the submission listeners (open sessions finish) while the queue goes on delivering.
+	subCtx, stopIntake := context.WithCancel(ctx)
+	defer stopIntake()
+	var draining atomic.Bool
 	d.admin = admin.New(admin.Options{Gatherer: reg, Logger: d.log.With("component", "admin"), Token: token,
-		AllowedHosts: cfg.Admin.AllowedHosts, Queue: q})
+		AllowedHosts: cfg.Admin.AllowedHosts, Queue: q, Instance: d.instance,
+		Drain: func() { draining.Store(true); stopIntake() }})
 	clear(token)
 	if cfg.Admin.TokenFile == "" {
 		d.log.Warn("the operator API (queue, pprof) is off: configure admin.token_file")
@@ -253,7 +267,15 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error
 		}
 	}()
 
-	runners := []func(context.Context) error{q.Run, sub.Serve, d.admin.Serve}
+	serveSubmission := func(ctx context.Context) error {
+		err := sub.Serve(subCtx)
+		if err != nil || ctx.Err() != nil || !draining.Load() {
+			return err
+		}
+		<-ctx.Done() // draining: the rest of the daemon delivers until it is stopped
+		return nil
+	}
+	runners := []func(context.Context) error{q.Run, serveSubmission, d.admin.Serve}
 	if d.events != nil {
 		runners = append(runners, d.events.Serve)
 	}
@@ -261,7 +283,7 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error
 	for _, run := range runners {
 		go func() { errc <- run(ctx) }()
 	}
-	d.log.Info("started", "listeners", len(cfg.Listeners), "spool", cfg.Spool.Dir, "store", st.Describe())
+	d.log.Info("started", "instance", d.instance, "listeners", len(cfg.Listeners), "spool", cfg.Spool.Dir, "store", st.Describe())
 	var first error
 	for i := 0; i < len(runners); i++ {
 		err := <-errc
@@ -360,7 +382,7 @@ func fixedChanges(old, cur *config.Config) []string {
 		old, cur any
 	}{
 		{"listeners", old.Listeners, cur.Listeners}, {"tls", old.TLS, cur.TLS}, {"spool", old.Spool, cur.Spool},
-		{"store", old.Store, cur.Store}, {"admin.address", old.Admin.Address, cur.Admin.Address},
+		{"store", old.Store, cur.Store}, {"instance", old.Instance, cur.Instance}, {"admin.address", old.Admin.Address, cur.Admin.Address},
 		{"admin.allowed_hosts", old.Admin.AllowedHosts, cur.Admin.AllowedHosts}, {"events", old.Events, cur.Events},
 	} {
 		if !reflect.DeepEqual(s.old, s.cur) {
