@@ -42,8 +42,12 @@ type FleetOptions struct {
 	// LeaseTime is how long a slot outlives its holder's last renewal (default 30s): the time a
 	// crashed instance's connections keep their slots. Leases are renewed every LeaseTime/3.
 	LeaseTime time.Duration
-	// LeasePoll is how often a delivery waiting for a slot asks again (default 100ms).
+	// LeasePoll is how often a delivery waiting for a slot asks again (default 100ms); one delivery
+	// per identity and process asks, the others wait behind it.
 	LeasePoll time.Duration
+	// DemandPoll is how often a process holding slots asks whether another waits for one (default 1s):
+	// it then closes its idle connections.
+	DemandPoll time.Duration
 	Logger    *slog.Logger // default: discard
 }
 
@@ -55,6 +59,9 @@ func NewFleetBudgets(f Fleet, o FleetOptions) *Budgets {
 	}
 	if o.LeasePoll <= 0 {
 		o.LeasePoll = 100 * time.Millisecond
+	}
+	if o.DemandPoll <= 0 {
+		o.DemandPoll = time.Second
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -84,6 +91,8 @@ type fleetState struct {
 type fleetBudget struct {
 	*fleetState
 	identity  string
+	b         *budget    // whose idle sessions are closed when another instance waits
+	asking    sync.Mutex // one delivery at a time asks the fleet for a slot
 	mu        sync.Mutex
 	leases    map[int64]struct{}
 	contended bool
@@ -96,6 +105,8 @@ func (b *budget) lease(ctx context.Context) (int64, error) {
 	if fb == nil {
 		return 0, nil
 	}
+	fb.asking.Lock()
+	defer fb.asking.Unlock()
 	b.mu.Lock()
 	limit := b.limit
 	b.mu.Unlock()
@@ -150,23 +161,28 @@ func (b *budget) contended() bool {
 	return b.fleet.contended
 }
 
-// renew extends the identity's leases every LeaseTime/3 while the registry lives.
+// renew extends the identity's leases every LeaseTime/3 and asks for the demand every DemandPoll while
+// the registry lives; when another instance waits, the idle connections are closed at once (and later
+// ones as they become idle), so no idle pool holds a slot a busy peer needs.
 func (fb *fleetBudget) renew() {
 	defer fb.wg.Done()
-	tick := time.NewTicker(fb.o.LeaseTime / 3)
+	tick := time.NewTicker(min(fb.o.DemandPoll, fb.o.LeaseTime/3))
 	defer tick.Stop()
+	renewed := time.Now()
 	for {
 		select {
 		case <-fb.stop:
 			return
 		case <-tick.C:
 		}
-		fb.mu.Lock()
-		ids := make([]int64, 0, len(fb.leases))
-		for id := range fb.leases {
-			ids = append(ids, id)
+		var ids []int64
+		if time.Since(renewed) >= fb.o.LeaseTime/3 {
+			fb.mu.Lock()
+			for id := range fb.leases {
+				ids = append(ids, id)
+			}
+			fb.mu.Unlock()
 		}
-		fb.mu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), fb.o.LeaseTime/3)
 		contended, err := fb.f.RenewLeases(ctx, fb.identity, ids, fb.o.LeaseTime)
 		cancel()
@@ -174,9 +190,33 @@ func (fb *fleetBudget) renew() {
 			fb.o.Logger.Warn("fleet connection slots not renewed", "err", err)
 			continue
 		}
+		if ids != nil {
+			renewed = time.Now()
+		}
 		fb.mu.Lock()
 		fb.contended = contended
 		fb.mu.Unlock()
+		if contended {
+			fb.b.closeIdle()
+		}
+	}
+}
+
+// closeIdle ends every pooled session, giving its slot back to the fleet.
+func (b *budget) closeIdle() {
+	b.mu.Lock()
+	idle := b.idle
+	b.idle = nil
+	b.mu.Unlock()
+	for _, s := range idle {
+		s.timer.Stop()
+		if s.c != nil {
+			s.c.CommandTimeout = min(s.c.CommandTimeout, 5*time.Second)
+			if s.c.Quit() != nil {
+				s.c.Close()
+			}
+		}
+		b.unlease(s.lease)
 	}
 }
 
