@@ -48,7 +48,7 @@ type FleetOptions struct {
 	// DemandPoll is how often a process holding slots asks whether another waits for one (default 1s):
 	// it then closes its idle connections.
 	DemandPoll time.Duration
-	Logger    *slog.Logger // default: discard
+	Logger     *slog.Logger // default: discard
 }
 
 // NewFleetBudgets returns a registry whose slots and windows are kept by f, shared by every instance
