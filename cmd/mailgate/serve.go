@@ -35,6 +35,7 @@ func cmdServe(ctx context.Context, env *cliEnv, args []string) error {
 	dataDir := fs.String("data-dir", "mailgate-data", "development default: directory of all state (spool, store, outbox, TLS)")
 	listen := fs.String("listen", "127.0.0.1:2525", "development default: submission address")
 	adminAddr := fs.String("admin", "127.0.0.1:9465", "development default: admin address")
+	storePostgres := fs.String("store-postgres", "", "development default: a PostgreSQL DSN as a secret reference (env:NAME, file:PATH) instead of SQLite in --data-dir, to try several instances on one store")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
 	if err := fs.Parse(args); err != nil {
@@ -51,6 +52,10 @@ func cmdServe(ctx context.Context, env *cliEnv, args []string) error {
 			return err
 		}
 		dev := config.Development(config.DevelopmentOptions{DataDir: *dataDir, SubmissionAddr: *listen, AdminAddr: *adminAddr, DemoPasswordHash: string(hash)})
+		if *storePostgres != "" {
+			dev.Store = config.Store{Postgres: *storePostgres}
+			dev.Instance = filepath.Base(*dataDir) // instances on one machine differ by their data directory
+		}
 		if err := ensureDevelopmentToken(dev.Admin.TokenFile); err != nil {
 			return fmt.Errorf("development admin token: %w", err)
 		}
