@@ -14,10 +14,13 @@ import (
 //     message of a minute. Times are the database's clock, so instances on machines whose clocks
 //     differ still agree on leases and buckets.
 //   - A lease expires unless renewed; expired leases are deleted by the next acquisition (a crashed
-//     instance's slots come back). A refused acquisition records demand for LeaseTime, which the
-//     holders learn when they renew and answer by closing idle connections.
+//     instance's slots come back). A refused acquisition records demand for a few seconds, which the
+//     holders learn when they poll and answer by closing idle connections.
 //   - A window is 60 buckets of span/60, as the in-memory window: an event counts until its bucket
 //     has left the span. Buckets older than the span are deleted as new ones are written.
+
+// demandMark is how long a refused acquisition marks an identity contended.
+const demandMark = 3 * time.Second
 
 const dbNowMS = `(extract(epoch from clock_timestamp()) * 1000)::bigint`
 
@@ -49,8 +52,10 @@ func (s *Postgres) AcquireLease(ctx context.Context, identity string, limit int,
 			return err
 		}
 		if held >= limit {
+			// The waiter asks again every poll, so a short mark suffices; a long one would keep the
+			// holders closing their idle connections long after the waiter is gone.
 			_, err := tx.ExecContext(ctx, `INSERT INTO budget_demand (identity, wanted_until) VALUES ($1, $2)
-				ON CONFLICT (identity) DO UPDATE SET wanted_until = excluded.wanted_until`, identity, now+ttl.Milliseconds())
+				ON CONFLICT (identity) DO UPDATE SET wanted_until = excluded.wanted_until`, identity, now+min(ttl, demandMark).Milliseconds())
 			return err
 		}
 		ok = true
