@@ -104,7 +104,6 @@ func cmdQueue(ctx context.Context, env *cliEnv, args []string) error {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(env.stdout, "instance %s (admin %s): %d queued\n", instance, a.addr, len(entries))
 		w := tabwriter.NewWriter(env.stdout, 2, 4, 2, ' ', 0)
 		fmt.Fprintln(w, "QUEUE-ID\tCHANNEL\tTRANSPORT\tAGE\tATTEMPTS\tPENDING\tNEXT\tLAST-ERROR")
 		for _, e := range entries {
@@ -112,7 +111,12 @@ func cmdQueue(ctx context.Context, env *cliEnv, args []string) error {
 				time.Since(e.Created).Round(time.Second), e.Attempts, strings.Join(e.Pending(), ","),
 				e.NextAttempt.Format(time.RFC3339), oneLine(e.LastError))
 		}
-		return w.Flush()
+		if err := w.Flush(); err != nil {
+			return err
+		}
+		// Last, so the table stays first for scripts; in a fleet it says whose queue this was.
+		fmt.Fprintf(env.stdout, "instance %s (admin %s): %d queued\n", instance, a.addr, len(entries))
+		return nil
 	}
 	if len(ids) != 1 {
 		fs.Usage()
