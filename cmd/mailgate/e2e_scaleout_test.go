@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"net"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -307,5 +309,48 @@ func TestInstanceNameAndDrain(t *testing.T) {
 	}
 	if n := len(node.Accepted(t)); n != 1 {
 		t.Fatalf("the upstream got %d messages, want the queued one", n)
+	}
+}
+
+// TestFleetOneTokenRequest: three instances on one PostgreSQL, each relaying 1000 messages to the
+// XOAUTH2-checking Node smtp-server with client credentials, cost one token request in all: the first
+// instance to need a token requests it under the fleet's lock and stores it sealed (the instances seal
+// with one keyring); the others adopt it.
+func TestFleetOneTokenRequest(t *testing.T) {
+	dsn := peertest.PostgresSchema(t)
+	peers := startOAuthPeers(t, false)
+	keyring := filepath.Join(t.TempDir(), "keyring.json")
+	var ins []*instance
+	for i := range 3 {
+		in := newInstance(t, "\nkms:\n  keyring: "+keyring+peers.server("    messages_per_minute: 1000000\n    recipients_per_day: 1000000\n", "")+relayChannels("m365"))
+		in.extraEnv = []string{"MG_E2E_CLIENT_SECRET=" + clientSecret}
+		if i == 0 {
+			if out, code := in.mailgate("secret", "keygen", keyring); code != 0 {
+				t.Fatalf("secret keygen: %d\n%s", code, out)
+			}
+		}
+		in.onPostgres(dsn)
+		in.start()
+		ins = append(ins, in)
+	}
+	const each = 1000
+	for i := range each {
+		for k, in := range ins {
+			out := smtpConversation(t, in.smtp, fmt.Sprintf("From: support@example.com\r\nTo: c%d@example.net\r\nSubject: fleet %d/%d\r\n\r\nbody\r\n.\r\n", i, k, i))
+			if !strings.Contains(out, "250 2.0.0 queued") {
+				t.Fatalf("instance %d, message %d refused:\n%s", k, i, out)
+			}
+		}
+	}
+	waitFor(t, 180*time.Second, "3000 messages at the XOAUTH2 upstream", func() bool { return len(peers.node.Accepted(t)) >= 3*each })
+	if got, _ := peers.proxy.counts(); got != 1 {
+		t.Fatalf("3 instances × %d messages cost %d token requests, want exactly 1", each, got)
+	}
+	adopted := 0
+	for _, in := range ins {
+		adopted += strings.Count(in.logs(), "oauth token adopted from another instance")
+	}
+	if adopted != 2 {
+		t.Errorf("%d instances adopted the stored token, want the 2 that did not request it", adopted)
 	}
 }
