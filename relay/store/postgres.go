@@ -23,7 +23,6 @@ package store
 
 import (
 	"context"
-	"database/sql"
 	"database/sql/driver"
 	"errors"
 	"fmt"
@@ -96,7 +95,7 @@ func OpenPostgres(ctx context.Context, dsn string, o PostgresOptions) (*Postgres
 	db.SetMaxIdleConns(o.MaxConns)
 	db.SetConnMaxIdleTime(5 * time.Minute)
 	s.read, s.durable = db, db
-	if err := migratePostgres(ctx, db); err != nil {
+	if err := migrate(ctx, db, migrationLock, postgresMigrations()); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("store: %s: %w", s.describe, err)
 	}
@@ -207,6 +206,9 @@ func (s *Postgres) Unavailable() error {
 	return nil
 }
 
+// migrationLock makes instances starting together migrate one after the other (held to the commit).
+const migrationLock = `SELECT pg_advisory_xact_lock(hashtext('mailgate.migrate.' || current_schema()))`
+
 // postgresMigrations are applied in order; schema_version holds how many have run. Never edit one that
 // has shipped: append a new one.
 func postgresMigrations() []string {
@@ -293,43 +295,6 @@ func postgresMigrations() []string {
 		PRIMARY KEY (identity, win, bucket)
 	);`,
 	}
-}
-
-// migratePostgres brings the schema up to date under an advisory lock held for the transaction.
-func migratePostgres(ctx context.Context, db *sql.DB) error {
-	tx, err := db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback()
-	if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(hashtext('mailgate.migrate.' || current_schema()))`); err != nil {
-		return err
-	}
-	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)`); err != nil {
-		return err
-	}
-	var version int
-	switch err := tx.QueryRowContext(ctx, `SELECT version FROM schema_version`).Scan(&version); {
-	case errors.Is(err, sql.ErrNoRows):
-		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_version(version) VALUES (0)`); err != nil {
-			return err
-		}
-	case err != nil:
-		return err
-	}
-	steps := postgresMigrations()
-	if version > len(steps) {
-		return fmt.Errorf("database schema version %d is newer than this mailgate (%d)", version, len(steps))
-	}
-	for i := version; i < len(steps); i++ {
-		if _, err := tx.ExecContext(ctx, steps[i]); err != nil {
-			return fmt.Errorf("migration %d: %w", i+1, err)
-		}
-	}
-	if _, err := tx.ExecContext(ctx, `UPDATE schema_version SET version = $1`, len(steps)); err != nil {
-		return err
-	}
-	return tx.Commit()
 }
 
 // LockRefresh takes a session-level advisory lock on a connection of its own, held until unlock: the

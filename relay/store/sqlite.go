@@ -63,7 +63,7 @@ func Open(path string) (*SQLite, error) {
 		return nil, fmt.Errorf("store: %w", err)
 	}
 	s.durable.SetMaxOpenConns(1)
-	if err := migrate(context.Background(), s.durable); err != nil {
+	if err := migrate(context.Background(), s.durable, "", migrations()); err != nil { // BEGIN IMMEDIATE: instances starting at once migrate in turn
 		s.durable.Close()
 		return nil, fmt.Errorf("store: %s: %w", path, err)
 	}
@@ -208,37 +208,4 @@ func migrations() []string {
 		`ALTER TABLE bounces ADD COLUMN fault TEXT NOT NULL DEFAULT 'address';
 	ALTER TABLE bounces ADD COLUMN suppressed INTEGER NOT NULL DEFAULT 1;`,
 	}
-}
-
-func migrate(ctx context.Context, db *sql.DB) error {
-	tx, err := db.BeginTx(ctx, nil) // BEGIN IMMEDIATE: two instances starting at once migrate in turn
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback()
-	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)`); err != nil {
-		return err
-	}
-	var version int
-	switch err := tx.QueryRowContext(ctx, `SELECT version FROM schema_version`).Scan(&version); {
-	case errors.Is(err, sql.ErrNoRows):
-		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_version(version) VALUES (0)`); err != nil {
-			return err
-		}
-	case err != nil:
-		return err
-	}
-	steps := migrations()
-	if version > len(steps) {
-		return fmt.Errorf("database schema version %d is newer than this mailgate (%d)", version, len(steps))
-	}
-	for i := version; i < len(steps); i++ {
-		if _, err := tx.ExecContext(ctx, steps[i]); err != nil {
-			return fmt.Errorf("migration %d: %w", i+1, err)
-		}
-	}
-	if _, err := tx.ExecContext(ctx, `UPDATE schema_version SET version = $1`, len(steps)); err != nil {
-		return err
-	}
-	return tx.Commit()
 }

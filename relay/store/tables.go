@@ -300,3 +300,42 @@ func (s *tables) PruneProcessed(ctx context.Context, before time.Time) (int, err
 	n, err := res.RowsAffected()
 	return int(n), storeErr(err)
 }
+
+// migrate brings a schema up to date in one transaction: lock (if any) is run first, then the steps
+// schema_version has not seen. A schema from a newer mailgate is refused rather than misread.
+func migrate(ctx context.Context, db *sql.DB, lock string, steps []string) error {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if lock != "" {
+		if _, err := tx.ExecContext(ctx, lock); err != nil {
+			return err
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)`); err != nil {
+		return err
+	}
+	var version int
+	switch err := tx.QueryRowContext(ctx, `SELECT version FROM schema_version`).Scan(&version); {
+	case errors.Is(err, sql.ErrNoRows):
+		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_version(version) VALUES (0)`); err != nil {
+			return err
+		}
+	case err != nil:
+		return err
+	}
+	if version > len(steps) {
+		return fmt.Errorf("database schema version %d is newer than this mailgate (%d)", version, len(steps))
+	}
+	for i := version; i < len(steps); i++ {
+		if _, err := tx.ExecContext(ctx, steps[i]); err != nil {
+			return fmt.Errorf("migration %d: %w", i+1, err)
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE schema_version SET version = $1`, len(steps)); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
