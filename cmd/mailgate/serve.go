@@ -22,6 +22,7 @@ import (
 
 	"github.com/mailgate/mailgate/config"
 	"github.com/mailgate/mailgate/relay/admin"
+	"github.com/mailgate/mailgate/relay/deliver/ses"
 	smtpdeliver "github.com/mailgate/mailgate/relay/deliver/smtp"
 	"github.com/mailgate/mailgate/relay/metrics"
 	"github.com/mailgate/mailgate/relay/queue"
@@ -90,8 +91,11 @@ func newLogger(env *cliEnv, level, format string) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format must be text or json")
 }
 
-// The shared store keeps the fleet's upstream budgets.
-var _ smtpdeliver.Fleet = (*store.Postgres)(nil)
+// The shared store keeps the fleet's upstream budgets and SES send rate.
+var (
+	_ smtpdeliver.Fleet = (*store.Postgres)(nil)
+	_ ses.SendRate      = (*store.Postgres)(nil)
+)
 
 // daemon is the running relay: what lives for the whole process (listeners, spool, store, metrics)
 // and the generation built from the current configuration (rules, transports), swapped on SIGHUP.

@@ -234,6 +234,9 @@ func (d *daemon) sesTransport(ctx context.Context, cfg *config.Config, secretKey
 		Region: cfg.SES.Region, Endpoint: cfg.SES.Endpoint, Channels: chans,
 		MaxSendRate: cfg.SES.MaxSendRate, Logger: d.log.With("transport", "ses"),
 	}
+	if rate, ok := d.store.(ses.SendRate); ok { // a shared store paces the fleet as one sender
+		o.SendRate = rate
+	}
 	if cfg.SES.AccessKeyID != "" {
 		o.Credentials = credentials.NewStaticCredentialsProvider(cfg.SES.AccessKeyID, secretKey.Reveal(), "")
 	}

@@ -164,3 +164,24 @@ func (s *Postgres) Unreserve(ctx context.Context, identity, window string, n int
 		WHERE identity = $1 AND win = $2 AND bucket = $3`, identity, window, bucket, n)
 	return storeErr(err)
 }
+
+// ReserveRate takes n tokens from the fleet's token bucket key (rate a second, at most burst held; n < 0
+// gives tokens back) in one statement under the row's lock, and returns the wait its debt implies.
+func (s *Postgres) ReserveRate(ctx context.Context, key string, n, rate, burst float64) (time.Duration, error) {
+	if rate <= 0 {
+		return 0, nil
+	}
+	var tokens float64
+	err := s.durable.QueryRowContext(ctx, `INSERT INTO rate_buckets AS b (key, tokens, last_ms) VALUES ($1, $2::float8 - $4::float8, `+dbNowMS+`)
+		ON CONFLICT (key) DO UPDATE SET
+			tokens = least($2::float8, b.tokens + greatest(0, excluded.last_ms - b.last_ms) / 1000.0 * $3::float8) - $4::float8,
+			last_ms = greatest(b.last_ms, excluded.last_ms)
+		RETURNING tokens`, key, burst, rate, n).Scan(&tokens)
+	if err != nil {
+		return 0, storeErr(err)
+	}
+	if tokens >= 0 {
+		return 0, nil
+	}
+	return time.Duration(-tokens / rate * float64(time.Second)), nil
+}

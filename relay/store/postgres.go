@@ -294,6 +294,12 @@ func postgresMigrations() []string {
 		n        INTEGER NOT NULL,
 		PRIMARY KEY (identity, win, bucket)
 	);`,
+		// 3: token buckets shared by the fleet (an SES account's send rate).
+		`CREATE TABLE rate_buckets (
+		key     TEXT PRIMARY KEY,
+		tokens  DOUBLE PRECISION NOT NULL,
+		last_ms BIGINT NOT NULL
+	);`,
 	}
 }
 
