@@ -41,8 +41,9 @@ func (s *Postgres) inLock(ctx context.Context, key string, f func(tx *sql.Tx, no
 	return storeErr(tx.Commit())
 }
 
-// AcquireLease takes one of limit connection slots of identity for ttl, unless all are held.
-func (s *Postgres) AcquireLease(ctx context.Context, identity string, limit int, ttl time.Duration) (id int64, ok bool, err error) {
+// AcquireLease takes one of limit connection slots of identity for holder for ttl, unless all are
+// held; a refusal records the holder's demand.
+func (s *Postgres) AcquireLease(ctx context.Context, identity, holder string, limit int, ttl time.Duration) (id int64, ok bool, err error) {
 	err = s.inLock(ctx, "slots."+identity, func(tx *sql.Tx, now int64) error {
 		if _, err := tx.ExecContext(ctx, `DELETE FROM budget_leases WHERE identity = $1 AND expires_ms <= $2`, identity, now); err != nil {
 			return err
@@ -53,39 +54,45 @@ func (s *Postgres) AcquireLease(ctx context.Context, identity string, limit int,
 		}
 		if held >= limit {
 			// The waiter asks again every poll, so a short mark suffices; a long one would keep the
-			// holders closing their idle connections long after the waiter is gone.
-			_, err := tx.ExecContext(ctx, `INSERT INTO budget_demand (identity, wanted_until) VALUES ($1, $2)
-				ON CONFLICT (identity) DO UPDATE SET wanted_until = excluded.wanted_until`, identity, now+min(ttl, demandMark).Milliseconds())
+			// holders at their shares long after the waiter is gone.
+			_, err := tx.ExecContext(ctx, `INSERT INTO budget_demand (identity, holder, wanted_until) VALUES ($1, $2, $3)
+				ON CONFLICT (identity, holder) DO UPDATE SET wanted_until = excluded.wanted_until`,
+				identity, holder, now+min(ttl, demandMark).Milliseconds())
 			return err
 		}
 		ok = true
-		return tx.QueryRowContext(ctx, `INSERT INTO budget_leases (identity, expires_ms) VALUES ($1, $2) RETURNING id`,
-			identity, now+ttl.Milliseconds()).Scan(&id)
+		return tx.QueryRowContext(ctx, `INSERT INTO budget_leases (identity, holder, expires_ms) VALUES ($1, $2, $3) RETURNING id`,
+			identity, holder, now+ttl.Milliseconds()).Scan(&id)
 	})
 	return id, ok, err
 }
 
-// RenewLeases extends the given leases of identity and reports whether another instance was refused a
-// slot within the last lease time.
-func (s *Postgres) RenewLeases(ctx context.Context, identity string, leases []int64, ttl time.Duration) (contended bool, err error) {
+// RenewLeases extends the holder's leases of identity and returns its share of limit: all of it when
+// no other holder has wanted a slot within demandMark, else limit divided by the holders that hold
+// or want slots, rounded up.
+func (s *Postgres) RenewLeases(ctx context.Context, identity, holder string, leases []int64, limit int, ttl time.Duration) (share int, err error) {
 	err = s.inLock(ctx, "slots."+identity, func(tx *sql.Tx, now int64) error {
 		if len(leases) > 0 {
-			if _, err := tx.ExecContext(ctx, `UPDATE budget_leases SET expires_ms = $1 WHERE identity = $2 AND id = ANY($3)`,
-				now+ttl.Milliseconds(), identity, leases); err != nil {
+			if _, err := tx.ExecContext(ctx, `UPDATE budget_leases SET expires_ms = $1 WHERE identity = $2 AND holder = $3 AND id = ANY($4)`,
+				now+ttl.Milliseconds(), identity, holder, leases); err != nil {
 				return err
 			}
 		}
-		var until int64
-		switch err := tx.QueryRowContext(ctx, `SELECT wanted_until FROM budget_demand WHERE identity = $1`, identity).Scan(&until); {
-		case err == sql.ErrNoRows:
-		case err != nil:
+		var others, holders int
+		if err := tx.QueryRowContext(ctx, `SELECT
+			(SELECT count(*) FROM budget_demand WHERE identity = $1 AND holder <> $2 AND wanted_until > $3),
+			(SELECT count(*) FROM (SELECT holder FROM budget_leases WHERE identity = $1 AND expires_ms > $3
+				UNION SELECT holder FROM budget_demand WHERE identity = $1 AND wanted_until > $3
+				UNION SELECT $2) AS h)`, identity, holder, now).Scan(&others, &holders); err != nil {
 			return err
-		default:
-			contended = until > now
+		}
+		share = limit
+		if others > 0 && holders > 0 {
+			share = max(1, (limit+holders-1)/holders)
 		}
 		return nil
 	})
-	return contended, err
+	return share, err
 }
 
 // ReleaseLease gives a slot back.

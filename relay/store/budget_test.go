@@ -8,49 +8,53 @@ import (
 	"github.com/mailgate/mailgate/relay/peertest"
 )
 
-// TestPostgresLeases: two instances share three slots of one mailbox; the fourth is refused and marks
-// the mailbox contended for the holders; a released slot is taken again; a slot whose holder stops
-// renewing (crashed) comes back after its lease time.
+// TestPostgresLeases: two instances share three slots of one mailbox; the fourth is refused, and the
+// holders' shares drop from all three to two (three slots, two instances); a released slot is taken
+// again; a slot whose holder stops renewing (crashed) comes back after its lease time.
 func TestPostgresLeases(t *testing.T) {
 	dsn := peertest.PostgresSchema(t)
 	a, b := openPostgres(t, dsn), openPostgres(t, dsn)
 	ctx := context.Background()
 	const id, limit = "m365/support@contoso.example", 3
 	var held []int64
+	holder := map[*Postgres]string{a: "instance-a", b: "instance-b"}
 	for i, s := range []*Postgres{a, a, b} {
-		lease, ok, err := s.AcquireLease(ctx, id, limit, time.Minute)
+		lease, ok, err := s.AcquireLease(ctx, id, holder[s], limit, time.Minute)
 		if err != nil || !ok {
 			t.Fatalf("lease %d: %v %v", i, ok, err)
 		}
 		held = append(held, lease)
 	}
-	if contended, err := a.RenewLeases(ctx, id, held[:2], time.Minute); err != nil || contended {
-		t.Fatalf("renew before any refusal: contended %v, %v", contended, err)
+	if share, err := a.RenewLeases(ctx, id, holder[a], held[:2], limit, time.Minute); err != nil || share != limit {
+		t.Fatalf("share before any refusal: %d, %v; want all %d", share, err, limit)
 	}
-	if _, ok, err := b.AcquireLease(ctx, id, limit, time.Minute); ok || err != nil {
+	if _, ok, err := b.AcquireLease(ctx, id, holder[b], limit, time.Minute); ok || err != nil {
 		t.Fatalf("a fourth slot of three: %v %v", ok, err)
 	}
-	if contended, err := a.RenewLeases(ctx, id, held[:2], time.Minute); err != nil || !contended {
-		t.Fatalf("the holder is not told of the waiting instance: contended %v, %v", contended, err)
+	if share, err := a.RenewLeases(ctx, id, holder[a], held[:2], limit, time.Minute); err != nil || share != 2 {
+		t.Fatalf("share with the other instance waiting: %d, %v; want 2 (3 slots, 2 instances)", share, err)
 	}
-	if _, ok, _ := b.AcquireLease(ctx, "other/box", limit, time.Minute); !ok {
+	if share, _ := b.RenewLeases(ctx, id, holder[b], held[2:], limit, time.Minute); share != limit {
+		t.Fatalf("the waiting instance's own demand caps its share: %d", share)
+	}
+	if _, ok, _ := b.AcquireLease(ctx, "other/box", holder[b], limit, time.Minute); !ok {
 		t.Fatal("another mailbox's slots are taken too")
 	}
 	must(t, a.ReleaseLease(ctx, id, held[0]))
-	if _, ok, err := b.AcquireLease(ctx, id, limit, time.Minute); !ok || err != nil {
+	if _, ok, err := b.AcquireLease(ctx, id, holder[b], limit, time.Minute); !ok || err != nil {
 		t.Fatalf("a released slot is not taken again: %v %v", ok, err)
 	}
 	// Instance a "crashes" holding held[1] with a short lease: it lapses, and its slot comes back.
 	must(t, a.ReleaseLease(ctx, id, held[1]))
-	short, ok, err := a.AcquireLease(ctx, id, limit, 300*time.Millisecond)
+	short, ok, err := a.AcquireLease(ctx, id, holder[a], limit, 300*time.Millisecond)
 	if !ok || err != nil || short == 0 {
 		t.Fatalf("short lease: %v %v", ok, err)
 	}
-	if _, ok, _ := b.AcquireLease(ctx, id, limit, time.Minute); ok {
+	if _, ok, _ := b.AcquireLease(ctx, id, holder[b], limit, time.Minute); ok {
 		t.Fatal("a fourth slot while the short lease is alive")
 	}
 	waitUntil(t, "the crashed instance's slot back", 5*time.Second, func() bool {
-		_, ok, err := b.AcquireLease(ctx, id, limit, time.Minute)
+		_, ok, err := b.AcquireLease(ctx, id, holder[b], limit, time.Minute)
 		must(t, err)
 		return ok
 	})

@@ -280,12 +280,15 @@ func postgresMigrations() []string {
 		`CREATE TABLE budget_leases (
 		id         BIGSERIAL PRIMARY KEY,
 		identity   TEXT   NOT NULL,
+		holder     TEXT   NOT NULL,
 		expires_ms BIGINT NOT NULL
 	);
 	CREATE INDEX budget_leases_identity ON budget_leases(identity, expires_ms);
 	CREATE TABLE budget_demand (
-		identity     TEXT PRIMARY KEY,
-		wanted_until BIGINT NOT NULL
+		identity     TEXT   NOT NULL,
+		holder       TEXT   NOT NULL,
+		wanted_until BIGINT NOT NULL,
+		PRIMARY KEY (identity, holder)
 	);
 	CREATE TABLE budget_counts (
 		identity TEXT    NOT NULL,

@@ -2,6 +2,7 @@ package smtp
 
 import (
 	"context"
+	"crypto/rand"
 	"log/slog"
 	"sync"
 	"time"
@@ -18,15 +19,18 @@ import (
 //     lease time and their slots come back.
 //   - The per-minute and per-day windows are shared counters in the same buckets as window (60 per
 //     span); a reservation is all-or-part, like window.reserve.
-//   - Contended tells an instance that another one is waiting for a slot: it then closes connections
-//     as they become idle instead of pooling them, so an idle pool never starves a busy peer.
+//   - Fair share: while another instance waits for a slot, each instance may keep only its share of
+//     the slots (the limit divided among the instances holding or wanting them, rounded up); above
+//     it, an instance closes idle connections at once and more as they become idle, so an idle pool
+//     never starves a busy peer, and instances that all stay busy settle on their shares instead of
+//     reconnecting for every message.
 type Fleet interface {
-	// AcquireLease takes one of limit slots of identity for ttl; ok is false when all are taken (the
-	// caller polls, and the failed attempt marks the identity contended).
-	AcquireLease(ctx context.Context, identity string, limit int, ttl time.Duration) (lease int64, ok bool, err error)
-	// RenewLeases extends this process's leases of identity by ttl and reports whether another
-	// instance is waiting for a slot.
-	RenewLeases(ctx context.Context, identity string, leases []int64, ttl time.Duration) (contended bool, err error)
+	// AcquireLease takes one of limit slots of identity for holder (this process) for ttl; ok is false
+	// when all are taken (the caller polls, and the refusal records the holder's demand).
+	AcquireLease(ctx context.Context, identity, holder string, limit int, ttl time.Duration) (lease int64, ok bool, err error)
+	// RenewLeases extends the holder's leases of identity by ttl and returns its share: how many
+	// slots it may keep (limit when no other holder waits).
+	RenewLeases(ctx context.Context, identity, holder string, leases []int64, limit int, ttl time.Duration) (share int, err error)
 	// ReleaseLease gives a slot back.
 	ReleaseLease(ctx context.Context, identity string, lease int64) error
 	// Reserve admits up to n events of identity's window (name, span) under limit, returning how many
@@ -67,7 +71,7 @@ func NewFleetBudgets(f Fleet, o FleetOptions) *Budgets {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	r := NewBudgets()
-	r.fleet = &fleetState{f: f, o: o, stop: make(chan struct{})}
+	r.fleet = &fleetState{f: f, o: o, stop: make(chan struct{}), holder: rand.Text()}
 	return r
 }
 
@@ -80,23 +84,24 @@ func (r *Budgets) Close() {
 }
 
 type fleetState struct {
-	f    Fleet
-	o    FleetOptions
-	stop chan struct{}
-	once sync.Once
-	wg   sync.WaitGroup
+	f      Fleet
+	o      FleetOptions
+	holder string // this process, in the fleet's lease and demand rows
+	stop   chan struct{}
+	once   sync.Once
+	wg     sync.WaitGroup
 }
 
 // fleetBudget is a budget's part of the fleet: the leases this process holds for the identity.
 type fleetBudget struct {
 	*fleetState
-	identity  string
-	b         *budget    // whose idle sessions are closed when another instance waits
-	asking    sync.Mutex // one delivery at a time asks the fleet for a slot
-	mu        sync.Mutex
-	leases    map[int64]struct{}
-	contended bool
-	renewing  bool
+	identity string
+	b        *budget    // whose idle sessions are closed when another instance waits
+	asking   sync.Mutex // one delivery at a time asks the fleet for a slot
+	mu       sync.Mutex
+	leases   map[int64]struct{}
+	share    int // slots this process may keep; 0 until the first renewal (no cap)
+	renewing bool
 }
 
 // lease takes a fleet slot for a new connection, polling until one is free or ctx ends.
@@ -111,7 +116,7 @@ func (b *budget) lease(ctx context.Context) (int64, error) {
 	limit := b.limit
 	b.mu.Unlock()
 	for {
-		id, ok, err := fb.f.AcquireLease(ctx, fb.identity, limit, fb.o.LeaseTime)
+		id, ok, err := fb.f.AcquireLease(ctx, fb.identity, fb.holder, limit, fb.o.LeaseTime)
 		if err != nil {
 			return 0, &relay.Error{Code: 451, Enhanced: relay.CodeTempLocal, Reason: ReasonLocal,
 				Msg: "the fleet's connection slots are unavailable", Err: err}
@@ -127,10 +132,18 @@ func (b *budget) lease(ctx context.Context) (int64, error) {
 			fb.mu.Unlock()
 			return id, nil
 		}
+		// At its share already, this process asks at the demand's pace: a slot comes only when
+		// another instance lets one go, and asking ten times a second would only load the store.
+		poll := fb.o.LeasePoll
+		fb.mu.Lock()
+		if fb.share > 0 && len(fb.leases) >= fb.share {
+			poll = fb.o.DemandPoll
+		}
+		fb.mu.Unlock()
 		select {
 		case <-ctx.Done():
 			return 0, ctx.Err()
-		case <-time.After(fb.o.LeasePoll):
+		case <-time.After(poll):
 		}
 	}
 }
@@ -151,19 +164,21 @@ func (b *budget) unlease(id int64) {
 	}
 }
 
-// contended reports whether another instance waits for a slot (then idle connections are closed).
-func (b *budget) contended() bool {
+// overShare reports whether this process holds more slots than its share (then a connection that
+// becomes idle is closed rather than pooled).
+func (b *budget) overShare() bool {
 	if b.fleet == nil {
 		return false
 	}
 	b.fleet.mu.Lock()
 	defer b.fleet.mu.Unlock()
-	return b.fleet.contended
+	return b.fleet.share > 0 && len(b.fleet.leases) > b.fleet.share
 }
 
-// renew extends the identity's leases every LeaseTime/3 and asks for the demand every DemandPoll while
-// the registry lives; when another instance waits, the idle connections are closed at once (and later
-// ones as they become idle), so no idle pool holds a slot a busy peer needs.
+// renew extends the identity's leases every LeaseTime/3 and asks for this process's share every
+// DemandPoll while the registry lives. While others wait, idle connections above the share are closed
+// at once (and later ones as they become idle), and so is any connection idle for a whole DemandPoll:
+// no idle pool holds a slot a waiting peer could use.
 func (fb *fleetBudget) renew() {
 	defer fb.wg.Done()
 	tick := time.NewTicker(min(fb.o.DemandPoll, fb.o.LeaseTime/3))
@@ -183,8 +198,11 @@ func (fb *fleetBudget) renew() {
 			}
 			fb.mu.Unlock()
 		}
+		fb.b.mu.Lock()
+		limit := fb.b.limit
+		fb.b.mu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), fb.o.LeaseTime/3)
-		contended, err := fb.f.RenewLeases(ctx, fb.identity, ids, fb.o.LeaseTime)
+		share, err := fb.f.RenewLeases(ctx, fb.identity, fb.holder, ids, limit, fb.o.LeaseTime)
 		cancel()
 		if err != nil {
 			fb.o.Logger.Warn("fleet connection slots not renewed", "err", err)
@@ -194,19 +212,31 @@ func (fb *fleetBudget) renew() {
 			renewed = time.Now()
 		}
 		fb.mu.Lock()
-		fb.contended = contended
+		fb.share = share
+		over := len(fb.leases) - share
 		fb.mu.Unlock()
-		if contended {
-			fb.b.closeIdle()
+		if over > 0 {
+			fb.b.closeIdle(over, time.Now())
+		}
+		if share < limit {
+			// Others wait: a connection idle since the last poll is not this process's to keep,
+			// even within its share (one that is busy between messages is reused within
+			// milliseconds and stays).
+			fb.b.closeIdle(limit, time.Now().Add(-fb.o.DemandPoll))
 		}
 	}
 }
 
-// closeIdle ends every pooled session, giving its slot back to the fleet.
-func (b *budget) closeIdle() {
+// closeIdle ends up to n pooled sessions pooled before cutoff, least recently used first, giving their
+// slots back.
+func (b *budget) closeIdle(n int, cutoff time.Time) {
 	b.mu.Lock()
-	idle := b.idle
-	b.idle = nil
+	k := 0
+	for k < len(b.idle) && k < n && b.idle[k].pooledAt.Before(cutoff) {
+		k++
+	}
+	idle := b.idle[:k:k]
+	b.idle = b.idle[k:]
 	b.mu.Unlock()
 	for _, s := range idle {
 		s.timer.Stop()
