@@ -67,15 +67,37 @@ func (s *Postgres) AcquireLease(ctx context.Context, identity, holder string, li
 	return id, ok, err
 }
 
-// RenewLeases extends the holder's leases of identity and returns its share of limit: all of it when
-// no other holder has wanted a slot within demandMark, else limit divided by the holders that hold
-// or want slots, rounded up.
-func (s *Postgres) RenewLeases(ctx context.Context, identity, holder string, leases []int64, limit int, ttl time.Duration) (share int, err error) {
+// RenewLeases extends the holder's live leases of identity, reports those that had lapsed, and returns
+// its share of limit: all of it when no other holder has wanted a slot within demandMark, else limit
+// divided by the holders that hold or want slots, rounded up.
+func (s *Postgres) RenewLeases(ctx context.Context, identity, holder string, leases []int64, limit int, ttl time.Duration) (share int, lost []int64, err error) {
 	err = s.inLock(ctx, "slots."+identity, func(tx *sql.Tx, now int64) error {
+		lost = nil
 		if len(leases) > 0 {
-			if _, err := tx.ExecContext(ctx, `UPDATE budget_leases SET expires_ms = $1 WHERE identity = $2 AND holder = $3 AND id = ANY($4)`,
-				now+ttl.Milliseconds(), identity, holder, leases); err != nil {
+			// Only leases still alive are renewed: one that lapsed may already be another's slot.
+			rows, err := tx.QueryContext(ctx, `UPDATE budget_leases SET expires_ms = $1
+				WHERE identity = $2 AND holder = $3 AND id = ANY($4) AND expires_ms > $5 RETURNING id`,
+				now+ttl.Milliseconds(), identity, holder, leases, now)
+			if err != nil {
 				return err
+			}
+			kept := map[int64]bool{}
+			for rows.Next() {
+				var id int64
+				if err := rows.Scan(&id); err != nil {
+					rows.Close()
+					return err
+				}
+				kept[id] = true
+			}
+			rows.Close()
+			if err := rows.Err(); err != nil {
+				return err
+			}
+			for _, id := range leases {
+				if !kept[id] {
+					lost = append(lost, id)
+				}
 			}
 		}
 		var others, holders int
@@ -92,7 +114,7 @@ func (s *Postgres) RenewLeases(ctx context.Context, identity, holder string, lea
 		}
 		return nil
 	})
-	return share, err
+	return share, lost, err
 }
 
 // ReleaseLease gives a slot back.

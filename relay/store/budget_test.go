@@ -25,16 +25,16 @@ func TestPostgresLeases(t *testing.T) {
 		}
 		held = append(held, lease)
 	}
-	if share, err := a.RenewLeases(ctx, id, holder[a], held[:2], limit, time.Minute); err != nil || share != limit {
-		t.Fatalf("share before any refusal: %d, %v; want all %d", share, err, limit)
+	if share, lost, err := a.RenewLeases(ctx, id, holder[a], held[:2], limit, time.Minute); err != nil || share != limit || len(lost) != 0 {
+		t.Fatalf("share before any refusal: %d, lost %v, %v; want all %d", share, lost, err, limit)
 	}
 	if _, ok, err := b.AcquireLease(ctx, id, holder[b], limit, time.Minute); ok || err != nil {
 		t.Fatalf("a fourth slot of three: %v %v", ok, err)
 	}
-	if share, err := a.RenewLeases(ctx, id, holder[a], held[:2], limit, time.Minute); err != nil || share != 2 {
+	if share, _, err := a.RenewLeases(ctx, id, holder[a], held[:2], limit, time.Minute); err != nil || share != 2 {
 		t.Fatalf("share with the other instance waiting: %d, %v; want 2 (3 slots, 2 instances)", share, err)
 	}
-	if share, _ := b.RenewLeases(ctx, id, holder[b], held[2:], limit, time.Minute); share != limit {
+	if share, _, _ := b.RenewLeases(ctx, id, holder[b], held[2:], limit, time.Minute); share != limit {
 		t.Fatalf("the waiting instance's own demand caps its share: %d", share)
 	}
 	if _, ok, _ := b.AcquireLease(ctx, "other/box", holder[b], limit, time.Minute); !ok {
@@ -58,6 +58,10 @@ func TestPostgresLeases(t *testing.T) {
 		must(t, err)
 		return ok
 	})
+	// The "crashed" instance comes back and renews: its lapsed lease is reported lost, not revived.
+	if _, lost, err := a.RenewLeases(ctx, id, holder[a], []int64{short}, limit, time.Minute); err != nil || len(lost) != 1 || lost[0] != short {
+		t.Fatalf("renewing a lapsed lease: lost %v, %v; want it reported", lost, err)
+	}
 }
 
 // TestPostgresWindows: the per-minute window is one counter for both instances: 30 messages a minute

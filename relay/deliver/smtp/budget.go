@@ -44,7 +44,7 @@ func (r *Budgets) budget(o *Options) *budget {
 			if who == "" {
 				who = o.Username
 			}
-			b.fleet = &fleetBudget{fleetState: r.fleet, b: b, identity: o.Name + "/" + strings.ToLower(who), leases: map[int64]struct{}{}}
+			b.fleet = &fleetBudget{fleetState: r.fleet, b: b, identity: o.Name + "/" + strings.ToLower(who), leases: map[int64]struct{}{}, lost: map[int64]struct{}{}}
 		}
 		r.m[identity(o)] = b
 	}

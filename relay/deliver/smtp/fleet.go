@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"log/slog"
+	"maps"
 	"sync"
 	"time"
 
@@ -28,9 +29,10 @@ type Fleet interface {
 	// AcquireLease takes one of limit slots of identity for holder (this process) for ttl; ok is false
 	// when all are taken (the caller polls, and the refusal records the holder's demand).
 	AcquireLease(ctx context.Context, identity, holder string, limit int, ttl time.Duration) (lease int64, ok bool, err error)
-	// RenewLeases extends the holder's leases of identity by ttl and returns its share: how many
-	// slots it may keep (limit when no other holder waits).
-	RenewLeases(ctx context.Context, identity, holder string, leases []int64, limit int, ttl time.Duration) (share int, err error)
+	// RenewLeases extends the holder's leases of identity by ttl and returns its share — how many
+	// slots it may keep (limit when no other holder waits) — and the leases that had lapsed meanwhile
+	// (the store was unreachable for longer than ttl): their connections must close.
+	RenewLeases(ctx context.Context, identity, holder string, leases []int64, limit int, ttl time.Duration) (share int, lost []int64, err error)
 	// ReleaseLease gives a slot back.
 	ReleaseLease(ctx context.Context, identity string, lease int64) error
 	// Reserve admits up to n events of identity's window (name, span) under limit, returning how many
@@ -100,7 +102,8 @@ type fleetBudget struct {
 	asking   sync.Mutex // one delivery at a time asks the fleet for a slot
 	mu       sync.Mutex
 	leases   map[int64]struct{}
-	share    int // slots this process may keep; 0 until the first renewal (no cap)
+	lost     map[int64]struct{} // leases that lapsed under open connections, which close
+	share    int                // slots this process may keep; 0 until the first renewal (no cap)
 	renewing bool
 }
 
@@ -156,6 +159,7 @@ func (b *budget) unlease(id int64) {
 	}
 	fb.mu.Lock()
 	delete(fb.leases, id)
+	delete(fb.lost, id)
 	fb.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -164,15 +168,16 @@ func (b *budget) unlease(id int64) {
 	}
 }
 
-// overShare reports whether this process holds more slots than its share (then a connection that
-// becomes idle is closed rather than pooled).
-func (b *budget) overShare() bool {
+// mustClose reports whether a connection that becomes idle is to be closed rather than pooled: this
+// process holds more slots than its share, or the connection's lease lapsed.
+func (b *budget) mustClose(s *session) bool {
 	if b.fleet == nil {
 		return false
 	}
 	b.fleet.mu.Lock()
 	defer b.fleet.mu.Unlock()
-	return b.fleet.share > 0 && len(b.fleet.leases) > b.fleet.share
+	_, lost := b.fleet.lost[s.lease]
+	return lost || b.fleet.share > 0 && len(b.fleet.leases) > b.fleet.share
 }
 
 // renew extends the identity's leases every LeaseTime/3 and asks for this process's share every
@@ -202,7 +207,7 @@ func (fb *fleetBudget) renew() {
 		limit := fb.b.limit
 		fb.b.mu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), fb.o.LeaseTime/3)
-		share, err := fb.f.RenewLeases(ctx, fb.identity, fb.holder, ids, limit, fb.o.LeaseTime)
+		share, lost, err := fb.f.RenewLeases(ctx, fb.identity, fb.holder, ids, limit, fb.o.LeaseTime)
 		cancel()
 		if err != nil {
 			fb.o.Logger.Warn("fleet connection slots not renewed", "err", err)
@@ -213,8 +218,16 @@ func (fb *fleetBudget) renew() {
 		}
 		fb.mu.Lock()
 		fb.share = share
+		for _, id := range lost {
+			delete(fb.leases, id)
+			fb.lost[id] = struct{}{}
+		}
 		over := len(fb.leases) - share
 		fb.mu.Unlock()
+		if len(lost) > 0 {
+			fb.o.Logger.Warn("fleet connection slots lapsed while the store was unreachable; their connections close", "count", len(lost))
+			fb.b.closeLost()
+		}
 		if over > 0 {
 			fb.b.closeIdle(over, time.Now())
 		}
@@ -225,6 +238,25 @@ func (fb *fleetBudget) renew() {
 			fb.b.closeIdle(limit, time.Now().Add(-fb.o.DemandPoll))
 		}
 	}
+}
+
+// closeLost ends the pooled sessions whose lease lapsed.
+func (b *budget) closeLost() {
+	b.fleet.mu.Lock()
+	lost := maps.Clone(b.fleet.lost)
+	b.fleet.mu.Unlock()
+	b.mu.Lock()
+	var gone, keep []*session
+	for _, s := range b.idle {
+		if _, ok := lost[s.lease]; ok {
+			gone = append(gone, s)
+		} else {
+			keep = append(keep, s)
+		}
+	}
+	b.idle = keep
+	b.mu.Unlock()
+	b.end(gone)
 }
 
 // closeIdle ends up to n pooled sessions pooled before cutoff, least recently used first, giving their
@@ -238,6 +270,11 @@ func (b *budget) closeIdle(n int, cutoff time.Time) {
 	idle := b.idle[:k:k]
 	b.idle = b.idle[k:]
 	b.mu.Unlock()
+	b.end(idle)
+}
+
+// end closes sessions taken out of the pool and gives their slots back.
+func (b *budget) end(idle []*session) {
 	for _, s := range idle {
 		s.timer.Stop()
 		if s.c != nil {

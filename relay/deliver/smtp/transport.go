@@ -347,7 +347,7 @@ func (t *Transport) put(s *session) {
 	t.mu.Lock()
 	closed := t.closed
 	t.mu.Unlock()
-	if closed || t.b.overShare() { // another instance is due this mailbox's slot: free it
+	if closed || t.b.mustClose(s) { // another instance is due its slot, or its lease lapsed
 		t.drop(s, true)
 		return
 	}
