@@ -65,6 +65,10 @@
 // (RFC 3463: delivery time expired). An unknown transport name defers (a configuration mistake must
 // never bounce a customer's address).
 //
+// A Gate (the shared store) holds attempts back while it reports the store unreachable: a worker keeps
+// its entry, makes no attempt and spends no backoff, and delivers as soon as the store is back, so an
+// outcome is never reached that could not be recorded (a bounce, a shared budget).
+//
 // relay.Result.Errs must hold exactly one entry per recipient of the attempt (nil = delivered); a
 // result of any other length is treated as a temporary failure of every recipient and logged as a
 // transport bug, because guessing would either lose mail or bounce it.

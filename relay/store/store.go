@@ -18,6 +18,11 @@
 //   - Suppression is answered from an in-memory copy of the list, kept current by a version counter
 //     that triggers bump on every change (suppression.go); PostgreSQL also pushes each change with
 //     NOTIFY, so another instance's bounce is refused at RCPT within milliseconds.
+//   - Coordination of a fleet (PostgreSQL): LockRefresh (an advisory lock per OAuth credential, so one
+//     token request serves every instance), the upstream budgets of relay/deliver/smtp.Fleet and the
+//     SES token bucket of relay/deliver/ses.SendRate (budget.go). These are declared by their
+//     consumers; cmd hands the store to them when it implements them. Unavailable reports a
+//     database that cannot be reached (queue.Gate holds deliveries meanwhile).
 //   - The store never sees secrets in the clear: PutSecret takes values the caller already sealed.
 //   - Errors leaving the package are *relay.Error 451 4.3.0 (temporary: the store may come back) with
 //     the cause inside for the logs. A PostgreSQL error never carries the DSN (it may hold a password).

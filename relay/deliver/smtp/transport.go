@@ -36,6 +36,10 @@
 //     RecipientsPerDay (recipients over the budget are deferred with RetryAfter, the rest are sent),
 //     432 4.3.2 deferred with ThrottleRetryAfter, and a 554 5.2.0 quota reply pauses the whole server —
 //     deferred with RetryAfter and no connection attempted — until its daily window frees up.
+//   - The slots, windows, pool and pause belong to the mailbox (budget.go), not to a Transport, so they
+//     survive reloads; with a shared store (NewFleetBudgets, fleet.go) the slots are leases held by
+//     every open connection and the windows are counters in the store, so the limits hold for the
+//     whole fleet of instances.
 //
 // Secrets (password, tokens) live only in Options and the SASL exchange: never logged, never in an
 // error, a metric or a probe report.
