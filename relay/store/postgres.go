@@ -187,6 +187,15 @@ func (s *Postgres) listenOnce(ctx context.Context) error {
 	}
 }
 
+// Suppressed answers from the cached list, or at once with 451 4.3.0 while the database is known to be
+// unreachable: a submission is deferred without waiting for a connection attempt to time out.
+func (s *Postgres) Suppressed(ctx context.Context, addr string) (string, bool, error) {
+	if err := s.Unavailable(); err != nil {
+		return "", false, err
+	}
+	return s.tables.Suppressed(ctx, addr)
+}
+
 // listenerPing is how long the listener waits idle before it pings: the bound on noticing a database
 // that went away without closing the connection.
 const listenerPing = 3 * time.Second
