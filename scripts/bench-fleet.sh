@@ -7,10 +7,11 @@
 #
 # Each run starts N fresh instances (own spool, listener, admin; one database created for the benchmark
 # and dropped at the end), relays MSGS messages of SIZE bytes to one smtp-sink, and stops the instances
-# so that their backends flush PostgreSQL's statistics. Store figures per message come from the
-# database's own counters: transactions (pg_stat_database xact_commit), rows written (n_tup_ins + upd
-# + del) and index/sequential scans (pg_stat_user_tables) of mailgate's tables. pg_stat_statements
-# needs shared_preload_libraries and a restart of the cluster the tests share, so it is not used.
+# so that their backends flush PostgreSQL's statistics. Store figures per message: statements, counted
+# in the server log (log_statement = all is set on the benchmark database only; each line names the
+# database), transactions (pg_stat_database), rows written (n_tup_ins + upd + del) and index and
+# sequential scans (pg_stat_user_tables) of mailgate's tables. pg_stat_statements needs
+# shared_preload_libraries and a restart of the cluster the tests share, so it is not used.
 # The instances share the upstream's connection slots (max_connections 20 for the fleet) and windows.
 # Env (defaults): MSGS=3000 SESSIONS=18 SIZE=10240 REPS=2 SINK_PORT=2636 BASE_PORT=2640
 # Loopback only. Everything started is stopped on exit.
@@ -50,6 +51,10 @@ store_counters() {
 }
 
 "${PSQL[@]}" -d test -c "CREATE DATABASE $DB"
+"${PSQL[@]}" -d test -c "ALTER DATABASE $DB SET log_statement = 'all'"
+PGLOG=$(ls /var/log/postgresql/postgresql-*-main.log | tail -1)
+# statements -> statements the benchmark database has run so far (lines of the server log)
+statements() { grep -cE "@$DB LOG:  (statement|execute)" "$PGLOG" || true; }
 export MG_PG_DSN="postgres://postgres@127.0.0.1:5432/$DB?sslmode=disable"
 go build -o "$WORK/mailgate" ./cmd/mailgate
 HASH=$(printf 'unused-password\n' | "$WORK/mailgate" hash-password -cost 4)
@@ -76,7 +81,7 @@ YAML
 }
 for i in 0 1 2; do config "$i"; done
 
-# run N -> "msg_per_s xact_per_msg rows_per_msg scans_per_msg"
+# run N -> "msg_per_s statements_per_msg xact_per_msg rows_per_msg scans_per_msg"
 run() {
   local n=$1 t0 t1 got before after
   MG_PIDS=()
@@ -87,7 +92,7 @@ run() {
   done
   for i in $(seq 0 $((n-1))); do wait_port $((BASE_PORT + 2*i)) || { cat "$WORK/mg$i.log" >&2; exit 1; }; done
   start_sink
-  before=$(store_counters)
+  before=$(store_counters); stmts0=$(statements)
   t0=$(ms)
   local srcs=()
   for i in $(seq 0 $((n-1))); do
@@ -107,16 +112,16 @@ run() {
   for p in "${MG_PIDS[@]}"; do kill "$p"; wait "$p" 2>/dev/null || true; done   # backends flush their statistics
   MG_PIDS=()
   sleep 1
-  after=$(store_counters)
+  after=$(store_counters); stmts1=$(statements)
   read -r x0 w0 s0 <<<"$before"; read -r x1 w1 s1 <<<"$after"
-  awk -v n="$got" -v t=$((t1-t0)) -v x=$((x1-x0)) -v w=$((w1-w0)) -v s=$((s1-s0)) \
-    'BEGIN{printf "%.0f %.2f %.2f %.2f\n", n*1000/t, x/n, w/n, s/n}'
+  awk -v n="$got" -v t=$((t1-t0)) -v q=$((stmts1-stmts0)) -v x=$((x1-x0)) -v w=$((w1-w0)) -v s=$((s1-s0)) \
+    'BEGIN{printf "%.0f %.2f %.2f %.2f %.2f\n", n*1000/t, q/n, x/n, w/n, s/n}'
 }
 
 echo "# $(date -u +%FT%TZ) $(nproc) cores; PostgreSQL $("${PSQL[@]}" -d test -c 'SHOW server_version'); MSGS=$MSGS SESSIONS=$SESSIONS SIZE=$SIZE REPS=$REPS"
 for r in $(seq "$REPS"); do   # interleaved, so drift of the machine hits both alike
   for n in 1 3; do
-    read -r rate x w s < <(run "$n")
-    echo "run $r, $n instance(s): $rate msg/s end-to-end; store per message: $x transactions, $w rows written, $s scans"
+    read -r rate q x w s < <(run "$n")
+    echo "run $r, $n instance(s): $rate msg/s end-to-end; store per message: $q statements, $x transactions, $w rows written, $s scans"
   done
 done
