@@ -13,6 +13,7 @@
 package config
 
 import (
+	"strings"
 	"time"
 )
 
@@ -22,6 +23,9 @@ type Config struct {
 	// listeners that ask for it. The no-config development default sets it.
 	Development bool   `yaml:"development"`
 	Hostname    string `yaml:"hostname"` // EHLO name and Message-ID fallback domain
+	// Instance names this process in a fleet sharing one store (logs, /readyz, `mailgate queue`);
+	// default: the machine's host name.
+	Instance string `yaml:"instance"`
 
 	Listeners []Listener `yaml:"listeners"`
 	TLS       TLS        `yaml:"tls"`
@@ -121,9 +125,31 @@ type Spool struct {
 	MinFreeBytes int64 `yaml:"min_free_bytes"`
 }
 
-// Store is the SQLite database for bounces, suppression, the delivery log and OAuth tokens.
+// Store is where bounces, suppression, the delivery log, OAuth tokens and (with PostgreSQL) the
+// upstream budgets live: a SQLite file for one instance (Path), or a PostgreSQL database shared by a
+// fleet (Postgres). Exactly one is set.
 type Store struct {
 	Path string `yaml:"path"`
+	// Postgres is the DSN (libpq key=value or postgres:// URI) as a secret reference — env:NAME,
+	// file:PATH, kms:… or local:… — since it may carry the password; never logged.
+	Postgres string `yaml:"postgres"`
+}
+
+// Kind names the configured store for operators ("sqlite FILE", "postgresql (DSN from env:NAME)")
+// without revealing the DSN: only the kind of a reference, and the name of an env or file one.
+func (s Store) Kind() string {
+	if s.Postgres == "" {
+		return "sqlite " + s.Path
+	}
+	for _, k := range []string{"env:", "file:"} {
+		if strings.HasPrefix(s.Postgres, k) {
+			return "postgresql (DSN from " + s.Postgres + ")"
+		}
+	}
+	if k, _, ok := strings.Cut(s.Postgres, ":"); ok && (k == "kms" || k == "local") {
+		return "postgresql (DSN sealed with " + k + ")"
+	}
+	return "postgresql (DSN in the file)"
 }
 
 // Queue is the retry policy.

@@ -42,7 +42,7 @@ func TestBrokenConfigListsEveryProblem(t *testing.T) {
 		"users[0].role: unknown role \"boss\"",
 		"signatures[1].users[0]: user \"bob\" is in signatures \"s1\" and \"s2\"",
 		"signatures[1].users[1]: unknown user \"carol\"",
-		"store.path: required",
+		"store: required: store.path",
 	}
 	for _, w := range want {
 		if !strings.Contains(got, w) {

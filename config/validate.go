@@ -223,8 +223,11 @@ func (c *Config) Validate() error {
 	if c.Spool.Dir == "" {
 		ps.add("spool.dir", "required: the directory of the durable queue (e.g. /var/spool/mailgate)")
 	}
-	if c.Store.Path == "" {
-		ps.add("store.path", "required: the SQLite database file (e.g. /var/lib/mailgate/mailgate.db)")
+	switch {
+	case c.Store.Path == "" && c.Store.Postgres == "":
+		ps.add("store", "required: store.path (a SQLite file, e.g. /var/lib/mailgate/mailgate.db, for one instance) or store.postgres (a PostgreSQL DSN as a secret reference, e.g. env:MAILGATE_PG_DSN, shared by several instances)")
+	case c.Store.Path != "" && c.Store.Postgres != "":
+		ps.add("store", "set store.path (SQLite) or store.postgres (PostgreSQL), not both")
 	}
 	if c.Queue.RetryMax < c.Queue.RetryInitial {
 		ps.add("queue.retry_max", "must not be shorter than queue.retry_initial")
@@ -732,6 +735,7 @@ func (c *Config) validateSecrets(ps *Problems) {
 			ps.add(path, "plain-text secrets are refused outside development: use kms:<...> (mailgate secret encrypt --kms KEY), local:<...> (mailgate secret encrypt --local KEYRING), env:NAME or file:PATH")
 		}
 	}
+	check("store.postgres", c.Store.Postgres)
 	if c.SES != nil {
 		check("ses.secret_access_key", c.SES.SecretAccessKey)
 	}

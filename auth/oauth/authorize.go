@@ -232,7 +232,7 @@ func (s *Source) Exchange(ctx context.Context, code, verifier string) (TokenInfo
 		return TokenInfo{}, s.fail(err)
 	}
 	s.refresh, s.refreshStored = kms.NewSecret(tok.RefreshToken), true
-	s.adopt(tok, start)
+	s.adopt(tok, start, true)
 	info := DescribeToken(tok.AccessToken)
 	if info.Expiry.IsZero() {
 		info.Expiry = s.cached.expiry

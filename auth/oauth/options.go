@@ -66,6 +66,15 @@ type SecretStore interface {
 	GetSecret(ctx context.Context, key string) (sealed string, ok bool, err error)
 }
 
+// Fleet makes one credential's token requests single-flight across the instances that share a store:
+// relay/store implements it (a PostgreSQL advisory lock; a process-local lock for SQLite, which one
+// instance owns). nil: this process alone.
+type Fleet interface {
+	// LockRefresh waits until this process holds the fleet-wide lock named key, or ctx ends; unlock
+	// releases it. A crashed holder's lock is released with its database session.
+	LockRefresh(ctx context.Context, key string) (unlock func(), err error)
+}
+
 // Sealer encrypts values for the store and decrypts them back; *kms.Resolver provides it.
 type Sealer interface {
 	Seal(ctx context.Context, name, plaintext string) (ref string, err error)
@@ -102,8 +111,12 @@ type Options struct {
 	// microsoft.AzureADEndpoint(Tenant).
 	AuthURL, TokenURL string
 
-	Store  SecretStore // required for authorization_code
-	Sealer Sealer      // required for authorization_code
+	Store  SecretStore // required for authorization_code and with Fleet
+	Sealer Sealer      // required for authorization_code and with Fleet
+	// Fleet, when set, makes token requests single-flight across instances: under its lock an
+	// instance first adopts an access token another instance stored (sealed, AccessTokenKey) and
+	// requests one only when none is fresh, storing it — and a rotated refresh token — for the others.
+	Fleet Fleet
 
 	Metrics *metrics.Metrics // nil = not counted
 	Logger  *slog.Logger     // nil = slog.Default()
@@ -118,6 +131,10 @@ type Options struct {
 
 // RefreshTokenKey is the store key (and the sealed name) of a server's refresh token.
 func RefreshTokenKey(server string) string { return "oauth/" + server + "/refresh_token" }
+
+// AccessTokenKey is the store key (and the sealed name) of a server's current access token, shared by
+// the instances of a fleet.
+func AccessTokenKey(server string) string { return "oauth/" + server + "/access_token" }
 
 func (o *Options) validate() error {
 	var errs []error
@@ -152,6 +169,9 @@ func (o *Options) validate() error {
 		}
 	default:
 		errs = append(errs, fmt.Errorf("flow %q: want %s or %s", o.Flow, ClientCredentials, AuthorizationCode))
+	}
+	if o.Fleet != nil && (o.Store == nil || o.Sealer == nil) {
+		errs = append(errs, errors.New("a fleet needs a store and a sealer to share the access token"))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("oauth: server %s: %w", o.Server, err)

@@ -2,6 +2,7 @@ package oauth
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -32,6 +33,7 @@ type Source struct {
 	refresh       kms.Secret
 	refreshStored bool
 	lastRefresh   time.Time
+	rejected      string // the access token the upstream refused last (Invalidate)
 	lastErr       *relay.Error
 	lastErrAt     time.Time
 	pausedUntil   time.Time
@@ -187,6 +189,7 @@ func (s *Source) Invalidate(token string) {
 	defer s.mu.Unlock()
 	if s.cached != nil && s.cached.access == token {
 		s.cached = nil
+		s.rejected = token // not to be adopted again from the fleet's store
 		s.log.Info("oauth token invalidated")
 	}
 }
@@ -198,13 +201,31 @@ func (s *Source) refreshToken(f *flight) {
 	start := s.o.Now()
 	var tok *oauth2.Token
 	var err error
-	if s.cc != nil {
-		tok, err = s.cc.Token(ctx)
-	} else {
-		tok, err = s.refreshWithRefreshToken(ctx)
+	requested := true
+	if s.o.Fleet != nil {
+		// One request for the fleet: under the lock, a token another instance stored wins.
+		var unlock func()
+		if unlock, err = s.o.Fleet.LockRefresh(ctx, "oauth/"+s.o.Server); err == nil {
+			defer unlock() // after the new token is stored (below), so a waiter finds it
+			if shared, issued, ok := s.sharedToken(ctx); ok {
+				tok, start, requested = shared, issued, false
+			}
+		} else {
+			err = relay.Wrap(err, 451, relay.CodeTempAuth, "oauth_fleet", "the fleet's token lock for server "+s.o.Server+" is unavailable")
+		}
 	}
-	if err == nil && tok.AccessToken == "" {
-		err = errors.New("token response without an access token")
+	if err == nil && requested {
+		if s.cc != nil {
+			tok, err = s.cc.Token(ctx)
+		} else {
+			tok, err = s.refreshWithRefreshToken(ctx)
+		}
+		if err == nil && tok.AccessToken == "" {
+			err = errors.New("token response without an access token")
+		}
+		if err == nil && s.o.Fleet != nil {
+			s.shareToken(ctx, tok, start)
+		}
 	}
 
 	s.mu.Lock()
@@ -217,7 +238,7 @@ func (s *Source) refreshToken(f *flight) {
 			f.err = rerr
 		}
 	} else {
-		s.adopt(tok, start)
+		s.adopt(tok, start, requested)
 		f.token = tok.AccessToken
 	}
 	s.flight = nil
@@ -225,8 +246,8 @@ func (s *Source) refreshToken(f *flight) {
 	close(f.done)
 }
 
-// adopt caches a fresh token; s.mu is held.
-func (s *Source) adopt(tok *oauth2.Token, start time.Time) {
+// adopt caches a fresh token (requested: by this process, else adopted from the fleet); s.mu is held.
+func (s *Source) adopt(tok *oauth2.Token, start time.Time, requested bool) {
 	// expires_in (RFC 6749 §5.1) is in whole seconds. clientcredentials drops the field and keeps
 	// only Expiry (computed on the real clock when the response was parsed): round it back.
 	lifetime := time.Duration(tok.ExpiresIn) * time.Second
@@ -244,6 +265,10 @@ func (s *Source) adopt(tok *oauth2.Token, start time.Time) {
 	s.cached = &cachedToken{access: tok.AccessToken, refreshAt: start.Add(lifetime - margin), expiry: start.Add(lifetime)}
 	s.lastRefresh = s.o.Now()
 	s.lastErr, s.pausedUntil = nil, time.Time{}
+	if !requested {
+		s.log.Info("oauth token adopted from another instance", "valid_until", s.cached.expiry.UTC().Format(time.RFC3339))
+		return
+	}
 	if s.o.Metrics != nil {
 		s.o.Metrics.OAuthTokenRefreshes.WithLabelValues(s.o.Server).Inc()
 	}
@@ -265,6 +290,74 @@ func (s *Source) fail(err error) *relay.Error {
 	te := tokenErrorOf(rerr)
 	s.log.Warn("oauth token error", "reason", rerr.Reason, "aadsts", te.AADSTS, "err", te.Detail, "remedy", te.Remedy)
 	return rerr
+}
+
+// sharedAccessToken is what the fleet stores (sealed) under AccessTokenKey.
+type sharedAccessToken struct {
+	Access   string `json:"access_token"`
+	IssuedMS int64  `json:"issued_ms"` // when the request that obtained it started
+	Lifetime int64  `json:"expires_in"`
+}
+
+// sharedToken returns the access token another instance stored, when it is still before its refresh
+// point. Any failure (none stored, unreadable store, undecryptable) means "request one".
+func (s *Source) sharedToken(ctx context.Context) (*oauth2.Token, time.Time, bool) {
+	key := AccessTokenKey(s.o.Server)
+	sealed, ok, err := s.o.Store.GetSecret(ctx, key)
+	if err != nil || !ok {
+		return nil, time.Time{}, false
+	}
+	if name, err := kms.SealedName(sealed); err != nil || name != key {
+		return nil, time.Time{}, false
+	}
+	plain, err := s.o.Sealer.Open(ctx, sealed)
+	if err != nil {
+		s.log.Warn("oauth: the fleet's stored access token cannot be opened; requesting a new one", "err", err)
+		return nil, time.Time{}, false
+	}
+	var st sharedAccessToken
+	if err := json.Unmarshal([]byte(plain.Reveal()), &st); err != nil || st.Access == "" || st.Lifetime <= 0 {
+		return nil, time.Time{}, false
+	}
+	s.mu.Lock()
+	rejected := st.Access == s.rejected
+	s.mu.Unlock()
+	if rejected {
+		return nil, time.Time{}, false
+	}
+	issued := time.UnixMilli(st.IssuedMS)
+	tok := &oauth2.Token{AccessToken: st.Access, ExpiresIn: st.Lifetime}
+	margin := RefreshMargin
+	if life := time.Duration(st.Lifetime) * time.Second; life <= 2*margin {
+		margin = life / 2
+	}
+	if !s.o.Now().Before(issued.Add(time.Duration(st.Lifetime)*time.Second - margin)) {
+		return nil, time.Time{}, false
+	}
+	return tok, issued, true
+}
+
+// shareToken stores a token this instance obtained for the rest of the fleet. A failure costs the
+// others one request each, nothing more: it is logged, not returned.
+func (s *Source) shareToken(ctx context.Context, tok *oauth2.Token, start time.Time) {
+	lifetime := tok.ExpiresIn
+	if lifetime <= 0 && !tok.Expiry.IsZero() {
+		lifetime = int64(time.Until(tok.Expiry).Round(time.Second) / time.Second)
+	}
+	if lifetime <= 0 {
+		return
+	}
+	b, err := json.Marshal(sharedAccessToken{Access: tok.AccessToken, IssuedMS: start.UnixMilli(), Lifetime: lifetime})
+	if err == nil {
+		var sealed string
+		key := AccessTokenKey(s.o.Server)
+		if sealed, err = s.o.Sealer.Seal(ctx, key, string(b)); err == nil {
+			err = s.o.Store.PutSecret(ctx, key, sealed)
+		}
+	}
+	if err != nil {
+		s.log.Warn("oauth: could not share the access token with the fleet", "err", err)
+	}
 }
 
 // refreshWithRefreshToken redeems the stored refresh token and persists a rotated one.

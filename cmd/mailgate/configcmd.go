@@ -26,7 +26,7 @@ func cmdCheckConfig(_ context.Context, env *cliEnv, args []string) error {
 		return &exitError{code: 2}
 	}
 	path := pos[0]
-	_, err = loadConfig(path)
+	cfg, err := loadConfig(path)
 	var ps config.Problems
 	if errors.As(err, &ps) {
 		for _, p := range ps {
@@ -37,7 +37,7 @@ func cmdCheckConfig(_ context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(env.stdout, "%s: ok\n", path)
+	fmt.Fprintf(env.stdout, "%s: ok\n%s: store: %s\n", path, path, cfg.Store.Kind())
 	return nil
 }
 

@@ -57,6 +57,7 @@ func commands() map[string]command {
 			usage: "mailgate bounces list [--address A] [--channel C] | remove ADDRESS"},
 		"queue": {summary: "list, show, retry, drop, hold or release queued messages; summary by transport and age", run: cmdQueue,
 			usage: "mailgate queue list | summary | show ID | retry|drop|hold|release [ID…] | flush  [--channel C] [--transport T] [--rcpt ADDR] [--older-than D] [--json]"},
+		"drain": {summary: "stop a running instance's intake and wait until its queue is delivered (rolling restarts)", run: cmdDrain},
 		"log": {summary: "search the delivery log (log search title=123456)", run: cmdLog,
 			usage: "mailgate log search title=TICKET | id=QUEUEID | message-id=ID"},
 		"preview": {summary: "print the message a channel would compose", run: cmdPreview},

@@ -109,7 +109,7 @@ func cmdOAuth(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	d, err := commandDaemon(env, cfg)
+	d, err := commandDaemon(ctx, env, cfg)
 	if err != nil {
 		return err
 	}
@@ -216,7 +216,7 @@ func cmdOAuth(ctx context.Context, env *cliEnv, args []string) error {
 		return fmt.Errorf("%v\nremedy: %s", err, oauth.RemedyOf(err))
 	}
 	b, _ := json.Marshal(info)
-	fmt.Fprintf(env.stdout, "authorized %s: %s\nrefresh token stored encrypted in %s\n%s\n", *server, info, cfg.Store.Path, b)
+	fmt.Fprintf(env.stdout, "authorized %s: %s\nrefresh token stored encrypted in %s\n%s\n", *server, info, cfg.Store.Kind(), b)
 	return nil
 }
 

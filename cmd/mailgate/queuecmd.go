@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -20,6 +21,71 @@ import (
 	"github.com/mailgate/mailgate/relay/admin"
 	"github.com/mailgate/mailgate/relay/queue"
 )
+
+// adminFlags are the flags of the commands that talk to a running daemon's admin listener.
+type adminFlags struct{ addr, cfgPath, dataDir, tokenFile *string }
+
+func addAdminFlags(fs *flag.FlagSet) adminFlags {
+	return adminFlags{
+		addr:      fs.String("admin", "", "admin listener of the running daemon (default: --config's admin.address, else the one the development daemon recorded in --data-dir, else 127.0.0.1:9465)"),
+		cfgPath:   fs.String("config", "", "configuration file: its admin.address and admin.token_file"),
+		dataDir:   fs.String("data-dir", "mailgate-data", "data directory of the development default (admin.token, admin.address)"),
+		tokenFile: fs.String("token-file", "", "file holding the admin bearer token (default: --config's admin.token_file, else --data-dir's admin.token)"),
+	}
+}
+
+// adminClient calls one daemon's operator API with its bearer token.
+type adminClient struct {
+	ctx       context.Context
+	addr      string
+	tokenPath string
+	token     []byte
+	client    *http.Client
+}
+
+func (f adminFlags) client(ctx context.Context) (*adminClient, error) {
+	addr, tokenPath, err := adminTarget(*f.addr, *f.cfgPath, *f.dataDir, *f.tokenFile)
+	if err != nil {
+		return nil, err
+	}
+	token, err := readAdminToken(tokenPath)
+	if err != nil {
+		return nil, fmt.Errorf("%w (give the token's file with --token-file, or --config)", err)
+	}
+	return &adminClient{ctx: ctx, addr: addr, tokenPath: tokenPath, token: token, client: &http.Client{Timeout: 10 * time.Second}}, nil
+}
+
+func (a *adminClient) call(method, path string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(a.ctx, method, "http://"+a.addr+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+string(a.token))
+	resp, err := a.client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("is mailgate serve running? %w", err)
+	}
+	if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden || resp.StatusCode == http.StatusMisdirectedRequest {
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return nil, fmt.Errorf("admin listener %s refused the request (%s): %s; is %s the daemon's admin.token_file?",
+			a.addr, resp.Status, strings.TrimSpace(string(body)), a.tokenPath)
+	}
+	return resp, nil
+}
+
+// list reads the daemon's queue and the name of the instance that answered.
+func (a *adminClient) list() (entries []queue.Entry, instance string, err error) {
+	resp, err := a.call(http.MethodGet, "/queue")
+	if err != nil {
+		return nil, "", err
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(&entries); err != nil {
+		return nil, "", err
+	}
+	return entries, resp.Header.Get(admin.InstanceHeader), nil
+}
 
 // queueAction is what `mailgate queue SUB` does to the selected messages (the admin API's POST action),
 // "" for the read-only subcommands; ok is false for an unknown one.
@@ -50,10 +116,7 @@ func cmdQueue(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	argsUsage := map[string]string{"show": "ID", "retry": "[ID…]", "drop": "[ID…]", "hold": "[ID…]", "release": "[ID…]"}[sub]
 	fs := newFlags(env, "queue "+sub, argsUsage)
-	adminAddr := fs.String("admin", "", "admin listener of the running daemon (default: --config's admin.address, else the one the development daemon recorded in --data-dir, else 127.0.0.1:9465)")
-	cfgPath := fs.String("config", "", "configuration file: its admin.address and admin.token_file")
-	dataDir := fs.String("data-dir", "mailgate-data", "data directory of the development default (admin.token, admin.address)")
-	tokenFile := fs.String("token-file", "", "file holding the admin bearer token (default: --config's admin.token_file, else --data-dir's admin.token)")
+	af := addAdminFlags(fs)
 	asJSON := fs.Bool("json", false, "print JSON (list, show)")
 	var sel queueFilter
 	fs.StringVar(&sel.channel, "channel", "", "only messages of this channel")
@@ -72,7 +135,7 @@ func cmdQueue(ctx context.Context, env *cliEnv, args []string) error {
 		// A bulk change needs a filter: `queue drop` alone must not empty the queue.
 		return &exitError{code: 2, msg: fmt.Sprintf("mailgate queue %s: give queue ids, or select messages with --channel, --transport, --rcpt or --older-than", sub)}
 	}
-	d, err := dialDaemon(ctx, *adminAddr, *cfgPath, *dataDir, *tokenFile)
+	d, err := af.client(ctx)
 	if err != nil {
 		return err
 	}
@@ -80,7 +143,7 @@ func cmdQueue(ctx context.Context, env *cliEnv, args []string) error {
 		return d.show(env, ids[0], *asJSON)
 	}
 	if len(ids) == 0 {
-		entries, err := d.list()
+		entries, instance, err := d.list()
 		if err != nil {
 			return err
 		}
@@ -90,8 +153,14 @@ func cmdQueue(ctx context.Context, env *cliEnv, args []string) error {
 			if *asJSON {
 				return writeJSON(env.stdout, mapRows(entries, queueView))
 			}
-			return printQueue(env.stdout, entries)
+			if err := printQueue(env.stdout, entries); err != nil {
+				return err
+			}
+			// Last, so the table stays first for scripts; in a fleet it says whose queue this was.
+			fmt.Fprintf(env.stdout, "instance %s (admin %s): %d queued\n", instance, d.addr, len(entries))
+			return nil
 		case "summary":
+			fmt.Fprintf(env.stdout, "instance %s (admin %s)\n", instance, d.addr)
 			return printQueueSummary(env.stdout, entries, time.Now())
 		}
 		for _, e := range entries {
@@ -193,60 +262,8 @@ func printQueueSummary(w io.Writer, entries []queue.Entry, now time.Time) error 
 	return tw.Flush()
 }
 
-// daemonAPI is the admin listener of the running daemon, with its bearer token.
-type daemonAPI struct {
-	ctx       context.Context
-	client    *http.Client
-	base      string
-	token     []byte
-	addr      string
-	tokenPath string
-}
-
-func dialDaemon(ctx context.Context, addrFlag, cfgPath, dataDir, tokenFlag string) (*daemonAPI, error) {
-	addr, tokenPath, err := adminTarget(addrFlag, cfgPath, dataDir, tokenFlag)
-	if err != nil {
-		return nil, err
-	}
-	token, err := readAdminToken(tokenPath)
-	if err != nil {
-		return nil, fmt.Errorf("%w (give the token's file with --token-file, or --config)", err)
-	}
-	return &daemonAPI{ctx: ctx, client: &http.Client{Timeout: 10 * time.Second}, base: "http://" + addr,
-		token: token, addr: addr, tokenPath: tokenPath}, nil
-}
-
-func (d *daemonAPI) call(method, path string) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(d.ctx, method, d.base+path, nil)
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Authorization", "Bearer "+string(d.token))
-	resp, err := d.client.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("is mailgate serve running? %w", err)
-	}
-	if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden || resp.StatusCode == http.StatusMisdirectedRequest {
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return nil, fmt.Errorf("admin listener %s refused the request (%s): %s; is %s the daemon's admin.token_file?",
-			d.addr, resp.Status, strings.TrimSpace(string(body)), d.tokenPath)
-	}
-	return resp, nil
-}
-
-func (d *daemonAPI) list() ([]queue.Entry, error) {
-	resp, err := d.call(http.MethodGet, "/queue")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	var entries []queue.Entry
-	return entries, json.NewDecoder(resp.Body).Decode(&entries)
-}
-
 // act POSTs an action on one message; the daemon's answer is the error's text.
-func (d *daemonAPI) act(id, action string) error {
+func (d *adminClient) act(id, action string) error {
 	resp, err := d.call(http.MethodPost, "/queue/"+url.PathEscape(id)+"/"+action)
 	if err != nil {
 		return err
@@ -261,7 +278,7 @@ func (d *daemonAPI) act(id, action string) error {
 
 // show prints one message: its envelope, each recipient's state, its attempts and the header it will be
 // sent with.
-func (d *daemonAPI) show(env *cliEnv, id string, asJSON bool) error {
+func (d *adminClient) show(env *cliEnv, id string, asJSON bool) error {
 	resp, err := d.call(http.MethodGet, "/queue/"+url.PathEscape(id))
 	if err != nil {
 		return err
@@ -319,6 +336,52 @@ func (d *daemonAPI) show(env *cliEnv, id string, asJSON bool) error {
 		}
 	}
 	return nil
+}
+
+// cmdDrain asks a running instance to stop taking submissions and deliver its queue, then waits until
+// the queue is empty (or --wait passes): the instance can then be stopped without delaying mail.
+// Mail that cannot be delivered yet (deferred upstream) keeps it from emptying; the spool survives a
+// restart anyway, so --wait bounds the wait rather than forcing it.
+func cmdDrain(ctx context.Context, env *cliEnv, args []string) error {
+	fs := newFlags(env, "drain", "")
+	af := addAdminFlags(fs)
+	wait := fs.Duration("wait", 5*time.Minute, "how long to wait for the queue to empty (0: do not wait)")
+	if _, err := parseArgs(fs, args); err != nil {
+		return err
+	}
+	a, err := af.client(ctx)
+	if err != nil {
+		return err
+	}
+	resp, err := a.call(http.MethodPost, "/drain")
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("drain: admin listener %s answered %s", a.addr, resp.Status)
+	}
+	instance := resp.Header.Get(admin.InstanceHeader)
+	fmt.Fprintf(env.stdout, "instance %s (admin %s): draining, submission stopped\n", instance, a.addr)
+	deadline := time.Now().Add(*wait)
+	for {
+		entries, _, err := a.list()
+		if err != nil {
+			return err
+		}
+		if len(entries) == 0 {
+			fmt.Fprintf(env.stdout, "instance %s: queue empty; safe to stop\n", instance)
+			return nil
+		}
+		if !time.Now().Before(deadline) {
+			return &exitError{code: 1, msg: fmt.Sprintf("instance %s: %d message(s) still queued after %v (deferred mail survives a restart in the spool)", instance, len(entries), *wait)}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }
 
 // adminTarget works out which daemon a CLI command talks to and where its token is: flags first, then

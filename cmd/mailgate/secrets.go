@@ -50,6 +50,9 @@ type secretRef struct{ path, value string }
 // secretRefs lists every secret field of the configuration with its path.
 func secretRefs(c *config.Config) []secretRef {
 	var refs []secretRef
+	if c.Store.Postgres != "" {
+		refs = append(refs, secretRef{"store.postgres", c.Store.Postgres})
+	}
 	if c.SES != nil && c.SES.SecretAccessKey != "" {
 		refs = append(refs, secretRef{"ses.secret_access_key", c.SES.SecretAccessKey})
 	}

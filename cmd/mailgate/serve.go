@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -25,6 +26,7 @@ import (
 	"github.com/mailgate/mailgate/relay/admin"
 	"github.com/mailgate/mailgate/relay/compose"
 	"github.com/mailgate/mailgate/relay/deliver/graph"
+	"github.com/mailgate/mailgate/relay/deliver/ses"
 	smtpdeliver "github.com/mailgate/mailgate/relay/deliver/smtp"
 	"github.com/mailgate/mailgate/relay/metrics"
 	"github.com/mailgate/mailgate/relay/queue"
@@ -38,6 +40,7 @@ func cmdServe(ctx context.Context, env *cliEnv, args []string) error {
 	dataDir := fs.String("data-dir", "mailgate-data", "development default: directory of all state (spool, store, outbox, TLS)")
 	listen := fs.String("listen", "127.0.0.1:2525", "development default: submission address")
 	adminAddr := fs.String("admin", "127.0.0.1:9465", "development default: admin address")
+	storePostgres := fs.String("store-postgres", "", "development default: a PostgreSQL DSN as a secret reference (env:NAME, file:PATH) instead of SQLite in --data-dir, to try several instances on one store")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
 	if err := fs.Parse(args); err != nil {
@@ -54,6 +57,10 @@ func cmdServe(ctx context.Context, env *cliEnv, args []string) error {
 			return err
 		}
 		dev := config.Development(config.DevelopmentOptions{DataDir: *dataDir, SubmissionAddr: *listen, AdminAddr: *adminAddr, DemoPasswordHash: string(hash)})
+		if *storePostgres != "" {
+			dev.Store = config.Store{Postgres: *storePostgres}
+			dev.Instance = filepath.Base(*dataDir) // instances on one machine differ by their data directory
+		}
 		if err := ensureDevelopmentToken(dev.Admin.TokenFile); err != nil {
 			return fmt.Errorf("development admin token: %w", err)
 		}
@@ -88,6 +95,12 @@ func newLogger(env *cliEnv, level, format string) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format must be text or json")
 }
 
+// The shared store keeps the fleet's upstream budgets and SES send rate.
+var (
+	_ smtpdeliver.Fleet = (*store.Postgres)(nil)
+	_ ses.SendRate      = (*store.Postgres)(nil)
+)
+
 // daemon is the running relay: what lives for the whole process (listeners, spool, store, metrics)
 // and the generation built from the current configuration (rules, transports), swapped on SIGHUP.
 type daemon struct {
@@ -96,7 +109,7 @@ type daemon struct {
 	configPath string
 
 	metrics    *metrics.Metrics
-	store      *store.Store
+	store      store.Store
 	queue      *queue.Queue
 	submit     *submit.Server
 	admin      *admin.Server
@@ -104,6 +117,7 @@ type daemon struct {
 	transports *transportSet
 
 	spoolDir string
+	instance string // this process's name in the fleet (config instance, else the host name)
 	// composeBudget is the memory all compositions share, made once: a reload keeps it.
 	composeBudget *compose.Budget
 	mu            sync.Mutex // serializes reloads
@@ -122,21 +136,32 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error
 	d.metrics.BuildInfo.WithLabelValues(ver, revision, runtime.Version()).Set(1)
 	d.metrics.ConfigLastReload.SetToCurrentTime()
 	d.spoolDir = cfg.Spool.Dir
-	d.budgets = smtpdeliver.NewBudgets()
 	d.composeBudget = compose.NewBudget(cfg.Limits.ComposeMemoryBytes)
 	d.graphBudgets = graph.NewBudgets()
-
-	for _, dir := range []string{filepath.Dir(cfg.Store.Path), cfg.Spool.Dir} {
-		if err := os.MkdirAll(dir, 0o750); err != nil {
-			return err
+	d.instance = cfg.Instance
+	if d.instance == "" {
+		var err error
+		if d.instance, err = os.Hostname(); err != nil {
+			d.instance = "mailgate"
 		}
 	}
-	st, err := store.Open(cfg.Store.Path)
+
+	if err := os.MkdirAll(cfg.Spool.Dir, 0o750); err != nil {
+		return err
+	}
+	st, err := openConfiguredStore(ctx, cfg, d.log.With("component", "store"))
 	if err != nil {
-		return fmt.Errorf("store %s: %w", cfg.Store.Path, err)
+		return err
 	}
 	defer st.Close()
 	d.store = st
+	// A shared store keeps the upstream budgets (connection slots, rate windows) for the whole fleet.
+	if fleet, ok := st.(smtpdeliver.Fleet); ok {
+		d.budgets = smtpdeliver.NewFleetBudgets(fleet, smtpdeliver.FleetOptions{Logger: d.log.With("component", "budgets")})
+	} else {
+		d.budgets = smtpdeliver.NewBudgets()
+	}
+	defer d.budgets.Close()
 
 	gen, err := d.build(ctx, cfg)
 	if err != nil {
@@ -149,7 +174,7 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error
 	defer func() { d.gen.close() }()
 
 	q, err := queue.New(queue.Options{
-		Dir: cfg.Spool.Dir, Transports: d.transports, Bounces: st, DeliveryLog: st,
+		Dir: cfg.Spool.Dir, Transports: d.transports, Bounces: st, DeliveryLog: st, Gate: st,
 		Metrics: d.metrics, Logger: d.log,
 	})
 	if err == nil {
@@ -194,8 +219,13 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error
 	if err != nil {
 		return err
 	}
+	// Drain stops the submission listeners (open sessions finish) while the queue goes on delivering.
+	subCtx, stopIntake := context.WithCancel(ctx)
+	defer stopIntake()
+	var draining atomic.Bool
 	d.admin = admin.New(admin.Options{Gatherer: reg, Logger: d.log.With("component", "admin"), Token: token,
-		AllowedHosts: cfg.Admin.AllowedHosts, Queue: q})
+		AllowedHosts: cfg.Admin.AllowedHosts, Queue: q, Instance: d.instance,
+		Drain: func() { draining.Store(true); stopIntake() }})
 	clear(token)
 	if cfg.Admin.TokenFile == "" {
 		d.log.Warn("the operator API (queue, pprof) is off: configure admin.token_file")
@@ -270,7 +300,15 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error
 		}
 	}()
 
-	runners := []func(context.Context) error{q.Run, sub.Serve, d.admin.Serve}
+	serveSubmission := func(ctx context.Context) error {
+		err := sub.Serve(subCtx)
+		if err != nil || ctx.Err() != nil || !draining.Load() {
+			return err
+		}
+		<-ctx.Done() // draining: the rest of the daemon delivers until it is stopped
+		return nil
+	}
+	runners := []func(context.Context) error{q.Run, serveSubmission, d.admin.Serve}
 	if d.events != nil {
 		runners = append(runners, d.events.Serve)
 	}
@@ -278,7 +316,7 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error
 	for _, run := range runners {
 		go func() { errc <- run(ctx) }()
 	}
-	d.log.Info("started", "listeners", len(cfg.Listeners), "spool", cfg.Spool.Dir, "store", cfg.Store.Path)
+	d.log.Info("started", "instance", d.instance, "listeners", len(cfg.Listeners), "spool", cfg.Spool.Dir, "store", st.Describe())
 	var first error
 	for i := 0; i < len(runners); i++ {
 		err := <-errc
@@ -378,7 +416,7 @@ func fixedChanges(old, cur *config.Config) []string {
 		old, cur any
 	}{
 		{"listeners", old.Listeners, cur.Listeners}, {"tls", old.TLS, cur.TLS}, {"spool", old.Spool, cur.Spool},
-		{"store", old.Store, cur.Store}, {"admin.address", old.Admin.Address, cur.Admin.Address},
+		{"store", old.Store, cur.Store}, {"instance", old.Instance, cur.Instance}, {"admin.address", old.Admin.Address, cur.Admin.Address},
 		{"admin.allowed_hosts", old.Admin.AllowedHosts, cur.Admin.AllowedHosts}, {"events", old.Events, cur.Events},
 	} {
 		if !reflect.DeepEqual(s.old, s.cur) {

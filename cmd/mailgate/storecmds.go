@@ -3,6 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -14,12 +17,41 @@ import (
 )
 
 // openStore opens the store named by --config (or the development default's).
-func openStore(configPath, dataDir string) (*store.Store, error) {
+func openStore(ctx context.Context, configPath, dataDir string) (store.Store, error) {
 	c, err := loadOrDevelopment(configPath, dataDir)
 	if err != nil {
 		return nil, err
 	}
-	return store.Open(c.Store.Path)
+	return openConfiguredStore(ctx, c, nil)
+}
+
+// openConfiguredStore opens the store cfg names: the SQLite file (its directory created), or the
+// PostgreSQL database whose DSN the store.postgres secret reference resolves to. Errors name the
+// store by config.Store.Kind, never by the DSN.
+func openConfiguredStore(ctx context.Context, cfg *config.Config, log *slog.Logger) (store.Store, error) {
+	if cfg.Store.Postgres == "" {
+		if err := os.MkdirAll(filepath.Dir(cfg.Store.Path), 0o750); err != nil {
+			return nil, err
+		}
+		st, err := store.Open(cfg.Store.Path)
+		if err != nil {
+			return nil, fmt.Errorf("store %s: %w", cfg.Store.Path, err)
+		}
+		return st, nil
+	}
+	resolver, err := newResolver(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	dsn, err := resolver.Resolve(ctx, cfg.Store.Postgres)
+	if err != nil {
+		return nil, fmt.Errorf("store.postgres: %w", err)
+	}
+	st, err := store.OpenPostgres(ctx, dsn.Reveal(), store.PostgresOptions{Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", cfg.Store.Kind(), err)
+	}
+	return st, nil
 }
 
 // loadOrDevelopment loads a file, or with none the development default under dataDir.
@@ -54,7 +86,7 @@ func cmdBounces(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	st, err := openStore(*cfg, *dataDir)
+	st, err := openStore(ctx, *cfg, *dataDir)
 	if err != nil {
 		return err
 	}
@@ -118,7 +150,7 @@ func cmdLog(ctx context.Context, env *cliEnv, args []string) error {
 			return &exitError{code: 2, msg: fmt.Sprintf("mailgate log search: unknown query %q (title=TICKET, id=QUEUEID, message-id=ID)", q)}
 		}
 	}
-	st, err := openStore(*cfg, *dataDir)
+	st, err := openStore(ctx, *cfg, *dataDir)
 	if err != nil {
 		return err
 	}

@@ -15,7 +15,6 @@ import (
 	"github.com/mailgate/mailgate/config"
 	"github.com/mailgate/mailgate/relay"
 	"github.com/mailgate/mailgate/relay/metrics"
-	"github.com/mailgate/mailgate/relay/store"
 	"github.com/mailgate/mailgate/relay/submit"
 )
 
@@ -53,7 +52,7 @@ func cmdTestSend(ctx context.Context, env *cliEnv, args []string) error {
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
 
-	d, err := commandDaemon(env, cfg)
+	d, err := commandDaemon(ctx, env, cfg)
 	if err != nil {
 		return err
 	}
@@ -109,14 +108,16 @@ func cmdTestSend(ctx context.Context, env *cliEnv, args []string) error {
 
 // commandDaemon is the part of a daemon an operator command needs to build transports and token
 // sources from cfg: warnings to stderr, private metrics, and the store (close it when done).
-func commandDaemon(env *cliEnv, cfg *config.Config) (*daemon, error) {
+func commandDaemon(ctx context.Context, env *cliEnv, cfg *config.Config) (*daemon, error) {
 	// As serve does: on a fresh machine the development default's data directory does not exist yet.
-	if err := os.MkdirAll(filepath.Dir(cfg.Store.Path), 0o750); err != nil {
-		return nil, err
+	if cfg.Store.Path != "" {
+		if err := os.MkdirAll(filepath.Dir(cfg.Store.Path), 0o750); err != nil {
+			return nil, err
+		}
 	}
-	st, err := store.Open(cfg.Store.Path)
+	st, err := openConfiguredStore(ctx, cfg, nil)
 	if err != nil {
-		return nil, fmt.Errorf("store %s: %w", cfg.Store.Path, err)
+		return nil, err
 	}
 	return &daemon{
 		log:     slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),

@@ -279,7 +279,7 @@ func (d *daemon) oauthSource(server, path string, o *config.OAuth, api oauth.API
 		Server: server, Provider: oauth.ProviderMicrosoft, Tenant: o.TenantID, ClientID: o.ClientID,
 		ClientSecret: secrets[path+".client_secret"], Mailbox: o.Mailbox, Flow: oauth.Flow(o.Flow), API: api, Scopes: o.Scopes,
 		RedirectURL: o.RedirectURL, AuthURL: o.AuthorizeURL, TokenURL: o.TokenURL,
-		Store: d.store, Sealer: resolver, Metrics: d.metrics, Logger: d.log, // the source names the server itself
+		Store: d.store, Sealer: resolver, Fleet: d.store, Metrics: d.metrics, Logger: d.log, // the source names the server itself
 	}
 	if o.ClientSecretExpires != "" {
 		t, err := time.Parse("2006-01-02", o.ClientSecretExpires)
@@ -314,6 +314,9 @@ func (d *daemon) sesTransport(ctx context.Context, cfg *config.Config, secretKey
 		Region: cfg.SES.Region, Endpoint: cfg.SES.Endpoint, Channels: chans,
 		MaxSendRate: cfg.SES.MaxSendRate, Logger: d.log.With("transport", "ses"),
 	}
+	if rate, ok := d.store.(ses.SendRate); ok { // a shared store paces the fleet as one sender
+		o.SendRate = rate
+	}
 	if cfg.SES.AccessKeyID != "" {
 		o.Credentials = credentials.NewStaticCredentialsProvider(cfg.SES.AccessKeyID, secretKey.Reveal(), "")
 	}
@@ -342,6 +345,9 @@ func (d *daemon) checks(g *generation) map[string]admin.Check {
 		},
 		// A real query: the store answers, not just that the file exists.
 		"store": func(ctx context.Context) error {
+			if err := d.store.Unavailable(); err != nil {
+				return err
+			}
 			_, _, err := d.store.Suppressed(ctx, "readiness-check@invalid")
 			return err
 		},
@@ -365,7 +371,7 @@ func (d *daemon) checks(g *generation) map[string]admin.Check {
 }
 
 // sesEvents is the SNS endpoint for SES bounce and complaint notifications, writing into the store.
-func sesEvents(cfg *config.Config, st *store.Store, d *daemon) (*events.Handler, error) {
+func sesEvents(cfg *config.Config, st store.Store, d *daemon) (*events.Handler, error) {
 	sets := map[string]string{}
 	for _, ch := range cfg.Channels {
 		if ch.SESConfigurationSet != "" {

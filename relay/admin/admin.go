@@ -35,6 +35,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -62,6 +63,12 @@ type Options struct {
 	// Queue, when set, is served as the queue API (GET /queue, GET /queue/{id},
 	// POST /queue/{id}/retry|drop|hold|release).
 	Queue Queue
+	// Instance names this process in a fleet: every answer carries it (header InstanceHeader) and
+	// /readyz starts with it, so an operator knows which instance answered.
+	Instance string
+	// Drain, when set, is served as POST /drain (operator): stop accepting submissions and deliver what
+	// is queued, before a rolling restart. /readyz fails from then on ("draining").
+	Drain func()
 	// Limits bound clients; zero fields take the defaults (32 connections, 5 s for headers, 30 s per
 	// request, 1 min idle, 16 KiB of headers, 64 KiB of body).
 	Limits Limits
@@ -73,6 +80,10 @@ type Server struct {
 	mux     *http.ServeMux
 	log     *slog.Logger
 	allowed map[string]bool
+
+	instance string
+	drain    func()
+	draining atomic.Bool
 
 	mu     sync.RWMutex
 	checks map[string]Check
@@ -86,7 +97,7 @@ func New(o Options) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{mux: http.NewServeMux(), log: log, checks: map[string]Check{}, allowed: map[string]bool{}}
+	s := &Server{mux: http.NewServeMux(), log: log, checks: map[string]Check{}, allowed: map[string]bool{}, instance: o.Instance, drain: o.Drain}
 	for _, h := range o.AllowedHosts {
 		s.allowed[strings.TrimSuffix(strings.ToLower(h), ".")] = true
 	}
@@ -109,8 +120,33 @@ func New(o Options) *Server {
 		s.mux.Handle("POST /queue/{id}/hold", s.operator(http.HandlerFunc(api.hold)))
 		s.mux.Handle("POST /queue/{id}/release", s.operator(http.HandlerFunc(api.release)))
 	}
-	s.listener = listener{name: "admin", limits: o.Limits.withDefaults(adminLimits()), handler: s.checkHost(s.mux)}
+	if o.Drain != nil {
+		s.mux.Handle("POST /drain", s.operator(http.HandlerFunc(s.startDrain)))
+	}
+	s.listener = listener{name: "admin", limits: o.Limits.withDefaults(adminLimits()), handler: s.named(s.checkHost(s.mux))}
 	return s
+}
+
+// InstanceHeader names the instance that answered an admin request.
+const InstanceHeader = "Mailgate-Instance"
+
+// named puts the instance's name on every answer.
+func (s *Server) named(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.instance != "" {
+			w.Header().Set(InstanceHeader, s.instance)
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// startDrain stops the intake once (later calls only report) and says so.
+func (s *Server) startDrain(w http.ResponseWriter, _ *http.Request) {
+	if s.draining.CompareAndSwap(false, true) {
+		s.drain()
+		s.log.Info("draining: submission stopped; queued mail is being delivered", "instance", s.instance)
+	}
+	fmt.Fprintln(w, "draining")
 }
 
 // SetToken replaces the operator API's bearer token (at start and on reload); empty turns the API off.
@@ -193,6 +229,13 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	var lines []string
 	failed := false
+	if s.instance != "" {
+		lines = append(lines, "instance "+s.instance)
+	}
+	if s.draining.Load() {
+		failed = true
+		lines = append(lines, "FAIL draining: submission stopped for a restart")
+	}
 	for _, n := range names {
 		var warn *Warning
 		if err := checks[n](ctx); errors.As(err, &warn) {

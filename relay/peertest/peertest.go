@@ -280,6 +280,7 @@ func SelfSignedCert(t testing.TB) Cert {
 
 // NodeSMTPOptions configures the Node smtp-server upstream (a Microsoft-365-like server).
 type NodeSMTPOptions struct {
+	Addr              string // where it listens; empty = a free loopback port
 	Cert              Cert   // its STARTTLS certificate; zero = a fresh self-signed one
 	User, Pass        string // AUTH PLAIN/LOGIN credentials (default user/pass)
 	StaticTokens      []string
@@ -319,7 +320,10 @@ func NodeSMTPServer(t testing.TB, o NodeSMTPOptions) *NodeSMTP {
 		o.Cert = SelfSignedCert(t)
 	}
 	save := t.TempDir()
-	addr := "127.0.0.1:" + strconv.Itoa(FreePort(t))
+	addr := o.Addr
+	if addr == "" {
+		addr = "127.0.0.1:" + strconv.Itoa(FreePort(t))
+	}
 	_, port, _ := net.SplitHostPort(addr)
 	env := []string{
 		"NODE_PATH=" + need(t, filepath.Join(Home(), "node", "node_modules")),

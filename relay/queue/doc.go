@@ -112,6 +112,10 @@
 // Policy (retry, lifetime, attempt timeout, worker counts) may change while the queue runs
 // (SetPolicy); each transport gets no more workers than it has connections to use.
 //
+// A Gate (the shared store) holds attempts back while it reports the store unreachable: a worker keeps
+// its entry, makes no attempt and spends no backoff, and delivers as soon as the store is back, so an
+// outcome is never reached that could not be recorded (a bounce, a shared budget).
+//
 // relay.Result.Errs must hold exactly one entry per recipient of the attempt (nil = delivered); a
 // result of any other length is treated as a temporary failure of every recipient and logged as a
 // transport bug, because guessing would either lose mail or bounce it.

@@ -149,7 +149,7 @@ func TestSetupFaultExpiresWithoutSuppression(t *testing.T) {
 // rig is a queue delivering through the real SMTP transport to the Node peer, with the real store.
 type rig struct {
 	q         *queue.Queue
-	st        *store.Store
+	st        *store.SQLite
 	peer      *peertest.NodeSMTP
 	innocents int
 }
@@ -356,7 +356,7 @@ func TestSetPolicyWorkers(t *testing.T) {
 // flakyBounces is the real store behind a bounce store that fails its first n writes (a locked or
 // unreachable database).
 type flakyBounces struct {
-	*store.Store
+	store.Store
 	mu    sync.Mutex
 	fails int
 }
@@ -379,7 +379,7 @@ func TestBounceRecordRetried(t *testing.T) {
 	peer := peertest.NodeSMTPServer(t, peertest.NodeSMTPOptions{Rules: nodeRules})
 	var flaky *flakyBounces
 	r := newRig(t, peer, func(o *queue.Options) {
-		flaky = &flakyBounces{Store: o.Bounces.(*store.Store), fails: 2}
+		flaky = &flakyBounces{Store: o.Bounces.(store.Store), fails: 2}
 		o.Bounces = flaky
 		o.Retry = queue.Backoff{Schedule: []time.Duration{150 * time.Millisecond}, Jitter: -1}
 	})

@@ -116,8 +116,8 @@ func TestDeliveryToSMTPSink(t *testing.T) {
 
 // The queue's consumer interfaces are what relay/store provides.
 var (
-	_ Bounces     = (*store.Store)(nil)
-	_ DeliveryLog = (*store.Store)(nil)
+	_ Bounces     = (*store.SQLite)(nil)
+	_ DeliveryLog = (*store.SQLite)(nil)
 )
 
 // TestSMTPSinkRcptRefusalBounces: smtp-sink refuses RCPT with "500 5.3.0 Error: command failed"; the

@@ -47,6 +47,17 @@ type DeliveryLog interface {
 	LogDelivery(ctx context.Context, r relay.DeliveryRecord) error
 }
 
+// Gate holds deliveries back while Unavailable reports an error. With a shared store that cannot be
+// reached, an attempt's outcome could not be recorded (a bounce, the delivery log) nor a shared
+// upstream budget taken, so the mail waits in the spool — no attempt spent, no lifetime used up by
+// backoff — and goes out as soon as the store is back. relay/store implements it.
+type Gate interface {
+	Unavailable() error
+}
+
+// gatePoll is how often a held worker asks the Gate again.
+const gatePoll = 200 * time.Millisecond
+
 // Options configure a Queue. Dir and Transports are required.
 type Options struct {
 	Dir        string // spool directory; created if missing
@@ -54,6 +65,7 @@ type Options struct {
 	// Bounces and DeliveryLog may be nil: bounces are then only logged and counted.
 	Bounces     Bounces
 	DeliveryLog DeliveryLog
+	Gate        Gate             // nil: never held
 	Metrics     *metrics.Metrics // nil: a private registry
 	Logger      *slog.Logger     // nil: slog.Default()
 
@@ -175,6 +187,7 @@ type Queue struct {
 	closed  bool
 
 	alerts alerts
+	held   atomic.Bool // the Gate is closed: logged once by the first worker to see it
 }
 
 type runState struct {

@@ -185,7 +185,40 @@ func (q *Queue) worker(p *pool, rs *runState) {
 		e.state = stateInflight
 		cur := e.data.clone()
 		q.mu.Unlock()
+		if !q.waitGate(rs) {
+			q.mu.Lock()
+			q.readyLocked(e) // stopping while held: untouched, in the spool for the next start
+			q.mu.Unlock()
+			continue
+		}
 		q.attempt(rs.ctx, e, cur)
+	}
+}
+
+// waitGate returns true when the Gate lets deliveries through, false when the queue stops first. The
+// worker holds its entry meanwhile; the other ready entries wait for the other workers, held alike.
+func (q *Queue) waitGate(rs *runState) bool {
+	if q.opts.Gate == nil {
+		return true
+	}
+	for {
+		err := q.opts.Gate.Unavailable()
+		if err == nil {
+			if q.held.CompareAndSwap(true, false) {
+				q.log.Info("deliveries resume: the store is available again")
+			}
+			return true
+		}
+		q.mu.Lock()
+		stopping := rs.stopping
+		q.mu.Unlock()
+		if stopping {
+			return false
+		}
+		if q.held.CompareAndSwap(false, true) {
+			q.log.Warn("deliveries held: the store is unavailable", "err", err)
+		}
+		time.Sleep(gatePoll)
 	}
 }
 

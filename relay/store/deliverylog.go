@@ -178,7 +178,7 @@ func (w *deliveryLogWriter) enqueue(ctx context.Context, req logRequest) error {
 
 // LogDelivery records the latest state of a queued message (an upsert by queue id). It returns once
 // the row is committed; concurrent callers share one transaction.
-func (s *Store) LogDelivery(ctx context.Context, r relay.DeliveryRecord) error {
+func (s *tables) LogDelivery(ctx context.Context, r relay.DeliveryRecord) error {
 	if r.QueueID == "" {
 		return badInput("delivery record without a queue id")
 	}
@@ -198,7 +198,7 @@ func (s *Store) LogDelivery(ctx context.Context, r relay.DeliveryRecord) error {
 // failure, from the writer goroutine. Rows still apply in the order they were queued, so a later row of
 // the same message wins. The queue uses it for every row, so neither a client's 250 nor a delivery
 // worker waits on the log.
-func (s *Store) LogDeliveryLater(r relay.DeliveryRecord, onError func(relay.DeliveryRecord, error)) {
+func (s *tables) LogDeliveryLater(r relay.DeliveryRecord, onError func(relay.DeliveryRecord, error)) {
 	fail := func(err error) {
 		if onError != nil {
 			onError(r, err)

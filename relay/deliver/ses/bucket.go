@@ -66,3 +66,48 @@ func (b *bucket) wait(ctx context.Context, n float64) error {
 		return ctx.Err()
 	}
 }
+
+// SendRate shares the account's send rate between the instances on one store (relay/store's
+// PostgreSQL implements it): one token bucket, in the store, for the fleet.
+type SendRate interface {
+	// ReserveRate takes n tokens (n < 0 gives them back) from the bucket named key — rate tokens a
+	// second, at most burst held — and returns how long the caller must wait before using them.
+	ReserveRate(ctx context.Context, key string, n, rate, burst float64) (time.Duration, error)
+}
+
+// pacer is what send waits on: the process's bucket, or the fleet's.
+type pacer interface {
+	wait(ctx context.Context, n float64) error
+	perSecond() float64 // the configured rate
+}
+
+func (b *bucket) perSecond() float64 { return b.rate }
+
+func (f *fleetBucket) perSecond() float64 { return f.per }
+
+// fleetBucket is the fleet's token bucket, with bucket's rules (a second's worth of burst, debt repaid
+// by waiting, tokens given back when the wait is abandoned).
+type fleetBucket struct {
+	rate SendRate
+	key  string
+	per  float64 // tokens per second
+}
+
+func (f *fleetBucket) wait(ctx context.Context, n float64) error {
+	burst := math.Max(1, f.per)
+	d, err := f.rate.ReserveRate(ctx, f.key, n, f.per, burst)
+	if err != nil || d <= 0 {
+		return err
+	}
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return nil
+	case <-ctx.Done():
+		gctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_, _ = f.rate.ReserveRate(gctx, f.key, -n, f.per, burst)
+		return ctx.Err()
+	}
+}

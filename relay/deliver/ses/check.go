@@ -71,9 +71,9 @@ func (t *Transport) Check(ctx context.Context) []Problem {
 			problems = append(problems, Problem{Reason: ReasonSendingPaused, Since: now,
 				Msg: "sending is disabled for the SES account (enforcement status " + aws.ToString(acct.EnforcementStatus) + ")"})
 		}
-		if t.bucket != nil && q.MaxSendRate > 0 && t.bucket.rate > q.MaxSendRate {
+		if t.bucket != nil && q.MaxSendRate > 0 && t.bucket.perSecond() > q.MaxSendRate {
 			t.log.Warn("ses configured send rate is above the account's maximum",
-				"configured", t.bucket.rate, "account_max", q.MaxSendRate)
+				"configured", t.bucket.perSecond(), "account_max", q.MaxSendRate)
 		}
 	}
 

@@ -113,6 +113,9 @@ type Options struct {
 	// MaxSendRate is the most messages per second (each recipient counts as one) sent by all workers
 	// together; 0 means no local limit.
 	MaxSendRate float64
+	// SendRate, when set, makes MaxSendRate the fleet's: one bucket in the shared store for every
+	// instance sending through this account and region, instead of one per process.
+	SendRate SendRate
 	// Logger receives one line per event; nil discards.
 	Logger *slog.Logger
 	// Client replaces the SDK client built from the fields above (tests use a fake).
@@ -126,7 +129,7 @@ type Transport struct {
 	api      API
 	channels map[string]Channel
 	log      *slog.Logger
-	bucket   *bucket
+	bucket   pacer // nil: no rate limit
 	now      func() time.Time
 
 	mu       sync.Mutex
@@ -176,7 +179,10 @@ func New(ctx context.Context, opts Options) (*Transport, error) {
 		identities: map[string]identityState{},
 		recheck:    make(chan struct{}, 1),
 	}
-	if opts.MaxSendRate > 0 {
+	switch {
+	case opts.MaxSendRate > 0 && opts.SendRate != nil:
+		t.bucket = &fleetBucket{rate: opts.SendRate, key: "ses/" + opts.Region, per: opts.MaxSendRate}
+	case opts.MaxSendRate > 0:
 		t.bucket = newBucket(opts.MaxSendRate)
 	}
 	return t, nil

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/relay"
+	"github.com/mailgate/mailgate/relay/peertest"
+	"github.com/mailgate/mailgate/relay/store"
 )
 
 // TestErrorTable drives every row of the SES error table through the real SDK against a server that
@@ -491,5 +493,42 @@ func TestConcurrentWorkers(t *testing.T) {
 	}
 	if len(f.requests()) != workers*each || failed != workers*each/7 {
 		t.Fatalf("%d requests, %d failed", len(f.requests()), failed)
+	}
+}
+
+// TestFleetSendRate: two instances (Transports, each with its own connection to one PostgreSQL store)
+// share the account's send rate (2 a second). After the first spends the bucket's second of burst, the
+// second must wait half a second for its message — with a context of 300 ms it gives up, temporarily,
+// without sending — where a per-process bucket would have sent at once.
+func TestFleetSendRate(t *testing.T) {
+	f := newFakeSES(t)
+	dsn := peertest.PostgresSchema(t)
+	instance := func() *Transport {
+		st, err := store.OpenPostgres(context.Background(), dsn, store.PostgresOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		return newTestTransport(t, f.URL, Options{MaxSendRate: 2, SendRate: st})
+	}
+	a, b := instance(), instance()
+	rcpts := []string{"r1@example.org", "r2@example.org"}
+	for i, err := range a.Deliver(context.Background(), testMessage(composed("s", "b"), rcpts...)).Errs {
+		if err != nil {
+			t.Fatalf("recipient %d within the burst: %v", i, err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	err := b.Deliver(ctx, testMessage(composed("s", "b"), "other@example.org")).Errs[0]
+	if re, ok := relay.AsError(err); !ok || re.Reason != "rate_limit" || relay.IsPermanent(err) {
+		t.Fatalf("the other instance's send over the fleet's rate: %v, want a temporary rate_limit", err)
+	}
+	if n := len(f.requests()); n != 1 {
+		t.Fatalf("%d sends, want only the first instance's", n)
+	}
+	// The abandoned wait gave its token back: the next send waits only for its own token.
+	if err := b.Deliver(context.Background(), testMessage(composed("s", "b"), "other@example.org")).Errs[0]; err != nil {
+		t.Fatal(err)
 	}
 }

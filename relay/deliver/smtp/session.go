@@ -55,6 +55,7 @@ type session struct {
 	uses     int         // messages sent on it
 	timer    *time.Timer // idle expiry while pooled
 	pooledAt time.Time   // when it last went into the pool
+	lease    int64       // the fleet slot it holds (0: no fleet)
 }
 
 // tlsProblem says why the session does not satisfy Force TLS (TLS ≥ 1.2 with a certificate verified

@@ -40,6 +40,9 @@
 //     RecipientsPerDay (recipients over the budget are deferred with RetryAfter, the rest are sent),
 //     432 4.3.2 deferred with ThrottleRetryAfter, and a 554 5.2.0 quota reply pauses the whole identity
 //     — deferred with RetryAfter and no connection attempted — until its daily window frees up.
+//   - With a shared store (NewFleetBudgets, fleet.go) the slots are also leases held by every open
+//     connection and the windows are counters in the store, so the limits hold for the whole fleet of
+//     instances; a crashed instance's leases lapse.
 //
 // Secrets (password, tokens) live only in Options and the SASL exchange: never logged, never in an
 // error, a metric or a probe report.
@@ -145,7 +148,11 @@ func (t *Transport) Deliver(ctx context.Context, m *relay.Message) relay.Result 
 	}
 
 	// Recipients per day: send what the budget allows now, defer the rest.
-	granted, dayStamp, dayWait := t.b.limits.ReserveRecipients(n, time.Now())
+	granted, dayStamp, dayWait, err := t.b.reserveRecipients(ctx, n)
+	if err != nil {
+		failAll(res.Errs, all, err)
+		return res
+	}
 	if granted < n {
 		failAll(res.Errs, all[granted:], &relay.Error{Code: 451, Enhanced: "4.7.0", Reason: ReasonRateLimited, RetryAfter: dayWait,
 			Msg: fmt.Sprintf("recipients-per-day limit (%d) of upstream %s reached; deferred", t.o.RecipientsPerDay, t.o.Name)})
@@ -156,7 +163,7 @@ func (t *Transport) Deliver(ctx context.Context, m *relay.Message) relay.Result 
 	}
 	minuteStamp, err := t.waitRate(ctx)
 	if err != nil {
-		t.b.limits.Refund(len(idx), dayStamp, 0)
+		t.b.refund(len(idx), dayStamp, 0)
 		failAll(res.Errs, idx, err)
 		return res
 	}
@@ -171,7 +178,7 @@ func (t *Transport) Deliver(ctx context.Context, m *relay.Message) relay.Result 
 		if failed < len(idx) {
 			sent = 0 // a message went: its place in the minute stays taken
 		}
-		t.b.limits.Refund(failed, dayStamp, sent)
+		t.b.refund(failed, dayStamp, sent)
 	}
 
 	if err := t.b.acquire(ctx); err != nil {
@@ -265,7 +272,7 @@ func (t *Transport) precheck(m *relay.Message) error {
 // waitRate takes one message from the per-minute budget, waiting up to MaxShapingWait (and never past
 // ctx's deadline); longer waits become a deferral with RetryAfter, so queue workers are not parked.
 func (t *Transport) waitRate(ctx context.Context) (int64, error) {
-	stamp, wait, ok, err := t.b.limits.WaitMessage(ctx, t.o.MaxShapingWait)
+	stamp, wait, ok, err := t.b.waitMessage(ctx, t.o.MaxShapingWait)
 	switch {
 	case err != nil:
 		return 0, t.classify(err, relay.StageConnect)
@@ -305,6 +312,11 @@ func (t *Transport) session(ctx context.Context, forceTLS, fresh bool) (*session
 		t.o.Logger.Debug("upstream connection reused", "server", t.o.Name, "uses", s.uses)
 		return s, true, nil
 	}
+	// With a fleet, every open connection holds one of the mailbox's slots across the instances.
+	lease, err := t.b.lease(ctx)
+	if err != nil {
+		return nil, false, t.classify(err, relay.StageConnect)
+	}
 	s, err := t.dial(ctx, forceTLS, true)
 	if errors.Is(err, errHandshake) {
 		t.o.Logger.Warn("upstream STARTTLS handshake failed; falling back to plain text (no Force TLS, no credentials)",
@@ -315,8 +327,10 @@ func (t *Transport) session(ctx context.Context, forceTLS, fresh bool) (*session
 		}
 	}
 	if err != nil {
+		t.b.unlease(lease)
 		return nil, false, err
 	}
+	s.lease = lease
 	tlsv := ""
 	if s.tlsVersion != 0 {
 		tlsv = tlsVersionName(s.tlsVersion)
@@ -331,7 +345,7 @@ func (t *Transport) put(s *session) {
 	t.mu.Lock()
 	closed := t.closed
 	t.mu.Unlock()
-	if closed {
+	if closed || t.b.mustClose(s) { // another instance is due its slot, or its lease lapsed
 		t.drop(s, true)
 		return
 	}
@@ -381,6 +395,7 @@ func (t *Transport) expire(s *session) {
 
 // drop ends a session: QUIT (briefly) when it is healthy, a plain close otherwise.
 func (t *Transport) drop(s *session, quit bool) {
+	defer t.b.unlease(s.lease)
 	if s.c == nil {
 		return
 	}

@@ -2,10 +2,7 @@ package store
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -13,33 +10,81 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/relay"
+	"github.com/mailgate/mailgate/relay/peertest"
 )
 
-func openStore(t testing.TB) (*Store, string) {
+// backend opens a fresh, empty store of one kind; another opens a second Store on the same database,
+// as a second process or instance would (closed when the test ends).
+type backend struct {
+	name string
+	open func(t testing.TB) (s Store, another func() Store)
+}
+
+// backends are the two implementations of the contract: every contract case runs on both.
+func backends() []backend {
+	return []backend{
+		{"sqlite", func(t testing.TB) (Store, func() Store) {
+			s, path := openStore(t)
+			return s, func() Store {
+				s2, err := Open(path)
+				must(t, err)
+				t.Cleanup(func() { s2.Close() })
+				return s2
+			}
+		}},
+		{"postgres", func(t testing.TB) (Store, func() Store) {
+			dsn := peertest.PostgresSchema(t)
+			s := openPostgres(t, dsn)
+			return s, func() Store { return openPostgres(t, dsn) }
+		}},
+	}
+}
+
+func openPostgres(t testing.TB, dsn string) *Postgres {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "mailgate.db")
-	s, err := Open(path)
+	s, err := OpenPostgres(context.Background(), dsn, PostgresOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	return s, path
+	return s
 }
 
-func bounce(addr string, at time.Time) relay.Bounce {
-	return relay.Bounce{
-		Address: addr, Channel: "Support", Time: at, Code: 550, Enhanced: relay.CodeBadMailbox,
-		Diagnostic: "user unknown", MessageID: "m1@example.com", Ticket: "123456", QueueID: "q1", Reason: "upstream",
-		Fault: relay.FaultAddress, Suppressed: true,
+// TestContract runs the store contract against SQLite and PostgreSQL.
+func TestContract(t *testing.T) {
+	cases := []struct {
+		name string
+		run  func(*testing.T, backend)
+	}{
+		{"BounceWithoutSuppression", contractBounceWithoutSuppression},
+		{"BouncesAndSuppression", contractBouncesAndSuppression},
+		{"SuppressComplaint", contractSuppressComplaint},
+		{"ConcurrentRecordBounce", contractConcurrentRecordBounce},
+		{"DeliveryLog", contractDeliveryLog},
+		{"Secrets", contractSecrets},
+		{"RecordNotification", contractRecordNotification},
+		{"ErrorsAreTemporaryRelayErrors", contractErrorsAreTemporaryRelayErrors},
+		{"DeliveryLogGroupCommit", contractDeliveryLogGroupCommit},
+		{"DeliveryLogAfterClose", contractDeliveryLogAfterClose},
+		{"LogDeliveryLater", contractLogDeliveryLater},
+		{"SuppressionSeenAcrossStores", contractSuppressionSeenAcrossStores},
+		{"LockRefresh", contractLockRefresh},
+	}
+	for _, b := range backends() {
+		t.Run(b.name, func(t *testing.T) {
+			for _, c := range cases {
+				t.Run(c.name, func(t *testing.T) { c.run(t, b) })
+			}
+		})
 	}
 }
 
 // A bounce that is not the address's fault (the message, Force TLS, an expired lifetime) is recorded,
 // listed with its fault and Suppressed=false, and leaves the address free — also when the same address
 // is already listed for an earlier reason, which it must not refresh.
-func TestBounceWithoutSuppression(t *testing.T) {
+func contractBounceWithoutSuppression(t *testing.T, bk backend) {
 	ctx := context.Background()
-	s, _ := openStore(t)
+	s, _ := bk.open(t)
 	t0 := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
 	for _, f := range []relay.Fault{relay.FaultMessage, relay.FaultTLS, relay.FaultSetup} {
 		b := bounce("innocent@example.net", t0)
@@ -73,9 +118,9 @@ func TestBounceWithoutSuppression(t *testing.T) {
 	}
 }
 
-func TestBouncesAndSuppression(t *testing.T) {
+func contractBouncesAndSuppression(t *testing.T, bk backend) {
 	ctx := context.Background()
-	s, _ := openStore(t)
+	s, _ := bk.open(t)
 	t0 := time.Date(2026, 11, 1, 10, 0, 0, 0, time.FixedZone("CET", 3600))
 	if err := s.RecordBounce(ctx, bounce("Customer@Example.NET", t0)); err != nil {
 		t.Fatal(err)
@@ -141,9 +186,9 @@ func TestBouncesAndSuppression(t *testing.T) {
 	}
 }
 
-func TestSuppressComplaint(t *testing.T) {
+func contractSuppressComplaint(t *testing.T, bk backend) {
 	ctx := context.Background()
-	s, _ := openStore(t)
+	s, _ := bk.open(t)
 	if err := s.Suppress(ctx, "Complainer@Example.com", "complaint (abuse) via SES", "ses_complaint"); err != nil {
 		t.Fatal(err)
 	}
@@ -163,9 +208,9 @@ func TestSuppressComplaint(t *testing.T) {
 	}
 }
 
-func TestConcurrentRecordBounce(t *testing.T) {
+func contractConcurrentRecordBounce(t *testing.T, bk backend) {
 	ctx := context.Background()
-	s, _ := openStore(t)
+	s, _ := bk.open(t)
 	const goroutines, each = 16, 25
 	var wg sync.WaitGroup
 	errs := make(chan error, goroutines*each)
@@ -203,9 +248,9 @@ func TestConcurrentRecordBounce(t *testing.T) {
 	}
 }
 
-func TestDeliveryLog(t *testing.T) {
+func contractDeliveryLog(t *testing.T, bk backend) {
 	ctx := context.Background()
-	s, _ := openStore(t)
+	s, _ := bk.open(t)
 	t0 := time.Date(2026, 11, 2, 9, 0, 0, 0, time.UTC)
 	rec := relay.DeliveryRecord{
 		QueueID: "q1", MessageID: "m1@example.com", Ticket: "123456", Channel: "Support", Principal: "demo",
@@ -244,16 +289,9 @@ func TestDeliveryLog(t *testing.T) {
 	}
 }
 
-func must(t testing.TB, err error) {
-	t.Helper()
-	if err != nil {
-		t.Fatal(err)
-	}
-}
-
-func TestSecrets(t *testing.T) {
+func contractSecrets(t *testing.T, bk backend) {
 	ctx := context.Background()
-	s, path := openStore(t)
+	s, another := bk.open(t)
 	if _, ok, err := s.GetSecret(ctx, "oauth/m365/refresh"); ok || err != nil {
 		t.Fatalf("missing secret: %v %v", ok, err)
 	}
@@ -265,9 +303,7 @@ func TestSecrets(t *testing.T) {
 	}
 	// Survives a reopen.
 	s.Close()
-	s2, err := Open(path)
-	must(t, err)
-	defer s2.Close()
+	s2 := another()
 	if v, ok, _ := s2.GetSecret(ctx, "oauth/m365/refresh"); !ok || v != "kms:rotated==" {
 		t.Errorf("after reopen: %q %v", v, ok)
 	}
@@ -281,9 +317,9 @@ func TestSecrets(t *testing.T) {
 	}
 }
 
-func TestRecordNotification(t *testing.T) {
+func contractRecordNotification(t *testing.T, bk backend) {
 	ctx := context.Background()
-	s, _ := openStore(t)
+	s, _ := bk.open(t)
 	b := bounce("gone@example.net", time.Now())
 	b.Reason = "ses_bounce"
 	var firsts int
@@ -340,50 +376,8 @@ func TestRecordNotification(t *testing.T) {
 	}
 }
 
-func TestSchemaVersion(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "odd?name#1.db") // URI metacharacters in the path
-	s, err := Open(path)
-	must(t, err)
-	must(t, s.RecordBounce(context.Background(), bounce("a@example.net", time.Now())))
-	s.Close()
-	if _, err := os.Stat(path); err != nil {
-		t.Fatalf("database not at its path: %v", err)
-	}
-	if entries, _ := os.ReadDir(dir); len(entries) == 0 || !strings.HasPrefix(entries[0].Name(), "odd?name#1.db") {
-		t.Fatalf("files in %s: %v", dir, entries)
-	}
-	// Reopening migrates nothing and keeps the data.
-	s, err = Open(path)
-	must(t, err)
-	if b, _ := s.Bounces(context.Background(), BounceFilter{}); len(b) != 1 {
-		t.Errorf("bounces after reopen: %d", len(b))
-	}
-	var v int
-	must(t, s.read.QueryRow(`SELECT version FROM schema_version`).Scan(&v))
-	if v != len(migrations()) {
-		t.Errorf("schema version %d, want %d", v, len(migrations()))
-	}
-	// A database written by a newer mailgate is refused, not misread.
-	_, err = s.durable.Exec(`UPDATE schema_version SET version = 99`)
-	must(t, err)
-	s.Close()
-	if _, err := Open(path); err == nil || !strings.Contains(err.Error(), "newer") {
-		t.Errorf("Open of a newer schema: %v", err)
-	}
-	// The file really is where the path says (the escaping did not create another one).
-	db, err := sql.Open("sqlite", dsn(path, "NORMAL"))
-	must(t, err)
-	defer db.Close()
-	var n int
-	must(t, db.QueryRow(`SELECT count(*) FROM bounces`).Scan(&n))
-	if n != 1 {
-		t.Errorf("bounces in %s: %d", path, n)
-	}
-}
-
-func TestErrorsAreTemporaryRelayErrors(t *testing.T) {
-	s, _ := openStore(t)
+func contractErrorsAreTemporaryRelayErrors(t *testing.T, bk backend) {
+	s, _ := bk.open(t)
 	s.Close()
 	err := s.RecordBounce(context.Background(), bounce("a@example.net", time.Now()))
 	re, ok := relay.AsError(err)
@@ -395,28 +389,152 @@ func TestErrorsAreTemporaryRelayErrors(t *testing.T) {
 	}
 }
 
-// BenchmarkLogDelivery measures delivery-log upserts from concurrent queue workers (two per message:
-// queued, then delivered).
-func BenchmarkLogDelivery(b *testing.B) {
-	s, _ := openStore(b)
+// contractDeliveryLogGroupCommit: many concurrent writers all get their rows, and the later state of one
+// message (written after the earlier call returned) always wins.
+func contractDeliveryLogGroupCommit(t *testing.T, bk backend) {
+	s, _ := bk.open(t)
 	ctx := context.Background()
-	var mu sync.Mutex
-	seq := 0
-	b.SetParallelism(8)
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			mu.Lock()
-			seq++
-			id := fmt.Sprintf("q%09d", seq/2)
-			mu.Unlock()
-			err := s.LogDelivery(ctx, relay.DeliveryRecord{
-				QueueID: id, MessageID: id + "@example.com", Ticket: "123456", Channel: "Support", Principal: "demo",
-				Recipients: []string{"a@example.net"}, Status: "delivered", Attempts: 1, LastReply: "250 ok",
-			})
-			if err != nil {
-				b.Fatal(err)
+	const writers, each = 32, 20
+	var wg sync.WaitGroup
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				id := fmt.Sprintf("q%02d-%02d", w, i)
+				for _, status := range []string{"queued", "delivered"} {
+					if err := s.LogDelivery(ctx, relay.DeliveryRecord{QueueID: id, Ticket: "T1", Status: status, Time: time.Now()}); err != nil {
+						t.Error(err)
+						return
+					}
+				}
 			}
+		}()
+	}
+	wg.Wait()
+	rs, err := s.Deliveries(ctx, DeliveryFilter{Ticket: "T1", Limit: writers * each * 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rs) != writers*each {
+		t.Fatalf("%d rows, want %d", len(rs), writers*each)
+	}
+	for _, r := range rs {
+		if r.Status != "delivered" {
+			t.Fatalf("%s ended %q, want delivered", r.QueueID, r.Status)
 		}
-	})
+	}
+}
+
+// contractDeliveryLogAfterClose: a write after Close is an error, not a panic or a hang.
+func contractDeliveryLogAfterClose(t *testing.T, bk backend) {
+	s, _ := bk.open(t)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.LogDelivery(context.Background(), relay.DeliveryRecord{QueueID: "x", Time: time.Now()}); err == nil {
+		t.Fatal("LogDelivery after Close succeeded")
+	}
+}
+
+// contractLogDeliveryLater: a row queued without waiting is written, in order with later rows of the
+// same message.
+func contractLogDeliveryLater(t *testing.T, bk backend) {
+	s, _ := bk.open(t)
+	ctx := context.Background()
+	failed := make(chan error, 1)
+	s.LogDeliveryLater(relay.DeliveryRecord{QueueID: "later1", Ticket: "L1", Status: "queued", Time: time.Now()}, func(_ relay.DeliveryRecord, err error) { failed <- err })
+	if err := s.LogDelivery(ctx, relay.DeliveryRecord{QueueID: "later1", Ticket: "L1", Status: "delivered", Time: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	rs, err := s.Deliveries(ctx, DeliveryFilter{Ticket: "L1"})
+	if err != nil || len(rs) != 1 || rs[0].Status != "delivered" {
+		t.Fatalf("rows %+v, %v", rs, err)
+	}
+	select {
+	case err := <-failed:
+		t.Fatalf("queued row failed: %v", err)
+	default:
+	}
+}
+
+// contractSuppressionSeenAcrossStores: the daemon's cached list follows changes made by another process
+// (here a second Store on the same file, as `mailgate bounces remove` is) within suppressionRecheck,
+// and its own writes at once.
+func contractSuppressionSeenAcrossStores(t *testing.T, bk backend) {
+	daemon, another := bk.open(t)
+	cli := another()
+	ctx := context.Background()
+	suppressed := func() bool {
+		_, ok, err := daemon.Suppressed(ctx, "Customer@Example.net")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	if suppressed() {
+		t.Fatal("suppressed before any bounce")
+	}
+	// Written by the daemon itself: seen at once.
+	if err := daemon.RecordBounce(ctx, bounce("customer@example.net", time.Now())); err != nil {
+		t.Fatal(err)
+	}
+	if !suppressed() {
+		t.Fatal("own bounce not seen at once")
+	}
+	// Removed by another process: seen within the recheck interval, not before the cache expires.
+	if _, err := cli.RemoveBounces(ctx, "customer@example.net"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(time.Second)
+	for suppressed() {
+		if time.Now().After(deadline) {
+			t.Fatal("removal by another process never seen")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Added by another process (an SES complaint handled elsewhere): seen too.
+	if err := cli.Suppress(ctx, "customer@example.net", "complaint", "ses_complaint"); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(time.Second)
+	for !suppressed() {
+		if time.Now().After(deadline) {
+			t.Fatal("suppression by another process never seen")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// contractLockRefresh: the lock excludes a second holder of the same key until unlock, and does not
+// hold up another key.
+func contractLockRefresh(t *testing.T, bk backend) {
+	s, _ := bk.open(t)
+	ctx := context.Background()
+	unlock, err := s.LockRefresh(ctx, "oauth/m365")
+	must(t, err)
+	other, err := s.LockRefresh(ctx, "oauth/other")
+	must(t, err)
+	other()
+	waiting, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	if u, err := s.LockRefresh(waiting, "oauth/m365"); err == nil {
+		u()
+		t.Fatal("a second holder got the lock while the first held it")
+	}
+	got := make(chan func(), 1)
+	go func() {
+		u, err := s.LockRefresh(ctx, "oauth/m365")
+		if err != nil {
+			t.Error(err)
+		}
+		got <- u
+	}()
+	unlock()
+	select {
+	case u := <-got:
+		u()
+	case <-time.After(5 * time.Second):
+		t.Fatal("the lock was not handed over after unlock")
+	}
 }
