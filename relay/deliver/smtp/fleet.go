@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/relay"
+	"github.com/mailgate/mailgate/relay/deliver/internal/shaping"
 )
 
 // Fleet keeps an identity's budget where every instance sharing a store sees it (relay/store's
@@ -310,26 +311,13 @@ func (b *budget) waitMessage(ctx context.Context, maxWait time.Duration) (stamp 
 	if b.fleet == nil || limit <= 0 {
 		return b.limits.WaitMessage(ctx, maxWait)
 	}
-	for {
+	return shaping.Wait(ctx, maxWait, func() (bool, int64, time.Duration, error) {
 		g, stamp, wait, err := b.fleet.f.Reserve(ctx, b.fleet.identity, "minute", 1, limit, time.Minute)
 		if err != nil {
-			return 0, 0, false, fleetWindowError(err)
+			return false, 0, 0, fleetWindowError(err)
 		}
-		if g == 1 {
-			return stamp, 0, true, nil
-		}
-		dl, hasDL := ctx.Deadline()
-		if wait > maxWait || (hasDL && time.Now().Add(wait).After(dl)) {
-			return 0, wait, false, nil
-		}
-		timer := time.NewTimer(wait)
-		select {
-		case <-timer.C:
-		case <-ctx.Done():
-			timer.Stop()
-			return 0, 0, false, ctx.Err()
-		}
-	}
+		return g == 1, stamp, wait, nil
+	})
 }
 
 // refund gives back what was reserved for a message that was not sent: rcpts recipients of the day

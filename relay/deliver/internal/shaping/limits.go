@@ -43,11 +43,24 @@ func (l *Limits) ReserveRecipients(n int, now time.Time) (granted int, stamp int
 // past ctx's deadline). A longer wait is not waited: ok is false and wait says how long until room, so
 // the caller defers the message instead of parking a worker. err is ctx's when it ended meanwhile.
 func (l *Limits) WaitMessage(ctx context.Context, maxWait time.Duration) (stamp int64, wait time.Duration, ok bool, err error) {
-	for {
+	return Wait(ctx, maxWait, func() (bool, int64, time.Duration, error) {
 		l.mu.Lock()
+		defer l.mu.Unlock()
 		g, stamp, wait := l.perMinute.Reserve(1, time.Now())
-		l.mu.Unlock()
-		if g == 1 {
+		return g == 1, stamp, wait, nil
+	})
+}
+
+// Wait calls reserve until it admits, sleeping between tries as long as reserve says room takes, up to
+// maxWait (and never past ctx's deadline); a longer wait returns ok false with the wait, for the caller
+// to defer. reserve's error ends the wait; so does ctx's.
+func Wait(ctx context.Context, maxWait time.Duration, reserve func() (admitted bool, stamp int64, wait time.Duration, err error)) (stamp int64, wait time.Duration, ok bool, err error) {
+	for {
+		admitted, stamp, wait, err := reserve()
+		if err != nil {
+			return 0, 0, false, err
+		}
+		if admitted {
 			return stamp, 0, true, nil
 		}
 		dl, hasDL := ctx.Deadline()
