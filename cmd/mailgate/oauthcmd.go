@@ -114,6 +114,7 @@ func cmdOAuth(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	defer d.store.Close()
+	defer d.budgets.Close()
 	resolver, err := newResolver(ctx, cfg)
 	if err != nil {
 		return err

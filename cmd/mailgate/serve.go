@@ -101,6 +101,15 @@ var (
 	_ ses.SendRate      = (*store.Postgres)(nil)
 )
 
+// budgetsFor is the registry of upstream budgets: a shared store keeps the connection slots and rate
+// windows for the whole fleet; otherwise they are this process's.
+func budgetsFor(st store.Store, log *slog.Logger) *smtpdeliver.Budgets {
+	if fleet, ok := st.(smtpdeliver.Fleet); ok {
+		return smtpdeliver.NewFleetBudgets(fleet, smtpdeliver.FleetOptions{Logger: log.With("component", "budgets")})
+	}
+	return smtpdeliver.NewBudgets()
+}
+
 // daemon is the running relay: what lives for the whole process (listeners, spool, store, metrics)
 // and the generation built from the current configuration (rules, transports), swapped on SIGHUP.
 type daemon struct {
@@ -155,12 +164,7 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error
 	}
 	defer st.Close()
 	d.store = st
-	// A shared store keeps the upstream budgets (connection slots, rate windows) for the whole fleet.
-	if fleet, ok := st.(smtpdeliver.Fleet); ok {
-		d.budgets = smtpdeliver.NewFleetBudgets(fleet, smtpdeliver.FleetOptions{Logger: d.log.With("component", "budgets")})
-	} else {
-		d.budgets = smtpdeliver.NewBudgets()
-	}
+	d.budgets = budgetsFor(st, d.log)
 	defer d.budgets.Close()
 
 	gen, err := d.build(ctx, cfg)

@@ -57,6 +57,7 @@ func cmdTestSend(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	defer d.store.Close()
+	defer d.budgets.Close()
 	gen, err := d.build(ctx, cfg)
 	if err != nil {
 		return err
@@ -119,9 +120,7 @@ func commandDaemon(ctx context.Context, env *cliEnv, cfg *config.Config) (*daemo
 	if err != nil {
 		return nil, err
 	}
-	return &daemon{
-		log:     slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-		metrics: metrics.New(prometheus.NewRegistry()),
-		store:   st,
-	}, nil
+	log := slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	// test-send's connection counts against the mailbox's slots like the daemons' (a fleet's too).
+	return &daemon{log: log, metrics: metrics.New(prometheus.NewRegistry()), store: st, budgets: budgetsFor(st, log)}, nil
 }

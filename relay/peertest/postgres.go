@@ -11,7 +11,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -102,6 +101,7 @@ type Proxy struct {
 	target        string
 	mu            sync.Mutex
 	cut           bool
+	stalled       bool // Stall: no byte flows until Restore
 	conns         map[net.Conn]struct{}
 	wg            sync.WaitGroup
 	accepted      int // client connections taken
@@ -159,10 +159,10 @@ func (p *Proxy) Cut() {
 	}
 }
 
-// Restore lets connections through again.
+// Restore lets connections and bytes through again (after Cut or Stall).
 func (p *Proxy) Restore() {
 	p.mu.Lock()
-	p.cut = false
+	p.cut, p.stalled = false, false
 	p.mu.Unlock()
 }
 
@@ -210,10 +210,48 @@ func (p *Proxy) track(c, up net.Conn) bool {
 	return true
 }
 
+// Stall stops every byte in both directions, on open connections and new ones, without closing
+// anything — a network partition, which no RST announces — until Restore.
+func (p *Proxy) Stall() {
+	p.mu.Lock()
+	p.stalled = true
+	p.mu.Unlock()
+}
+
+// flowing waits while the proxy is stalled; false when it was cut meanwhile.
+func (p *Proxy) flowing() bool {
+	for {
+		p.mu.Lock()
+		stalled, cut := p.stalled, p.cut
+		p.mu.Unlock()
+		if cut {
+			return false
+		}
+		if !stalled {
+			return true
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // pipe copies one direction; the first direction to end closes both and counts the pair closed.
 func (p *Proxy) pipe(dst, src net.Conn) {
 	defer p.wg.Done()
-	io.Copy(dst, src)
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if !p.flowing() {
+				break
+			}
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				break
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
 	dst.Close()
 	src.Close()
 	p.mu.Lock()

@@ -114,8 +114,13 @@ func (w *deliveryLogWriter) run() {
 	}
 }
 
+// logWriteTimeout bounds one batch: a database that stops answering (a network partition) must not
+// hold the writer, and every row queued behind it, until TCP gives up.
+const logWriteTimeout = 30 * time.Second
+
 func (w *deliveryLogWriter) write(batch []logRequest) error {
-	ctx := context.Background()
+	ctx, cancel := context.WithTimeout(context.Background(), logWriteTimeout)
+	defer cancel()
 	tx, err := w.db.BeginTx(ctx, nil)
 	if err != nil {
 		return storeErr(err)

@@ -148,16 +148,24 @@ func (s *Postgres) listen(ctx context.Context) {
 }
 
 func (s *Postgres) listenOnce(ctx context.Context) error {
-	conn, err := pgx.ConnectConfig(ctx, s.cfg)
+	// Every step has a deadline: a network that stops answering mid-setup must not hang the listener
+	// (and with it the store's view of the database).
+	setup, cancel := context.WithTimeout(ctx, s.cfg.ConnectTimeout+2*listenerPing)
+	defer cancel()
+	conn, err := pgx.ConnectConfig(setup, s.cfg)
 	if err != nil {
 		return err
 	}
-	defer conn.Close(context.Background())
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.Background(), listenerPing)
+		defer cancel()
+		conn.Close(cctx)
+	}()
 	var schema string
-	if err := conn.QueryRow(ctx, `SELECT current_schema()`).Scan(&schema); err != nil {
+	if err := conn.QueryRow(setup, `SELECT current_schema()`).Scan(&schema); err != nil {
 		return err
 	}
-	if _, err := conn.Exec(ctx, "LISTEN "+suppressionChannel); err != nil {
+	if _, err := conn.Exec(setup, "LISTEN "+suppressionChannel); err != nil {
 		return err
 	}
 	s.suppressions.invalidate()

@@ -269,3 +269,29 @@ func TestPostgresLockRefreshAcrossInstances(t *testing.T) {
 	}
 	u()
 }
+
+// TestPostgresPartition: the database stops answering without closing anything (a partition, no RST).
+// The store notices within a few seconds (its listener pings), from then on answers suppression
+// lookups with 451 at once instead of waiting out a connection, and recovers when the network does.
+func TestPostgresPartition(t *testing.T) {
+	dsn := peertest.PostgresSchema(t)
+	proxy := peertest.PostgresProxy(t)
+	s := openPostgres(t, strings.Replace(dsn, peertest.PostgresAddr, proxy.Addr(), 1))
+	ctx := context.Background()
+	must(t, s.RecordBounce(ctx, bounce("p@example.net", time.Now())))
+	proxy.Stall()
+	waitUntil(t, "the partition noticed", 15*time.Second, func() bool { return s.Unavailable() != nil })
+	began := time.Now()
+	_, ok, err := s.Suppressed(ctx, "p@example.net")
+	if re, isRelay := relay.AsError(err); !isRelay || re.Code != 451 || ok {
+		t.Fatalf("lookup during the partition: %v %v, want 451", ok, err)
+	}
+	if d := time.Since(began); d > time.Second {
+		t.Errorf("a lookup during a known partition took %v", d)
+	}
+	proxy.Restore()
+	waitUntil(t, "recovery after the partition", 20*time.Second, func() bool {
+		_, ok, err := s.Suppressed(ctx, "p@example.net")
+		return err == nil && ok
+	})
+}

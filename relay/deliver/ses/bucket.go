@@ -52,7 +52,11 @@ func (b *bucket) cancel(n float64) {
 
 // wait blocks until n tokens are available or ctx ends.
 func (b *bucket) wait(ctx context.Context, n float64) error {
-	d := b.reserve(time.Now(), n)
+	return pace(ctx, b.reserve(time.Now(), n), func() { b.cancel(n) })
+}
+
+// pace waits d (the debt a reservation left) unless ctx ends first; then giveBack returns the tokens.
+func pace(ctx context.Context, d time.Duration, giveBack func()) error {
 	if d <= 0 {
 		return nil
 	}
@@ -62,7 +66,7 @@ func (b *bucket) wait(ctx context.Context, n float64) error {
 	case <-timer.C:
 		return nil
 	case <-ctx.Done():
-		b.cancel(n)
+		giveBack()
 		return ctx.Err()
 	}
 }
@@ -96,18 +100,12 @@ type fleetBucket struct {
 func (f *fleetBucket) wait(ctx context.Context, n float64) error {
 	burst := math.Max(1, f.per)
 	d, err := f.rate.ReserveRate(ctx, f.key, n, f.per, burst)
-	if err != nil || d <= 0 {
+	if err != nil {
 		return err
 	}
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-	select {
-	case <-timer.C:
-		return nil
-	case <-ctx.Done():
+	return pace(ctx, d, func() {
 		gctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		_, _ = f.rate.ReserveRate(gctx, f.key, -n, f.per, burst)
-		return ctx.Err()
-	}
+	})
 }
