@@ -455,3 +455,41 @@ func TestAdminEndpoints(t *testing.T) {
 		t.Errorf("/healthz = %q", h)
 	}
 }
+
+// TestConfigExamples: each focused example in examples/config is a valid configuration once the files it
+// names under /etc/mailgate exist (as they would on a server) — check-config passes on every one.
+func TestConfigExamples(t *testing.T) {
+	files, err := filepath.Glob("../../examples/config/*.yaml")
+	if err != nil || len(files) < 4 {
+		t.Fatalf("examples %v %v", files, err)
+	}
+	in := newInstance(t, sinkChannels("127.0.0.1:1"))
+	cert := peertest.SelfSignedCert(t)
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			example, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			etc := t.TempDir()
+			for name, content := range map[string]string{"tls/cert.pem": readFile(t, cert.CertFile), "tls/key.pem": readFile(t, cert.KeyFile),
+				"m365-app.pem": readFile(t, cert.CertFile), "secrets/m365-app.key": readFile(t, cert.KeyFile),
+				"secrets/m365-client-secret": "client-secret\n", "admin.token": "0123456789abcdef0123456789abcdef\n"} {
+				p := filepath.Join(etc, name)
+				if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			file := filepath.Join(etc, "mailgate.yaml")
+			if err := os.WriteFile(file, []byte(strings.ReplaceAll(string(example), "/etc/mailgate/", etc+"/")), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if out, code := in.mailgate("check-config", file); code != 0 || !strings.Contains(out, ": ok") {
+				t.Fatalf("check-config: exit %d\n%s", code, out)
+			}
+		})
+	}
+}
