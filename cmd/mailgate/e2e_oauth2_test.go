@@ -397,8 +397,9 @@ func TestOAuthAuthorizationCodePasted(t *testing.T) {
 	// Before sign-in, status says what to do.
 	out, code = runBounded(t, 30*time.Second, in.extraEnv, "", "oauth", "status", "--config", in.config)
 	outputs["oauth status (before)"] = out
-	if code != 0 || !strings.Contains(out, "oauth authorize --server m365") || !strings.Contains(out, "false") {
-		t.Errorf("oauth status before sign-in: exit %d, want unhealthy with the authorize remedy\n%s", code, out)
+	if code != 1 || !strings.Contains(out, "oauth authorize --server m365") || !strings.Contains(out, "false") ||
+		!strings.Contains(out, "1 of 1 credential(s) unhealthy") {
+		t.Errorf("oauth status before sign-in: exit %d, want 1, unhealthy with the authorize remedy\n%s", code, out)
 	}
 
 	out, code = authorizePaste(t, in, "m365")

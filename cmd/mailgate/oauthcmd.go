@@ -147,11 +147,22 @@ func cmdOAuth(ctx context.Context, env *cliEnv, args []string) error {
 	if sub == "status" {
 		w := tabwriter.NewWriter(env.stdout, 2, 4, 2, ' ', 0)
 		fmt.Fprintln(w, "SERVER\tFLOW\tMAILBOX\tHEALTHY\tVALID-UNTIL\tLAST-REFRESH\tLAST-ERROR\tREMEDY")
+		unhealthy := 0
 		for _, n := range names {
 			s := sources[n].Check(ctx)
+			if !s.Healthy {
+				unhealthy++
+			}
 			fmt.Fprintf(w, "%s\t%s\t%s\t%v\t%s\t%s\t%s\t%s\n", s.Server, s.Flow, s.Mailbox, s.Healthy, fmtTime(s.ValidUntil), fmtTime(s.LastRefresh), oneLine(s.LastError), s.Remedy)
 		}
-		return w.Flush()
+		if err := w.Flush(); err != nil {
+			return err
+		}
+		if unhealthy > 0 {
+			// A monitoring script or an operator's shell sees it without parsing the table.
+			return &exitError{code: 1, msg: fmt.Sprintf("mailgate oauth status: %d of %d credential(s) unhealthy", unhealthy, len(names))}
+		}
+		return nil
 	}
 	src, ok := sources[*server]
 	if !ok {
