@@ -194,6 +194,19 @@ type DeliveryRecord struct {
 	Attempts   int
 	LastReply  string
 	Time       time.Time
+	// States is where each recipient stands (the log keeps a row per recipient, so a mixed outcome
+	// shows who got the message and who did not); empty in records written before it existed.
+	States []RecipientState
+}
+
+// RecipientState is one recipient's line of the delivery log.
+type RecipientState struct {
+	Address  string
+	Status   string // pending (queued or deferred), delivered, bounced
+	Code     int    // the reply code of a bounce or deferral (0: none yet)
+	Enhanced EnhancedCode
+	Reply    string // the upstream's answer: delivery reply, bounce diagnostic or last deferral
+	Time     time.Time
 }
 
 // Envelope is what the queue keeps beside a message body: where it goes, how, and on whose behalf.

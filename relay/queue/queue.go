@@ -491,7 +491,27 @@ func (q *Queue) deliveryRecord(e *Entry, status, reply string) relay.DeliveryRec
 		Attempts:   e.Attempts,
 		LastReply:  reply,
 		Time:       time.Now().UTC(),
+		States:     recipientStates(e, status),
 	}
+}
+
+// recipientStates are e's recipients as the delivery log's per-recipient rows: delivered and bounced
+// ones with their answer, pending ones with the last deferral (or "dropped" when the operator dropped
+// the message).
+func recipientStates(e *Entry, status string) []relay.RecipientState {
+	out := make([]relay.RecipientState, 0, len(e.Recipients))
+	for _, r := range e.Recipients {
+		st := relay.RecipientState{Address: r.Address, Status: string(r.Status), Code: r.Code, Enhanced: r.Enhanced,
+			Reply: r.Diagnostic, Time: r.Time}
+		if r.Status == Pending {
+			st.Reply = e.LastError
+			if status == "dropped" {
+				st.Status, st.Reply = "dropped", "dropped by operator"
+			}
+		}
+		out = append(out, st)
+	}
+	return out
 }
 
 // logDelivery records e's state in the delivery log. When the log can take the row without a wait it

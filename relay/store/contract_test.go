@@ -67,6 +67,7 @@ func TestContract(t *testing.T) {
 		{"DeliveryLogGroupCommit", contractDeliveryLogGroupCommit},
 		{"DeliveryLogAfterClose", contractDeliveryLogAfterClose},
 		{"LogDeliveryLater", contractLogDeliveryLater},
+		{"DeliveryRecipients", contractDeliveryRecipients},
 		{"SuppressionSeenAcrossStores", contractSuppressionSeenAcrossStores},
 		{"LockRefresh", contractLockRefresh},
 	}
@@ -536,5 +537,72 @@ func contractLockRefresh(t *testing.T, bk backend) {
 		u()
 	case <-time.After(5 * time.Second):
 		t.Fatal("the lock was not handed over after unlock")
+	}
+}
+
+// contractDeliveryRecipients: the log keeps a row per recipient — a mixed outcome shows who got the
+// message — and searches by recipient (any case), by a recipient's or the message's status, and by time.
+func contractDeliveryRecipients(t *testing.T, bk backend) {
+	s, _ := bk.open(t)
+	ctx := context.Background()
+	t0 := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	mixed := relay.DeliveryRecord{QueueID: "mix1", Ticket: "77", Channel: "Support", Principal: "alice",
+		Recipients: []string{"Got@Example.net", "gone@example.net"}, Status: "partial", Attempts: 1, Time: t0,
+		States: []relay.RecipientState{
+			{Address: "Got@Example.net", Status: "delivered", Reply: "250 2.0.0 ok", Time: t0},
+			{Address: "gone@example.net", Status: "bounced", Code: 550, Enhanced: "5.1.1", Reply: "no such user", Time: t0},
+		}}
+	other := relay.DeliveryRecord{QueueID: "mix2", Ticket: "78", Channel: "Support", Principal: "alice",
+		Recipients: []string{"late@example.net"}, Status: "deferred", Attempts: 2, Time: t0.Add(time.Hour),
+		States: []relay.RecipientState{{Address: "late@example.net", Status: "pending", Code: 451, Enhanced: "4.4.1", Reply: "try later"}}}
+	for _, r := range []relay.DeliveryRecord{mixed, other} {
+		if err := s.LogDelivery(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := s.Deliveries(ctx, DeliveryFilter{Rcpt: "GOT@example.net"})
+	if err != nil || len(got) != 1 || got[0].QueueID != "mix1" || len(got[0].States) != 2 {
+		t.Fatalf("rcpt search: %+v %v", got, err)
+	}
+	for _, st := range got[0].States {
+		switch st.Address {
+		case "Got@Example.net":
+			if st.Status != "delivered" || st.Reply != "250 2.0.0 ok" {
+				t.Errorf("delivered row %+v", st)
+			}
+		case "gone@example.net":
+			if st.Status != "bounced" || st.Code != 550 || st.Enhanced != "5.1.1" || !st.Time.Equal(t0) {
+				t.Errorf("bounced row %+v", st)
+			}
+		default:
+			t.Errorf("unexpected row %+v", st)
+		}
+	}
+	if got, _ := s.Deliveries(ctx, DeliveryFilter{Status: "bounced"}); len(got) != 1 || got[0].QueueID != "mix1" {
+		t.Errorf("status=bounced (a recipient's status) found %+v", got)
+	}
+	if got, _ := s.Deliveries(ctx, DeliveryFilter{Status: "deferred"}); len(got) != 1 || got[0].QueueID != "mix2" {
+		t.Errorf("status=deferred (the message's status) found %+v", got)
+	}
+	if got, _ := s.Deliveries(ctx, DeliveryFilter{Since: t0.Add(30 * time.Minute)}); len(got) != 1 || got[0].QueueID != "mix2" {
+		t.Errorf("since found %+v", got)
+	}
+	if got, _ := s.Deliveries(ctx, DeliveryFilter{Until: t0.Add(30 * time.Minute)}); len(got) != 1 || got[0].QueueID != "mix1" {
+		t.Errorf("until found %+v", got)
+	}
+	// A later state of the message replaces its recipients' rows.
+	mixed.States[1] = relay.RecipientState{Address: "GONE@example.net", Status: "delivered", Reply: "250 late"}
+	mixed.Time = t0.Add(2 * time.Hour)
+	if err := s.LogDelivery(ctx, mixed); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = s.Deliveries(ctx, DeliveryFilter{Rcpt: "gone@example.net"})
+	if len(got) != 1 || len(got[0].States) != 2 {
+		t.Fatalf("after the update: %+v", got)
+	}
+	for _, st := range got[0].States {
+		if st.Status != "delivered" {
+			t.Errorf("row not updated: %+v", st)
+		}
 	}
 }

@@ -20,6 +20,14 @@ const upsertDelivery = `INSERT INTO deliveries
 		principal = excluded.principal, agent = excluded.agent, recipients = excluded.recipients, status = excluded.status,
 		attempts = excluded.attempts, last_reply = excluded.last_reply, time_ms = excluded.time_ms`
 
+// upsertRecipient keeps one row per recipient of a queued message: its latest state.
+const upsertRecipient = `INSERT INTO delivery_recipients
+	(queue_id, address, address_key, status, code, enhanced, reply, time_ms)
+	VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+	ON CONFLICT (queue_id, address_key) DO UPDATE SET
+		address = excluded.address, status = excluded.status, code = excluded.code,
+		enhanced = excluded.enhanced, reply = excluded.reply, time_ms = excluded.time_ms`
+
 // maxLogBatch bounds one transaction of the delivery log writer.
 const maxLogBatch = 256
 
@@ -41,7 +49,8 @@ type deliveryLogWriter struct {
 	db *sql.DB
 	// upsert is prepared once: parsing the statement for every transaction was most of the writer's
 	// cost. The writer pool has one connection, so each transaction reuses it as is.
-	upsert *sql.Stmt
+	upsert     *sql.Stmt
+	upsertRcpt *sql.Stmt
 	reqs   chan logRequest
 	done   chan struct{}
 	// mu guards closed: senders hold it shared while they enqueue, close takes it exclusively, so no
@@ -63,7 +72,12 @@ func newDeliveryLogWriter(db *sql.DB) (*deliveryLogWriter, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &deliveryLogWriter{db: db, upsert: upsert, reqs: make(chan logRequest, maxLogBatch), done: make(chan struct{})}
+	upsertRcpt, err := db.Prepare(upsertRecipient)
+	if err != nil {
+		upsert.Close()
+		return nil, err
+	}
+	w := &deliveryLogWriter{db: db, upsert: upsert, upsertRcpt: upsertRcpt, reqs: make(chan logRequest, maxLogBatch), done: make(chan struct{})}
 	go w.run()
 	return w, nil
 }
@@ -126,6 +140,7 @@ func (w *deliveryLogWriter) write(batch []logRequest) error {
 		return storeErr(err)
 	}
 	stmt := tx.StmtContext(ctx, w.upsert)
+	rstmt := tx.StmtContext(ctx, w.upsertRcpt)
 	// A message's rows in one batch become one upsert: its last row, created when its first was.
 	last := make(map[string]int, len(batch))
 	created := make(map[string]int64, len(batch))
@@ -150,6 +165,17 @@ func (w *deliveryLogWriter) write(batch []logRequest) error {
 			_ = tx.Rollback()
 			return storeErr(err)
 		}
+		for _, st := range r.States {
+			when := st.Time
+			if when.IsZero() {
+				when = r.Time
+			}
+			if _, err := rstmt.ExecContext(ctx, r.QueueID, st.Address, addressKey(st.Address), st.Status, st.Code,
+				string(st.Enhanced), st.Reply, ms(when)); err != nil {
+				_ = tx.Rollback()
+				return storeErr(err)
+			}
+		}
 	}
 	return storeErr(tx.Commit())
 }
@@ -163,7 +189,7 @@ func (w *deliveryLogWriter) close() error {
 	}
 	w.mu.Unlock()
 	<-w.done
-	return w.upsert.Close()
+	return errors.Join(w.upsert.Close(), w.upsertRcpt.Close())
 }
 
 // enqueue hands a request to the writer, unless the store is closed.

@@ -209,5 +209,18 @@ func migrations() []string {
 	ALTER TABLE bounces ADD COLUMN suppressed INTEGER NOT NULL DEFAULT 1;`,
 		// 4: the delivery log names the agent a service principal sent for.
 		`ALTER TABLE deliveries ADD COLUMN agent TEXT NOT NULL DEFAULT '';`,
+		// 5: the delivery log keeps a row per recipient, searchable by address.
+		`CREATE TABLE delivery_recipients (
+		queue_id    TEXT    NOT NULL,
+		address     TEXT    NOT NULL,
+		address_key TEXT    NOT NULL,
+		status      TEXT    NOT NULL,
+		code        INTEGER NOT NULL,
+		enhanced    TEXT    NOT NULL,
+		reply       TEXT    NOT NULL,
+		time_ms     INTEGER NOT NULL,
+		PRIMARY KEY (queue_id, address_key)
+	);
+	CREATE INDEX delivery_recipients_address ON delivery_recipients(address_key, time_ms);`,
 	}
 }

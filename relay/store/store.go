@@ -112,7 +112,11 @@ type DeliveryFilter struct {
 	Ticket    string // the seed's "title=" search
 	QueueID   string
 	MessageID string // without angle brackets
-	Limit     int
+	Rcpt      string // a recipient of the message (any case)
+	// Status matches the message's status or any of its recipients'.
+	Status       string
+	Since, Until time.Time // the latest update within [Since, Until]; zero: open
+	Limit        int
 }
 
 func storeErr(err error) error {

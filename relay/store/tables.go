@@ -190,16 +190,31 @@ func (s *tables) RemoveBounces(ctx context.Context, addr string) (int, error) {
 // Deliveries searches the delivery log, most recently updated first.
 func (s *tables) Deliveries(ctx context.Context, f DeliveryFilter) ([]relay.DeliveryRecord, error) {
 	q := `SELECT queue_id, message_id, ticket, channel, principal, agent, recipients, status, attempts, last_reply, time_ms
-		FROM deliveries WHERE 1=1`
+		FROM deliveries d WHERE 1=1`
 	var args []any
+	arg := func(v any) string {
+		args = append(args, v)
+		return fmt.Sprintf("$%d", len(args))
+	}
 	for _, c := range []struct{ col, v string }{{"ticket", f.Ticket}, {"queue_id", f.QueueID}, {"message_id", strings.Trim(f.MessageID, "<>")}} {
 		if c.v != "" {
-			args = append(args, c.v)
-			q += fmt.Sprintf(" AND %s = $%d", c.col, len(args))
+			q += " AND " + c.col + " = " + arg(c.v)
 		}
 	}
-	args = append(args, limit(f.Limit))
-	q += fmt.Sprintf(" ORDER BY time_ms DESC, queue_id DESC LIMIT $%d", len(args))
+	if f.Rcpt != "" {
+		q += " AND EXISTS (SELECT 1 FROM delivery_recipients r WHERE r.queue_id = d.queue_id AND r.address_key = " + arg(addressKey(f.Rcpt)) + ")"
+	}
+	if f.Status != "" {
+		p := arg(f.Status)
+		q += " AND (status = " + p + " OR EXISTS (SELECT 1 FROM delivery_recipients r WHERE r.queue_id = d.queue_id AND r.status = " + p + "))"
+	}
+	if !f.Since.IsZero() {
+		q += " AND time_ms >= " + arg(f.Since.UnixMilli())
+	}
+	if !f.Until.IsZero() {
+		q += " AND time_ms <= " + arg(f.Until.UnixMilli())
+	}
+	q += " ORDER BY time_ms DESC, queue_id DESC LIMIT " + arg(limit(f.Limit))
 	rows, err := s.read.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, storeErr(err)
@@ -220,7 +235,44 @@ func (s *tables) Deliveries(ctx context.Context, f DeliveryFilter) ([]relay.Deli
 		r.Time = fromMS(t)
 		out = append(out, r)
 	}
-	return out, storeErr(rows.Err())
+	if err := rows.Err(); err != nil {
+		return nil, storeErr(err)
+	}
+	return out, s.recipientStates(ctx, out)
+}
+
+// recipientStates fills in each record's per-recipient rows, in one query for all of them.
+func (s *tables) recipientStates(ctx context.Context, recs []relay.DeliveryRecord) error {
+	if len(recs) == 0 {
+		return nil
+	}
+	at := make(map[string]int, len(recs))
+	var marks []string
+	var args []any
+	for i, r := range recs {
+		at[r.QueueID] = i
+		args = append(args, r.QueueID)
+		marks = append(marks, fmt.Sprintf("$%d", len(args)))
+	}
+	rows, err := s.read.QueryContext(ctx, `SELECT queue_id, address, status, code, enhanced, reply, time_ms
+		FROM delivery_recipients WHERE queue_id IN (`+strings.Join(marks, ", ")+`) ORDER BY queue_id, address_key`, args...)
+	if err != nil {
+		return storeErr(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id, enh string
+		var st relay.RecipientState
+		var t int64
+		if err := rows.Scan(&id, &st.Address, &st.Status, &st.Code, &enh, &st.Reply, &t); err != nil {
+			return storeErr(err)
+		}
+		st.Enhanced, st.Time = relay.EnhancedCode(enh), fromMS(t)
+		if i, ok := at[id]; ok {
+			recs[i].States = append(recs[i].States, st)
+		}
+	}
+	return storeErr(rows.Err())
 }
 
 // PutSecret stores a sealed (already encrypted) secret under key, replacing any previous value: a
