@@ -51,8 +51,8 @@ type deliveryLogWriter struct {
 	// cost. The writer pool has one connection, so each transaction reuses it as is.
 	upsert     *sql.Stmt
 	upsertRcpt *sql.Stmt
-	reqs   chan logRequest
-	done   chan struct{}
+	reqs       chan logRequest
+	done       chan struct{}
 	// mu guards closed: senders hold it shared while they enqueue, close takes it exclusively, so no
 	// request is ever sent on the closed channel.
 	mu     sync.RWMutex
