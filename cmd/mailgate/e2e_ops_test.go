@@ -493,10 +493,16 @@ func TestQueueRetryDropThroughAdmin(t *testing.T) {
 	if strings.Contains(out, drop) {
 		t.Errorf("log search title=880001 shows the other message:\n%s", out)
 	}
+	// One line per recipient, searchable by the recipient and by status.
+	out, _ = in.mailgate("log", "search", "--config", in.config, "rcpt=KEEP@example.net", "status=delivered", "since=1h")
+	if !regexp.MustCompile(keep+`.*keep@example\.net\s+delivered\s`).MatchString(out) || strings.Contains(out, drop) {
+		t.Errorf("log search rcpt= status= since=:\n%s", out)
+	}
 	out, _ = in.mailgate("log", "search", "--config", in.config, "--json", "title=880001")
 	var records []map[string]any
 	if err := json.Unmarshal([]byte(out), &records); err != nil || len(records) != 1 || records[0]["queue_id"] != keep ||
-		records[0]["ticket"] != "880001" || records[0]["status"] != "delivered" {
+		records[0]["ticket"] != "880001" || records[0]["status"] != "delivered" ||
+		!strings.Contains(fmt.Sprint(records[0]["recipients"]), "address:keep@example.net") {
 		t.Errorf("log search --json: %v\n%s", err, out)
 	}
 	out, _ = in.mailgate("log", "search", "--config", in.config, "title=880002")

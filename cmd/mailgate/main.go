@@ -59,7 +59,7 @@ func commands() map[string]command {
 			usage: "mailgate queue list | summary | show ID | retry|drop|hold|release [ID…] | flush  [--channel C] [--transport T] [--rcpt ADDR] [--older-than D] [--json]"},
 		"drain": {summary: "stop a running instance's intake and wait until its queue is delivered (rolling restarts)", run: cmdDrain},
 		"log": {summary: "search the delivery log (log search title=123456)", run: cmdLog,
-			usage: "mailgate log search title=TICKET | id=QUEUEID | message-id=ID"},
+			usage: "mailgate log search [title=|ticket=TICKET] [id=QUEUEID] [message-id=ID] [rcpt=ADDR] [status=S] [since=T] [until=T] [--json]"},
 		"preview": {summary: "print the message a channel would compose", run: cmdPreview},
 		"secret": {summary: "encrypt a secret into a reference, or make a local keyring", run: cmdSecret,
 			usage: "mailgate secret encrypt (--kms KEY | --local KEYRING) < secret-file | keygen"},

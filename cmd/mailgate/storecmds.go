@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -13,6 +15,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/mailgate/mailgate/config"
+	"github.com/mailgate/mailgate/relay"
 	"github.com/mailgate/mailgate/relay/store"
 )
 
@@ -127,27 +130,40 @@ func cmdLog(ctx context.Context, env *cliEnv, args []string) error {
 	if len(args) == 0 || args[0] != "search" {
 		return usageError("log", args)
 	}
-	fs := newFlags(env, "log search", "title=TICKET | id=QUEUEID | message-id=ID")
+	fs := newFlags(env, "log search", "title=TICKET | ticket=TICKET | id=QUEUEID | message-id=ID | rcpt=ADDR | status=S | since=T | until=T")
 	cfg := fs.String("config", "", "configuration file (default: the development default)")
 	dataDir := fs.String("data-dir", "mailgate-data", "data directory of the development default")
-	limit := fs.Int("limit", 100, "at most this many")
+	limit := fs.Int("limit", 100, "at most this many messages")
 	asJSON := fs.Bool("json", false, "print a JSON array")
 	queries, err := parseArgs(fs, args[1:])
 	if err != nil {
 		return err
 	}
 	f := store.DeliveryFilter{Limit: *limit}
+	now := time.Now()
 	for _, q := range queries {
 		k, v, ok := strings.Cut(q, "=")
+		var terr error
 		switch {
-		case ok && k == "title":
+		case ok && (k == "title" || k == "ticket"):
 			f.Ticket = v
 		case ok && k == "id":
 			f.QueueID = v
 		case ok && k == "message-id":
 			f.MessageID = strings.Trim(v, "<>")
+		case ok && k == "rcpt":
+			f.Rcpt = v
+		case ok && k == "status":
+			f.Status = v
+		case ok && k == "since":
+			f.Since, terr = logTime(v, now)
+		case ok && k == "until":
+			f.Until, terr = logTime(v, now)
 		default:
-			return &exitError{code: 2, msg: fmt.Sprintf("mailgate log search: unknown query %q (title=TICKET, id=QUEUEID, message-id=ID)", q)}
+			return &exitError{code: 2, msg: fmt.Sprintf("mailgate log search: unknown query %q (title=, ticket=, id=, message-id=, rcpt=, status=, since=, until=)", q)}
+		}
+		if terr != nil {
+			return &exitError{code: 2, msg: fmt.Sprintf("mailgate log search: %s: %v (an RFC 3339 time, a date 2026-11-27, or a duration before now such as 24h)", q, terr)}
 		}
 	}
 	st, err := openStore(ctx, *cfg, *dataDir)
@@ -162,17 +178,47 @@ func cmdLog(ctx context.Context, env *cliEnv, args []string) error {
 	if *asJSON {
 		return writeJSON(env.stdout, mapRows(rs, deliveryView))
 	}
+	// One line per recipient: a mixed outcome shows who got the message and who did not.
 	w := tabwriter.NewWriter(env.stdout, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "TIME\tQUEUE-ID\tTICKET\tCHANNEL\tPRINCIPAL\tAGENT\tSTATUS\tATTEMPTS\tRECIPIENTS\tLAST-REPLY")
+	fmt.Fprintln(w, "TIME\tQUEUE-ID\tTICKET\tCHANNEL\tPRINCIPAL\tAGENT\tRECIPIENT\tSTATUS\tATTEMPTS\tREPLY")
 	for _, r := range rs {
 		agent := r.Agent
 		if agent == "" {
 			agent = "-"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", r.Time.UTC().Format(time.RFC3339), r.QueueID, r.Ticket, r.Channel,
-			r.Principal, agent, r.Status, r.Attempts, strings.Join(r.Recipients, ","), oneLine(r.LastReply))
+		states := r.States
+		if len(states) == 0 { // a record from before the per-recipient log
+			states = []relay.RecipientState{{Address: strings.Join(r.Recipients, ","), Status: r.Status, Reply: r.LastReply, Time: r.Time}}
+		}
+		for _, st := range states {
+			when := st.Time
+			if when.IsZero() {
+				when = r.Time
+			}
+			reply := st.Reply
+			if st.Code != 0 && !strings.HasPrefix(reply, strconv.Itoa(st.Code)) {
+				reply = fmt.Sprintf("%d %s %s", st.Code, st.Enhanced, reply)
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", when.UTC().Format(time.RFC3339), r.QueueID, r.Ticket, r.Channel,
+				r.Principal, agent, st.Address, st.Status, r.Attempts, oneLine(reply))
+		}
 	}
 	return w.Flush()
+}
+
+// logTime reads a log search bound: an RFC 3339 time, a date (midnight UTC), or a duration before now.
+func logTime(v string, now time.Time) (time.Time, error) {
+	if t, err := time.Parse(time.RFC3339, v); err == nil {
+		return t, nil
+	}
+	if t, err := time.Parse("2006-01-02", v); err == nil {
+		return t, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return time.Time{}, errors.New("not a time")
+	}
+	return now.Add(-d), nil
 }
 
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }

@@ -396,3 +396,46 @@ func TestBounceRecordRetried(t *testing.T) {
 		t.Fatalf("%d bounce records, want 1", len(bs))
 	}
 }
+
+// TestDeliveryLogPerRecipient: a message to a good and a bad address ends "partial" in the delivery log
+// with a row per recipient — who got it, who bounced and why — found by either address.
+func TestDeliveryLogPerRecipient(t *testing.T) {
+	peer := peertest.NodeSMTPServer(t, peertest.NodeSMTPOptions{Rules: nodeRules})
+	var st store.Store
+	r := newRig(t, peer, func(o *queue.Options) { st = o.Bounces.(store.Store); o.DeliveryLog = st })
+	good := r.innocent()
+	d, err := r.q.Create()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(d, "From: <support@example.com>\r\nTo: <%s>\r\nSubject: two\r\n\r\nHello.\r\n", good)
+	id, err := d.Commit(context.Background(), relay.Envelope{Channel: "Support", Transport: "upstream", MailFrom: "support@example.com",
+		Recipients: []string{good, "nosuchuser@example.net"}, Ticket: "424242", Received: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.waitGone(t, id)
+	var recs []relay.DeliveryRecord
+	waitUntil(t, "the per-recipient log rows", func() bool {
+		recs, _ = st.Deliveries(context.Background(), store.DeliveryFilter{Rcpt: "NoSuchUser@example.net"})
+		return len(recs) == 1 && recs[0].Status == "partial"
+	})
+	if len(recs[0].States) != 2 {
+		t.Fatalf("states %+v", recs[0].States)
+	}
+	for _, s := range recs[0].States {
+		switch s.Address {
+		case good:
+			if s.Status != "delivered" || !strings.HasPrefix(s.Reply, "250") {
+				t.Errorf("good recipient %+v", s)
+			}
+		case "nosuchuser@example.net":
+			if s.Status != "bounced" || s.Code != 550 || s.Enhanced != "5.1.1" {
+				t.Errorf("bad recipient %+v", s)
+			}
+		}
+	}
+	if byGood, _ := st.Deliveries(context.Background(), store.DeliveryFilter{Rcpt: good}); len(byGood) != 1 || byGood[0].QueueID != id {
+		t.Errorf("search by the delivered address: %+v", byGood)
+	}
+}
