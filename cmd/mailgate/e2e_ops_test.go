@@ -498,6 +498,19 @@ func TestQueueRetryDropThroughAdmin(t *testing.T) {
 	if !regexp.MustCompile(keep+`.*keep@example\.net\s+delivered\s`).MatchString(out) || strings.Contains(out, drop) {
 		t.Errorf("log search rcpt= status= since=:\n%s", out)
 	}
+	// The read-only endpoint agent applications ask "what happened to ticket N": token required.
+	if code, _ := adminRequest(t, "GET", "http://"+in.admin+"/deliveries?ticket=880001", "", ""); code != http.StatusUnauthorized {
+		t.Errorf("GET /deliveries without the token: %d, want 401", code)
+	}
+	if code, body := adminRequest(t, "GET", "http://"+in.admin+"/deliveries", "", in.token); code != http.StatusBadRequest {
+		t.Errorf("GET /deliveries without a selector: %d %s, want 400", code, body)
+	}
+	code, body := adminRequest(t, "GET", "http://"+in.admin+"/deliveries?ticket=880001", "", in.token)
+	var answered []map[string]any
+	if err := json.Unmarshal([]byte(body), &answered); code != http.StatusOK || err != nil || len(answered) != 1 ||
+		answered[0]["queue_id"] != keep || answered[0]["status"] != "delivered" {
+		t.Errorf("GET /deliveries?ticket=880001: %d %v\n%s", code, err, body)
+	}
 	out, _ = in.mailgate("log", "search", "--config", in.config, "--json", "title=880001")
 	var records []map[string]any
 	if err := json.Unmarshal([]byte(out), &records); err != nil || len(records) != 1 || records[0]["queue_id"] != keep ||

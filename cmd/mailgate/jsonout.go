@@ -34,48 +34,6 @@ func bounceView(b relay.Bounce) bounceJSON {
 		MessageID: b.MessageID, Ticket: b.Ticket, QueueID: b.QueueID, Diagnostic: b.Diagnostic}
 }
 
-type deliveryJSON struct {
-	Time       string                  `json:"time"`
-	QueueID    string                  `json:"queue_id"`
-	MessageID  string                  `json:"message_id"`
-	Ticket     string                  `json:"ticket"`
-	Channel    string                  `json:"channel"`
-	Principal  string                  `json:"principal"`
-	Agent      string                  `json:"agent,omitempty"`
-	Status     string                  `json:"status"`
-	Attempts   int                     `json:"attempts"`
-	LastReply  string                  `json:"last_reply"`
-	Recipients []deliveryRecipientJSON `json:"recipients"`
-}
-
-type deliveryRecipientJSON struct {
-	Address  string `json:"address"`
-	Status   string `json:"status"`
-	Code     int    `json:"code,omitempty"`
-	Enhanced string `json:"enhanced_code,omitempty"`
-	Reply    string `json:"reply,omitempty"`
-	Time     string `json:"time,omitempty"`
-}
-
-func deliveryView(r relay.DeliveryRecord) deliveryJSON {
-	v := deliveryJSON{Time: r.Time.UTC().Format(time.RFC3339), QueueID: r.QueueID, MessageID: r.MessageID,
-		Ticket: r.Ticket, Channel: r.Channel, Principal: r.Principal, Agent: r.Agent, Status: r.Status,
-		Attempts: r.Attempts, LastReply: r.LastReply, Recipients: []deliveryRecipientJSON{}}
-	for _, st := range r.States {
-		rj := deliveryRecipientJSON{Address: st.Address, Status: st.Status, Code: st.Code, Enhanced: string(st.Enhanced), Reply: st.Reply}
-		if !st.Time.IsZero() {
-			rj.Time = st.Time.UTC().Format(time.RFC3339)
-		}
-		v.Recipients = append(v.Recipients, rj)
-	}
-	if len(r.States) == 0 { // a record from before the per-recipient log
-		for _, a := range r.Recipients {
-			v.Recipients = append(v.Recipients, deliveryRecipientJSON{Address: a, Status: r.Status})
-		}
-	}
-	return v
-}
-
 type queueRecipientJSON struct {
 	Address    string `json:"address"`
 	Status     string `json:"status"`

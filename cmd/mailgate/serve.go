@@ -228,7 +228,7 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error
 	defer stopIntake()
 	var draining atomic.Bool
 	d.admin = admin.New(admin.Options{Gatherer: reg, Logger: d.log.With("component", "admin"), Token: token,
-		AllowedHosts: cfg.Admin.AllowedHosts, Queue: q, Instance: d.instance,
+		AllowedHosts: cfg.Admin.AllowedHosts, Queue: q, Deliveries: st, Instance: d.instance,
 		Drain: func() { draining.Store(true); stopIntake() }})
 	clear(token)
 	if cfg.Admin.TokenFile == "" {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/mailgate/mailgate/config"
 	"github.com/mailgate/mailgate/relay"
+	"github.com/mailgate/mailgate/relay/admin"
 	"github.com/mailgate/mailgate/relay/store"
 )
 
@@ -176,7 +177,7 @@ func cmdLog(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	if *asJSON {
-		return writeJSON(env.stdout, mapRows(rs, deliveryView))
+		return writeJSON(env.stdout, mapRows(rs, admin.DeliveryView))
 	}
 	// One line per recipient: a mixed outcome shows who got the message and who did not.
 	w := tabwriter.NewWriter(env.stdout, 2, 4, 2, ' ', 0)

@@ -66,6 +66,9 @@ type Options struct {
 	// Instance names this process in a fleet: every answer carries it (header InstanceHeader) and
 	// /readyz starts with it, so an operator knows which instance answered.
 	Instance string
+	// Deliveries, when set, is served as GET /deliveries (operator): the delivery log by ticket,
+	// message-id, queue-id or recipient, for agent applications.
+	Deliveries DeliveryLog
 	// Drain, when set, is served as POST /drain (operator): stop accepting submissions and deliver what
 	// is queued, before a rolling restart. /readyz fails from then on ("draining").
 	Drain func()
@@ -122,6 +125,9 @@ func New(o Options) *Server {
 	}
 	if o.Drain != nil {
 		s.mux.Handle("POST /drain", s.operator(http.HandlerFunc(s.startDrain)))
+	}
+	if o.Deliveries != nil {
+		s.mux.Handle("GET /deliveries", s.operator(deliveries(o.Deliveries)))
 	}
 	s.listener = listener{name: "admin", limits: o.Limits.withDefaults(adminLimits()), handler: s.named(s.checkHost(s.mux))}
 	return s
