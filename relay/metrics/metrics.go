@@ -37,6 +37,8 @@ type Metrics struct {
 	// OAuthCredentialExpiry is when each server's app credential (client certificate or secret) expires.
 	OAuthCredentialExpiry *prometheus.GaugeVec     // server
 	SESEvents             *prometheus.CounterVec   // type (bounce, complaint, delivery_delay, ...), result
+	UpstreamFailures      *prometheus.CounterVec   // server, stage (connect, tls, auth): sessions that could not be set up
+	ShapingWait           *prometheus.HistogramVec // server: time a message waited for its per-minute budget
 	UpstreamConnections   *prometheus.CounterVec   // server, tls (none, starttls, implicit)
 	ConfigReloads         *prometheus.CounterVec   // result
 	ConfigRestartNeeded   *prometheus.CounterVec   // key (a configuration key, e.g. limits.max_connections)
@@ -117,6 +119,13 @@ func New(reg prometheus.Registerer) *Metrics {
 		SESEvents: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "mailgate_ses_events_total", Help: "SES notifications received through SNS, by type and result.",
 		}, []string{"type", "result"}),
+		UpstreamFailures: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "mailgate_upstream_connection_failures_total", Help: "Upstream SMTP sessions that could not be set up, by server and stage (connect, tls, auth).",
+		}, []string{"server", "stage"}),
+		ShapingWait: f.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "mailgate_shaping_wait_seconds", Help: "Time a message waited for its upstream's per-minute budget before it was sent.",
+			Buckets: []float64{0.001, 0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30},
+		}, []string{"server"}),
 		UpstreamConnections: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "mailgate_upstream_connections_total", Help: "Upstream SMTP connections opened, by server and TLS mode.",
 		}, []string{"server", "tls"}),

@@ -110,6 +110,9 @@ func TestNodeWrongPasswordIsTemporary(t *testing.T) {
 	if !strings.Contains(h.logs.String(), "remedy") {
 		t.Fatalf("no remedy logged:\n%s", h.logs)
 	}
+	if n := testutil.ToFloat64(h.met.UpstreamFailures.WithLabelValues("upstream-test", "auth")); n != 1 {
+		t.Errorf("mailgate_upstream_connection_failures_total{stage=auth} = %v, want 1", n)
+	}
 	assertNoSecret(t, h, "wrong-Pa55")
 	if strings.Contains(re.Error(), "wrong-Pa55") {
 		t.Fatal("password in the error")

@@ -5,7 +5,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/mailgate/mailgate/relay"
 	"github.com/mailgate/mailgate/relay/deliver/smtp"
@@ -179,6 +181,14 @@ func TestSinkShaping(t *testing.T) {
 	re := relayErr(t, res.Errs[0], 451, smtp.ReasonRateLimited)
 	if re.RetryAfter < 50*time.Second || re.RetryAfter > 62*time.Second {
 		t.Fatalf("RetryAfter %v, want about a minute", re.RetryAfter)
+	}
+	// Two messages took their budget; the deferred third never got one, so it is not a wait.
+	var waited dto.Metric
+	if err := h.met.ShapingWait.WithLabelValues("upstream-test").(prometheus.Histogram).Write(&waited); err != nil {
+		t.Fatal(err)
+	}
+	if n := waited.GetHistogram().GetSampleCount(); n != 2 {
+		t.Fatalf("mailgate_shaping_wait_seconds count = %d, want 2", n)
 	}
 
 	h2 := sinkTransport(t, sink, smtp.Options{RecipientsPerDay: 3})

@@ -272,7 +272,11 @@ func (t *Transport) precheck(m *relay.Message) error {
 // waitRate takes one message from the per-minute budget, waiting up to MaxShapingWait (and never past
 // ctx's deadline); longer waits become a deferral with RetryAfter, so queue workers are not parked.
 func (t *Transport) waitRate(ctx context.Context) (int64, error) {
+	started := time.Now()
 	stamp, wait, ok, err := t.b.waitMessage(ctx, t.o.MaxShapingWait)
+	if ok {
+		t.m.ShapingWait.WithLabelValues(t.o.Name).Observe(time.Since(started).Seconds())
+	}
 	switch {
 	case err != nil:
 		return 0, t.classify(err, relay.StageConnect)
@@ -328,6 +332,11 @@ func (t *Transport) session(ctx context.Context, forceTLS, fresh bool) (*session
 	}
 	if err != nil {
 		t.b.unlease(lease)
+		stage := relay.StageConnect
+		if re, ok := relay.AsError(err); ok && re.Stage != "" {
+			stage = re.Stage
+		}
+		t.m.UpstreamFailures.WithLabelValues(t.o.Name, string(stage)).Inc()
 		return nil, false, err
 	}
 	s.lease = lease
