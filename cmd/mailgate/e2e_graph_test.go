@@ -69,7 +69,7 @@ print(m["Subject"]); print(m["From"]); print(m.get_body(("plain",)).get_content(
 		t.Fatalf("Graph holds:\n%s", got)
 	}
 	status, _ := in.mailgate("oauth", "status", "--config", in.config)
-	if !strings.Contains(status, "m365-graph") || !strings.Contains(status, "true") {
+	if !strings.Contains(status, "m365-graph") || !strings.Contains(status, "true") || !strings.Contains(status, "state of: the running daemon at ") {
 		t.Fatalf("oauth status:\n%s", status)
 	}
 	if strings.Contains(in.logs()+status, "graph-e2e-secret-4f1a") {

@@ -398,7 +398,8 @@ func TestOAuthAuthorizationCodePasted(t *testing.T) {
 	out, code = runBounded(t, 30*time.Second, in.extraEnv, "", "oauth", "status", "--config", in.config)
 	outputs["oauth status (before)"] = out
 	if code != 1 || !strings.Contains(out, "oauth authorize --server m365") || !strings.Contains(out, "false") ||
-		!strings.Contains(out, "1 of 1 credential(s) unhealthy") {
+		!strings.Contains(out, "1 of 1 credential(s) unhealthy") || !strings.Contains(out, "no daemon answered") ||
+		!strings.Contains(out, "state of: this process") {
 		t.Errorf("oauth status before sign-in: exit %d, want 1, unhealthy with the authorize remedy\n%s", code, out)
 	}
 
@@ -451,6 +452,15 @@ func TestOAuthAuthorizationCodePasted(t *testing.T) {
 	// request per credential for every process sharing the store.
 	if answered, _ := proxy.counts(); answered != 2 {
 		t.Errorf("%d token requests, want 2 (code exchange, status refresh; the daemon adopts the stored token)", answered)
+	}
+	// With the daemon running, status reports the daemon's token (GET /oauth) and requests none itself.
+	out, code = runBounded(t, 30*time.Second, in.extraEnv, "", "oauth", "status", "--config", in.config)
+	outputs["oauth status (daemon)"] = out
+	if code != 0 || !strings.Contains(out, "state of: the running daemon at ") || strings.Contains(out, "no daemon answered") {
+		t.Errorf("oauth status with the daemon running: exit %d\n%s", code, out)
+	}
+	if answered, _ := proxy.counts(); answered != 2 {
+		t.Errorf("oauth status with the daemon running made a token request of its own (%d in all, want 2)", answered)
 	}
 
 	secrets, refresh, redeemed := proxy.seen()

@@ -64,7 +64,7 @@ func commands() map[string]command {
 		"secret": {summary: "encrypt a secret into a reference, or make a local keyring", run: cmdSecret,
 			usage: "mailgate secret encrypt (--kms KEY | --local KEYRING) < secret-file | keygen"},
 		"oauth": {summary: "authorize or inspect Microsoft OAuth credentials", run: cmdOAuth,
-			usage: "mailgate oauth authorize --server NAME [--paste] | status (with --config FILE)"},
+			usage: "mailgate oauth authorize --server NAME [--paste] | status [--local] (with --config FILE; status asks the running daemon)"},
 		"hash-password": {summary: "read a password on stdin and print its bcrypt hash for users[].password_hash", run: cmdHashPassword},
 		"version":       {summary: "print the version, VCS revision and build time", run: cmdVersion},
 		"config": {summary: "print the effective configuration with every default filled in", run: cmdConfig,

@@ -6,11 +6,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/mailgate/mailgate/auth/oauth"
+	"github.com/mailgate/mailgate/relay/admin"
 	smtpdeliver "github.com/mailgate/mailgate/relay/deliver/smtp"
 )
 
@@ -93,45 +96,40 @@ func probeVerdicts(r *smtpdeliver.ProbeReport, forceTLS bool) []oauth.Verdict {
 	return out
 }
 
-func cmdOAuth(ctx context.Context, env *cliEnv, args []string) error {
-	if len(args) == 0 || (args[0] != "authorize" && args[0] != "status") {
-		return usageError("oauth", args)
-	}
-	sub := args[0]
-	fs := newFlags(env, "oauth "+sub, "")
-	cfgPath := fs.String("config", "", "configuration file")
-	server := fs.String("server", "", "custom SMTP server name (authorize)")
-	paste := fs.Bool("paste", false, "authorize: paste the redirect URL from the browser instead of receiving it on the redirect URL's loopback listener")
-	if err := fs.Parse(args[1:]); err != nil {
-		return err
-	}
-	cfg, err := loadOrDevelopment(*cfgPath, "mailgate-data")
+// localOAuthSources builds cfgPath's OAuth credentials in this process (store, keyring and secrets as
+// the daemon would), by server name; done releases the store, storeKind names where refresh tokens are kept.
+func localOAuthSources(ctx context.Context, env *cliEnv, cfgPath string) (sources map[string]*oauth.Source, names []string, done func(), storeKind string, err error) {
+	cfg, err := loadOrDevelopment(cfgPath, "mailgate-data")
 	if err != nil {
-		return err
+		return nil, nil, nil, "", err
 	}
+	storeKind = cfg.Store.Kind()
 	d, err := commandDaemon(ctx, env, cfg)
 	if err != nil {
-		return err
+		return nil, nil, nil, "", err
 	}
-	defer d.store.Close()
-	defer d.budgets.Close()
+	done = func() { d.budgets.Close(); d.store.Close() }
+	defer func() {
+		if err != nil {
+			done()
+		}
+	}()
 	resolver, err := newResolver(ctx, cfg)
 	if err != nil {
-		return err
+		return nil, nil, nil, "", err
 	}
 	secrets, err := resolveSecrets(ctx, resolver, cfg)
 	if err != nil {
-		return err
+		return nil, nil, nil, "", err
 	}
-	sources := map[string]*oauth.Source{}
-	var names []string
+	sources = map[string]*oauth.Source{}
 	for i, s := range cfg.SMTPServers {
 		if s.Auth != "microsoft-oauth" {
 			continue
 		}
 		src, err := d.oauthSource(s.Name, fmt.Sprintf("smtp_servers[%d].oauth", i), s.OAuth, oauth.APISMTP, secrets, resolver)
 		if err != nil {
-			return fmt.Errorf("smtp_servers[%d] (%s): %w", i, s.Name, err)
+			return nil, nil, nil, "", fmt.Errorf("smtp_servers[%d] (%s): %w", i, s.Name, err)
 		}
 		sources[s.Name] = src
 		names = append(names, s.Name)
@@ -139,30 +137,118 @@ func cmdOAuth(ctx context.Context, env *cliEnv, args []string) error {
 	for i, g := range cfg.GraphServers {
 		src, err := d.oauthSource(g.Name, fmt.Sprintf("graph_servers[%d].oauth", i), g.OAuth, oauth.APIGraph, secrets, resolver)
 		if err != nil {
-			return fmt.Errorf("graph_servers[%d] (%s): %w", i, g.Name, err)
+			return nil, nil, nil, "", fmt.Errorf("graph_servers[%d] (%s): %w", i, g.Name, err)
 		}
 		sources[g.Name] = src
 		names = append(names, g.Name)
 	}
-	if sub == "status" {
-		w := tabwriter.NewWriter(env.stdout, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(w, "SERVER\tFLOW\tMAILBOX\tHEALTHY\tVALID-UNTIL\tLAST-REFRESH\tLAST-ERROR\tREMEDY")
-		unhealthy := 0
-		for _, n := range names {
-			s := sources[n].Check(ctx)
-			if !s.Healthy {
-				unhealthy++
-			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%v\t%s\t%s\t%s\t%s\n", s.Server, s.Flow, s.Mailbox, s.Healthy, fmtTime(s.ValidUntil), fmtTime(s.LastRefresh), oneLine(s.LastError), s.Remedy)
+	return sources, names, done, storeKind, nil
+}
+
+// cmdOAuthStatus shows every OAuth credential's state. It asks the running daemon (GET /oauth) so the
+// answer is about the tokens mail is sent with; only when no daemon answers (not started yet, or its
+// operator API is off) does it request tokens itself, and it says so. --local forces that.
+func cmdOAuthStatus(ctx context.Context, env *cliEnv, args []string) error {
+	fs := newFlags(env, "oauth status", "")
+	af := addAdminFlags(fs)
+	local := fs.Bool("local", false, "request tokens in this process instead of asking the running daemon")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var states []oauth.Status
+	from := ""
+	if !*local {
+		var reason error
+		states, from, reason = daemonOAuthStates(ctx, af)
+		var unreachable *daemonUnreachableError
+		switch {
+		case reason == nil:
+		case errors.As(reason, &unreachable), errors.Is(reason, errNoAdminToken):
+			fmt.Fprintf(env.stderr, "mailgate oauth status: no daemon answered (%v); requesting tokens from this process\n", reason)
+		default:
+			return reason
 		}
-		if err := w.Flush(); err != nil {
+	}
+	if from == "" {
+		sources, names, done, _, err := localOAuthSources(ctx, env, *af.cfgPath)
+		if err != nil {
 			return err
 		}
-		if unhealthy > 0 {
-			// A monitoring script or an operator's shell sees it without parsing the table.
-			return &exitError{code: 1, msg: fmt.Sprintf("mailgate oauth status: %d of %d credential(s) unhealthy", unhealthy, len(names))}
+		defer done()
+		for _, n := range names {
+			states = append(states, sources[n].Check(ctx))
 		}
-		return nil
+		from = "this process (a fresh token request)"
+	}
+	fmt.Fprintf(env.stdout, "state of: %s\n", from)
+	w := tabwriter.NewWriter(env.stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "SERVER\tFLOW\tMAILBOX\tHEALTHY\tVALID-UNTIL\tLAST-REFRESH\tLAST-ERROR\tREMEDY")
+	unhealthy := 0
+	for _, s := range states {
+		if !s.Healthy {
+			unhealthy++
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%v\t%s\t%s\t%s\t%s\n", s.Server, s.Flow, s.Mailbox, s.Healthy, fmtTime(s.ValidUntil), fmtTime(s.LastRefresh), oneLine(s.LastError), s.Remedy)
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	if unhealthy > 0 {
+		// A monitoring script or an operator's shell sees it without parsing the table.
+		return &exitError{code: 1, msg: fmt.Sprintf("mailgate oauth status: %d of %d credential(s) unhealthy", unhealthy, len(states))}
+	}
+	return nil
+}
+
+// errNoAdminToken: the admin token file could not be read, so the daemon cannot be asked.
+var errNoAdminToken = errors.New("no admin token")
+
+// daemonOAuthStates reads the running daemon's credential states (GET /oauth) and names who answered.
+func daemonOAuthStates(ctx context.Context, af adminFlags) ([]oauth.Status, string, error) {
+	c, err := af.client(ctx)
+	if err != nil {
+		return nil, "", fmt.Errorf("%w: %v", errNoAdminToken, err)
+	}
+	resp, err := c.call(http.MethodGet, "/oauth")
+	if err != nil {
+		return nil, "", err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, "", fmt.Errorf("admin listener %s: GET /oauth: %s", c.addr, resp.Status)
+	}
+	var states []oauth.Status
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&states); err != nil {
+		return nil, "", fmt.Errorf("admin listener %s: GET /oauth: %w", c.addr, err)
+	}
+	from := "the running daemon at " + c.addr
+	if inst := resp.Header.Get(admin.InstanceHeader); inst != "" {
+		from += " (instance " + inst + ")"
+	}
+	return states, from, nil
+}
+
+func cmdOAuth(ctx context.Context, env *cliEnv, args []string) error {
+	if len(args) == 0 || (args[0] != "authorize" && args[0] != "status") {
+		return usageError("oauth", args)
+	}
+	if args[0] == "status" {
+		return cmdOAuthStatus(ctx, env, args[1:])
+	}
+	fs := newFlags(env, "oauth authorize", "")
+	cfgPath := fs.String("config", "", "configuration file")
+	server := fs.String("server", "", "custom SMTP server or Graph server name")
+	paste := fs.Bool("paste", false, "paste the redirect URL from the browser instead of receiving it on the redirect URL's loopback listener")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	sources, names, done, storeKind, err := localOAuthSources(ctx, env, *cfgPath)
+	if err != nil {
+		return err
+	}
+	defer done()
+	if err != nil {
+		return err
 	}
 	src, ok := sources[*server]
 	if !ok {
@@ -228,7 +314,7 @@ func cmdOAuth(ctx context.Context, env *cliEnv, args []string) error {
 		return fmt.Errorf("%v\nremedy: %s", err, oauth.RemedyOf(err))
 	}
 	b, _ := json.Marshal(info)
-	fmt.Fprintf(env.stdout, "authorized %s: %s\nrefresh token stored encrypted in %s\n%s\n", *server, info, cfg.Store.Kind(), b)
+	fmt.Fprintf(env.stdout, "authorized %s: %s\nrefresh token stored encrypted in %s\n%s\n", *server, info, storeKind, b)
 	return nil
 }
 

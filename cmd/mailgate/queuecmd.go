@@ -63,7 +63,7 @@ func (a *adminClient) call(method, path string) (*http.Response, error) {
 	req.Header.Set("Authorization", "Bearer "+string(a.token))
 	resp, err := a.client.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("is mailgate serve running? %w", err)
+		return nil, &daemonUnreachableError{addr: a.addr, err: err}
 	}
 	if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden || resp.StatusCode == http.StatusMisdirectedRequest {
 		defer resp.Body.Close()
@@ -73,6 +73,15 @@ func (a *adminClient) call(method, path string) (*http.Response, error) {
 	}
 	return resp, nil
 }
+
+// daemonUnreachableError: no daemon answered on the admin address (not running, or another address).
+type daemonUnreachableError struct {
+	addr string
+	err  error
+}
+
+func (e *daemonUnreachableError) Error() string { return "is mailgate serve running? " + e.err.Error() }
+func (e *daemonUnreachableError) Unwrap() error { return e.err }
 
 // list reads the daemon's queue and the name of the instance that answered.
 func (a *adminClient) list() (entries []queue.Entry, instance string, err error) {

@@ -235,6 +235,7 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config, env *cliEnv) error
 		d.log.Warn("the operator API (queue, pprof) is off: configure admin.token_file")
 	}
 	d.admin.SetChecks(d.checks(gen))
+	d.admin.SetCredentials(gen.credentials())
 	if err := d.admin.Listen(cfg.Admin.Address, nil); err != nil {
 		return err
 	}
@@ -376,6 +377,7 @@ func (d *daemon) reload(ctx context.Context) {
 			d.submit.SetRules(gen.rules)
 			old := d.transports.swap(gen.transports)
 			d.admin.SetChecks(d.checks(gen))
+			d.admin.SetCredentials(gen.credentials())
 			d.gen.close()
 			d.gen = gen
 			d.admin.SetToken(token)

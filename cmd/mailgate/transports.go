@@ -77,6 +77,15 @@ type generation struct {
 	stop       context.CancelFunc // ends the generation's background work (SES policy re-checks)
 }
 
+// credentials are the generation's OAuth credentials as the admin API reports them (GET /oauth).
+func (g *generation) credentials() map[string]admin.Credential {
+	out := make(map[string]admin.Credential, len(g.oauth))
+	for name, src := range g.oauth {
+		out[name] = src
+	}
+	return out
+}
+
 // sesRecheck is how often the SES account and the Force TLS channels' policies are read again, so a
 // configuration set switched to OPTIONAL in the console holds Force TLS mail within this long.
 const sesRecheck = 5 * time.Minute

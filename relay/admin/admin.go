@@ -90,6 +90,7 @@ type Server struct {
 
 	mu     sync.RWMutex
 	checks map[string]Check
+	creds  map[string]Credential
 	token  [sha256.Size]byte // SHA-256 of the token, so comparisons take the same time whatever its length
 	hasTok bool
 }
@@ -123,6 +124,7 @@ func New(o Options) *Server {
 		s.mux.Handle("POST /queue/{id}/hold", s.operator(http.HandlerFunc(api.hold)))
 		s.mux.Handle("POST /queue/{id}/release", s.operator(http.HandlerFunc(api.release)))
 	}
+	s.mux.Handle("GET /oauth", s.operator(http.HandlerFunc(s.credentials)))
 	if o.Drain != nil {
 		s.mux.Handle("POST /drain", s.operator(http.HandlerFunc(s.startDrain)))
 	}

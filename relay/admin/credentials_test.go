@@ -1,0 +1,42 @@
+package admin
+
+import (
+	"encoding/json"
+	"net/http"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mailgate/mailgate/auth/oauth"
+)
+
+type fixedCredential oauth.Status
+
+func (c fixedCredential) Status() oauth.Status { return oauth.Status(c) }
+
+// TestCredentialsEndpoint: GET /oauth needs the token and answers the credentials of the latest
+// generation, sorted by server; a reload's SetCredentials replaces them.
+func TestCredentialsEndpoint(t *testing.T) {
+	s := New(Options{Gatherer: prometheus.NewRegistry(), Token: []byte(token)})
+	base := "http://" + serve(t, &s.listener)
+	s.SetCredentials(map[string]Credential{
+		"m365-smtp":  fixedCredential{Server: "m365-smtp", Flow: oauth.ClientCredentials, Healthy: false, LastError: "AADSTS7000215: invalid client secret", Remedy: "rotate the secret"},
+		"m365-graph": fixedCredential{Server: "m365-graph", Flow: oauth.ClientCredentials, Healthy: true},
+	})
+	if code, _ := do(t, "GET", base+"/oauth", "", ""); code != http.StatusUnauthorized {
+		t.Fatalf("GET /oauth without the token: %d, want 401", code)
+	}
+	code, body := do(t, "GET", base+"/oauth", "", token)
+	var got []oauth.Status
+	if code != 200 || json.Unmarshal([]byte(body), &got) != nil {
+		t.Fatalf("GET /oauth: %d %s", code, body)
+	}
+	if len(got) != 2 || got[0].Server != "m365-graph" || !got[0].Healthy || got[1].Server != "m365-smtp" || got[1].Healthy || got[1].Remedy != "rotate the secret" {
+		t.Fatalf("GET /oauth answered %+v", got)
+	}
+
+	s.SetCredentials(nil) // a reload that removed every OAuth server
+	if code, body := do(t, "GET", base+"/oauth", "", token); code != 200 || body != "[]\n" {
+		t.Fatalf("GET /oauth after the reload: %d %q", code, body)
+	}
+}
