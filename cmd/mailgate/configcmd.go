@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 
 	"golang.org/x/crypto/bcrypt"
@@ -134,4 +135,20 @@ func cmdConfig(_ context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	return enc.Close()
+}
+
+// unknownChannel is the error for a --channel the configuration does not have: it lists the ones it
+// has (names are exact; a different case is pointed out), so the operator's next command works.
+func unknownChannel(cfg *config.Config, name string) error {
+	names := make([]string, 0, len(cfg.Channels))
+	for _, ch := range cfg.Channels {
+		if strings.EqualFold(ch.Name, name) {
+			return fmt.Errorf("no channel %q; did you mean %q? (channel names are exact)", name, ch.Name)
+		}
+		names = append(names, strconv.Quote(ch.Name))
+	}
+	if len(names) == 0 {
+		return fmt.Errorf("no channel %q: the configuration has no channels", name)
+	}
+	return fmt.Errorf("no channel %q; the configuration has %s", name, strings.Join(names, ", "))
 }

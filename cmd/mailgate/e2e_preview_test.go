@@ -73,7 +73,7 @@ func TestPreviewDevelopmentDefault(t *testing.T) {
 				t.Fatal(err)
 			}
 			htmlOut := filepath.Join(dir, "out.html")
-			stdout, stderr, code := runIn(t, dir, "preview", "--channel", "Support", "--user", "demo", "--subject", "Order status",
+			stdout, stderr, code := runIn(t, dir, "preview", "--raw", "--channel", "Support", "--user", "demo", "--subject", "Order status",
 				"--ticket", "123", "--body", bodyFile, "--html-out", htmlOut)
 			if code != 0 {
 				t.Fatalf("preview: exit %d\n%s%s", code, stdout, stderr)
@@ -121,8 +121,33 @@ func TestPreviewDevelopmentDefault(t *testing.T) {
 		})
 	}
 	stdout, stderr, code := runIn(t, t.TempDir(), "preview", "--channel", "Sales")
-	if code != 1 || !strings.Contains(stderr, `no channel "Sales"`) {
+	if code != 1 || !strings.Contains(stderr, `no channel "Sales"; the configuration has "Support"`) {
 		t.Errorf("preview of an unknown channel: exit %d\n%s%s", code, stdout, stderr)
+	}
+	stdout, stderr, code = runIn(t, t.TempDir(), "preview", "--channel", "support")
+	if code != 1 || !strings.Contains(stderr, `did you mean "Support"?`) {
+		t.Errorf("preview of a channel in the wrong case: exit %d\n%s%s", code, stdout, stderr)
+	}
+}
+
+// TestPreviewReadable: without --raw, preview prints the message for a person: the header fields with
+// encoded words decoded, each part's text decoded from quoted-printable under a line naming its type.
+func TestPreviewReadable(t *testing.T) {
+	stdout, stderr, code := runIn(t, t.TempDir(), "preview", "--channel", "Support", "--user", "demo",
+		"--subject", "Grüße zur Bestellung", "--ticket", "77")
+	if code != 0 {
+		t.Fatalf("preview: exit %d\n%s%s", code, stdout, stderr)
+	}
+	for _, want := range []string{
+		"\nSubject: Grüße zur Bestellung [#77]\n", "\n--- text/plain ---\nHello,\n", "\n--- text/html ---\n<!DOCTYPE html>",
+		`<table role="presentation" width="600"`, "Demo Agent\nExample Support | support@example.com",
+	} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("readable preview lacks %q:\n%s", want, stdout)
+		}
+	}
+	if strings.Contains(stdout, "=3D") || strings.Contains(stdout, "=?utf-8?") || strings.Contains(stdout, "quoted-printable") {
+		t.Errorf("readable preview is still encoded:\n%s", stdout)
 	}
 }
 
@@ -130,7 +155,7 @@ func TestPreviewDevelopmentDefault(t *testing.T) {
 // empty "Ticket ·" line for it, in HTML or text.
 func TestPreviewWithoutTicket(t *testing.T) {
 	dir := t.TempDir()
-	stdout, stderr, code := runIn(t, dir, "preview", "--channel", "Support", "--user", "demo", "--subject", "Hello")
+	stdout, stderr, code := runIn(t, dir, "preview", "--raw", "--channel", "Support", "--user", "demo", "--subject", "Hello")
 	if code != 0 {
 		t.Fatalf("preview: exit %d\n%s%s", code, stdout, stderr)
 	}

@@ -10,6 +10,7 @@ import (
 	"mime/multipart"
 	"mime/quotedprintable"
 	"net/mail"
+	"net/textproto"
 	"os"
 	"strings"
 	"time"
@@ -29,6 +30,7 @@ func cmdPreview(ctx context.Context, env *cliEnv, args []string) error {
 	ticket := fs.String("ticket", "", "ticket number (as X-Mailgate-Ticket)")
 	bodyFile := fs.String("body", "", "file with the agent's body: HTML if it starts with '<', else plain text (default: a sample)")
 	htmlOut := fs.String("html-out", "", "also write the composed HTML part to this file, for a browser")
+	raw := fs.Bool("raw", false, "print the message as it is sent (MIME, transfer-encoded) instead of decoded for reading")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -46,7 +48,7 @@ func cmdPreview(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	ch, ok := comp.channels[*channel]
 	if !ok {
-		return fmt.Errorf("no channel %q", *channel)
+		return unknownChannel(cfg, *channel)
 	}
 	body := []byte("Hello,\r\n\r\nthank you for your message. Here is what we found.\r\n")
 	if *bodyFile != "" {
@@ -64,21 +66,26 @@ func cmdPreview(ctx context.Context, env *cliEnv, args []string) error {
 	if bytes.HasPrefix(bytes.TrimSpace(body), []byte("<")) {
 		ctype = "text/html; charset=utf-8"
 	}
-	var raw bytes.Buffer
-	fmt.Fprintf(&raw, "From: %s\r\nTo: customer@example.net\r\nSubject: %s\r\nMIME-Version: 1.0\r\nContent-Type: %s\r\n",
+	var in bytes.Buffer
+	fmt.Fprintf(&in, "From: %s\r\nTo: customer@example.net\r\nSubject: %s\r\nMIME-Version: 1.0\r\nContent-Type: %s\r\n",
 		ch.FromAddress, mime.QEncoding.Encode("utf-8", *subject), ctype)
 	if *ticket != "" {
-		fmt.Fprintf(&raw, "X-Mailgate-Ticket: %s\r\n", *ticket)
+		fmt.Fprintf(&in, "X-Mailgate-Ticket: %s\r\n", *ticket)
 	}
-	raw.WriteString("\r\n")
-	raw.Write(bytes.ReplaceAll(bytes.ReplaceAll(body, []byte("\r\n"), []byte("\n")), []byte("\n"), []byte("\r\n")))
+	in.WriteString("\r\n")
+	in.Write(bytes.ReplaceAll(bytes.ReplaceAll(body, []byte("\r\n"), []byte("\n")), []byte("\n"), []byte("\r\n")))
 	var out bytes.Buffer
 	sub := &submit.Submission{Channel: &submit.Channel{Name: *channel}, Received: time.Now()}
 	sub.Principal = principalFor(*user, agentName)
-	if _, err := comp.Compose(ctx, &raw, &out, sub); err != nil {
+	if _, err := comp.Compose(ctx, &in, &out, sub); err != nil {
 		return err
 	}
-	if _, err := env.stdout.Write(out.Bytes()); err != nil {
+	if *raw {
+		_, err = env.stdout.Write(out.Bytes())
+	} else {
+		err = printReadable(env.stdout, out.Bytes())
+	}
+	if err != nil {
 		return err
 	}
 	if *htmlOut != "" {
@@ -91,6 +98,66 @@ func cmdPreview(ctx context.Context, env *cliEnv, args []string) error {
 		}
 		fmt.Fprintf(env.stderr, "HTML part written to %s\n", *htmlOut)
 	}
+	return nil
+}
+
+// printReadable prints a composed message for a person: the header fields in order, unfolded and with
+// encoded words decoded, then every part's content decoded from its transfer encoding under a line
+// naming its type (attachments by name and size only). --raw prints the wire form instead.
+func printReadable(w io.Writer, msg []byte) error {
+	head, body, ok := bytes.Cut(msg, []byte("\r\n\r\n"))
+	if !ok {
+		return fmt.Errorf("composed message has no header/body separator")
+	}
+	var dec mime.WordDecoder
+	unfolded := strings.ReplaceAll(strings.ReplaceAll(string(head), "\r\n ", " "), "\r\n\t", " ")
+	for _, line := range strings.Split(unfolded, "\r\n") {
+		if d, err := dec.DecodeHeader(line); err == nil {
+			line = d
+		}
+		fmt.Fprintln(w, line)
+	}
+	m, err := mail.ReadMessage(bytes.NewReader(msg))
+	if err != nil {
+		return err
+	}
+	return printParts(w, textproto.MIMEHeader(m.Header), bytes.NewReader(body))
+}
+
+func printParts(w io.Writer, h textproto.MIMEHeader, body io.Reader) error {
+	ctype := h.Get("Content-Type")
+	mt, params, err := mime.ParseMediaType(ctype)
+	if err != nil {
+		mt = "text/plain"
+	}
+	if strings.HasPrefix(mt, "multipart/") {
+		mr := multipart.NewReader(body, params["boundary"])
+		for {
+			p, err := mr.NextRawPart()
+			if err == io.EOF {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			if err := printParts(w, p.Header, p); err != nil {
+				return err
+			}
+		}
+	}
+	content, err := io.ReadAll(decodeCTE(h.Get("Content-Transfer-Encoding"), body))
+	if err != nil {
+		return err
+	}
+	if disp, dp, _ := mime.ParseMediaType(h.Get("Content-Disposition")); disp == "attachment" || !strings.HasPrefix(mt, "text/") {
+		name := dp["filename"]
+		if name == "" {
+			name = params["name"]
+		}
+		fmt.Fprintf(w, "\n--- attachment %q (%s, %d bytes) ---\n", name, mt, len(content))
+		return nil
+	}
+	fmt.Fprintf(w, "\n--- %s ---\n%s\n", mt, strings.TrimRight(strings.ReplaceAll(string(content), "\r\n", "\n"), "\n"))
 	return nil
 }
 

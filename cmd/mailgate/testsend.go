@@ -47,7 +47,7 @@ func cmdTestSend(ctx context.Context, env *cliEnv, args []string) error {
 		}
 	}
 	if ch == nil {
-		return fmt.Errorf("no channel %q in the configuration", *channel)
+		return unknownChannel(cfg, *channel)
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
