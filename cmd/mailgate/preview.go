@@ -3,19 +3,18 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"mime"
-	"mime/multipart"
-	"mime/quotedprintable"
-	"net/mail"
-	"net/textproto"
 	"os"
 	"strings"
 	"time"
 
+	"github.com/emersion/go-message"
+
 	"github.com/mailgate/mailgate/auth"
+	"github.com/mailgate/mailgate/relay/compose"
 	"github.com/mailgate/mailgate/relay/submit"
 )
 
@@ -89,11 +88,14 @@ func cmdPreview(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	if *htmlOut != "" {
-		h, err := htmlPart(out.Bytes())
+		_, html, err := compose.Bodies(bytes.NewReader(out.Bytes()))
+		if err == nil && html == "" {
+			err = errors.New("the composed message has no text/html part")
+		}
 		if err != nil {
 			return fmt.Errorf("--html-out: %w", err)
 		}
-		if err := os.WriteFile(*htmlOut, h, 0o644); err != nil {
+		if err := os.WriteFile(*htmlOut, []byte(html), 0o644); err != nil {
 			return err
 		}
 		fmt.Fprintf(env.stderr, "HTML part written to %s\n", *htmlOut)
@@ -102,10 +104,10 @@ func cmdPreview(ctx context.Context, env *cliEnv, args []string) error {
 }
 
 // printReadable prints a composed message for a person: the header fields in order, unfolded and with
-// encoded words decoded, then every part's content decoded from its transfer encoding under a line
-// naming its type (attachments by name and size only). --raw prints the wire form instead.
+// encoded words decoded, then every part's content decoded (go-message: transfer encoding and
+// charset) under a line naming its type; attachments by name and size only. --raw prints the wire form.
 func printReadable(w io.Writer, msg []byte) error {
-	head, body, ok := bytes.Cut(msg, []byte("\r\n\r\n"))
+	head, _, ok := bytes.Cut(msg, []byte("\r\n\r\n"))
 	if !ok {
 		return fmt.Errorf("composed message has no header/body separator")
 	}
@@ -117,111 +119,35 @@ func printReadable(w io.Writer, msg []byte) error {
 		}
 		fmt.Fprintln(w, line)
 	}
-	m, err := mail.ReadMessage(bytes.NewReader(msg))
-	if err != nil {
+	m, err := message.Read(bytes.NewReader(msg))
+	if err != nil && !message.IsUnknownCharset(err) && !message.IsUnknownEncoding(err) {
 		return err
 	}
-	return printParts(w, textproto.MIMEHeader(m.Header), bytes.NewReader(body))
-}
-
-func printParts(w io.Writer, h textproto.MIMEHeader, body io.Reader) error {
-	ctype := h.Get("Content-Type")
-	mt, params, err := mime.ParseMediaType(ctype)
-	if err != nil {
-		mt = "text/plain"
-	}
-	if strings.HasPrefix(mt, "multipart/") {
-		mr := multipart.NewReader(body, params["boundary"])
-		for {
-			p, err := mr.NextRawPart()
-			if err == io.EOF {
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-			if err := printParts(w, p.Header, p); err != nil {
-				return err
-			}
+	return m.Walk(func(_ []int, e *message.Entity, err error) error {
+		if err != nil {
+			return err
 		}
-	}
-	content, err := io.ReadAll(decodeCTE(h.Get("Content-Transfer-Encoding"), body))
-	if err != nil {
-		return err
-	}
-	if disp, dp, _ := mime.ParseMediaType(h.Get("Content-Disposition")); disp == "attachment" || !strings.HasPrefix(mt, "text/") {
-		name := dp["filename"]
-		if name == "" {
-			name = params["name"]
+		if e.MultipartReader() != nil {
+			return nil
 		}
-		fmt.Fprintf(w, "\n--- attachment %q (%s, %d bytes) ---\n", name, mt, len(content))
+		mt, params, _ := e.Header.ContentType()
+		content, err := io.ReadAll(e.Body)
+		if err != nil {
+			return err
+		}
+		if disp, dp, _ := e.Header.ContentDisposition(); disp == "attachment" || !strings.HasPrefix(mt, "text/") {
+			name := dp["filename"]
+			if name == "" {
+				name = params["name"]
+			}
+			fmt.Fprintf(w, "\n--- attachment %q (%s, %d bytes) ---\n", name, mt, len(content))
+			return nil
+		}
+		fmt.Fprintf(w, "\n--- %s ---\n%s\n", mt, strings.TrimRight(strings.ReplaceAll(string(content), "\r\n", "\n"), "\n"))
 		return nil
-	}
-	fmt.Fprintf(w, "\n--- %s ---\n%s\n", mt, strings.TrimRight(strings.ReplaceAll(string(content), "\r\n", "\n"), "\n"))
-	return nil
-}
-
-// htmlPart finds the first text/html part of a composed message, decoded.
-func htmlPart(msg []byte) ([]byte, error) {
-	m, err := mail.ReadMessage(bytes.NewReader(msg))
-	if err != nil {
-		return nil, err
-	}
-	return findHTML(m.Header.Get("Content-Type"), m.Header.Get("Content-Transfer-Encoding"), m.Body)
-}
-
-func findHTML(ctype, cte string, body io.Reader) ([]byte, error) {
-	mt, params, err := mime.ParseMediaType(ctype)
-	if err != nil {
-		return nil, err
-	}
-	if strings.HasPrefix(mt, "multipart/") {
-		mr := multipart.NewReader(body, params["boundary"])
-		for {
-			p, err := mr.NextRawPart()
-			if err != nil {
-				return nil, fmt.Errorf("no text/html part")
-			}
-			if h, err := findHTML(p.Header.Get("Content-Type"), p.Header.Get("Content-Transfer-Encoding"), p); err == nil {
-				return h, nil
-			}
-		}
-	}
-	if mt != "text/html" {
-		return nil, fmt.Errorf("not html")
-	}
-	return io.ReadAll(decodeCTE(cte, body))
+	})
 }
 
 func principalFor(login, name string) *auth.Principal {
 	return &auth.Principal{Login: strings.ToLower(login), Name: name}
-}
-
-func decodeCTE(cte string, r io.Reader) io.Reader {
-	switch strings.ToLower(strings.TrimSpace(cte)) {
-	case "base64":
-		return base64.NewDecoder(base64.StdEncoding, &newlineStripper{r})
-	case "quoted-printable":
-		return quotedprintable.NewReader(r)
-	}
-	return r
-}
-
-// newlineStripper drops CR and LF so base64 bodies wrapped at 76 columns decode.
-type newlineStripper struct{ r io.Reader }
-
-func (n *newlineStripper) Read(p []byte) (int, error) {
-	for {
-		c, err := n.r.Read(p)
-		j := 0
-		for _, b := range p[:c] {
-			if b != '\r' && b != '\n' {
-				p[j] = b
-				j++
-			}
-		}
-		if j > 0 || err != nil {
-			return j, err
-		}
-	}
 }

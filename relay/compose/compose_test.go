@@ -414,22 +414,6 @@ func TestNothingToChangeKeepsBody(t *testing.T) {
 	}
 }
 
-func TestPreview(t *testing.T) {
-	ch := channel(TicketFormat{Style: StyleBrackets}, brandTemplate)(t)
-	p, err := New(Options{Rand: seeded(1)}).Preview(context.Background(), Request{Channel: ch, Agent: withJane(t), Now: fixedNow},
-		PreviewInput{Subject: "Your question", Ticket: "123456", Text: "Hello,\nhere is the answer."})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if p.Result.Subject != "Your question [#123456]" || !strings.Contains(p.HTML, "<h1>Example Shop Support</h1>") ||
-		!strings.Contains(p.HTML, "<b>Jane Doe</b>") || !strings.Contains(p.Text, "Jane Doe") || !strings.Contains(string(p.Message), "Subject: Your question [#123456]\r\n") {
-		t.Errorf("preview %+v", p)
-	}
-	if _, err := New(Options{}).Preview(context.Background(), Request{Channel: ch}, PreviewInput{Ticket: "x1"}); err == nil {
-		t.Error("bad ticket accepted")
-	}
-}
-
 func TestOutputErrorsAreTemporary(t *testing.T) {
 	ch := channel(TicketFormat{}, nil)(t)
 	in := mixedWith("Content-Type: application/pdf; name=\"a.pdf\"\r\nContent-Transfer-Encoding: base64\r\n", newAttachment(5, 100<<10).b64())
