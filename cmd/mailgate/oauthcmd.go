@@ -98,8 +98,8 @@ func probeVerdicts(r *smtpdeliver.ProbeReport, forceTLS bool) []oauth.Verdict {
 
 // localOAuthSources builds cfgPath's OAuth credentials in this process (store, keyring and secrets as
 // the daemon would), by server name; done releases the store, storeKind names where refresh tokens are kept.
-func localOAuthSources(ctx context.Context, env *cliEnv, cfgPath string) (sources map[string]*oauth.Source, names []string, done func(), storeKind string, err error) {
-	cfg, err := loadOrDevelopment(cfgPath, "mailgate-data")
+func localOAuthSources(ctx context.Context, env *cliEnv, cfgPath, dataDir string) (sources map[string]*oauth.Source, names []string, done func(), storeKind string, err error) {
+	cfg, err := loadOrDevelopment(cfgPath, dataDir)
 	if err != nil {
 		return nil, nil, nil, "", err
 	}
@@ -170,7 +170,7 @@ func cmdOAuthStatus(ctx context.Context, env *cliEnv, args []string) error {
 		}
 	}
 	if from == "" {
-		sources, names, done, _, err := localOAuthSources(ctx, env, *af.cfgPath)
+		sources, names, done, _, err := localOAuthSources(ctx, env, *af.cfgPath, *af.dataDir)
 		if err != nil {
 			return err
 		}
@@ -242,7 +242,7 @@ func cmdOAuth(ctx context.Context, env *cliEnv, args []string) error {
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
-	sources, names, done, storeKind, err := localOAuthSources(ctx, env, *cfgPath)
+	sources, names, done, storeKind, err := localOAuthSources(ctx, env, *cfgPath, "mailgate-data")
 	if err != nil {
 		return err
 	}
