@@ -161,9 +161,10 @@ func cmdOAuthStatus(ctx context.Context, env *cliEnv, args []string) error {
 		var reason error
 		states, from, reason = daemonOAuthStates(ctx, af)
 		var unreachable *daemonUnreachableError
+		var noToken *noAdminTokenError
 		switch {
 		case reason == nil:
-		case errors.As(reason, &unreachable), errors.Is(reason, errNoAdminToken):
+		case errors.As(reason, &unreachable), errors.As(reason, &noToken):
 			fmt.Fprintf(env.stderr, "mailgate oauth status: no daemon answered (%v); requesting tokens from this process\n", reason)
 		default:
 			return reason
@@ -200,14 +201,17 @@ func cmdOAuthStatus(ctx context.Context, env *cliEnv, args []string) error {
 	return nil
 }
 
-// errNoAdminToken: the admin token file could not be read, so the daemon cannot be asked.
-var errNoAdminToken = errors.New("no admin token")
+// noAdminTokenError: the admin token file could not be read, so the daemon cannot be asked.
+type noAdminTokenError struct{ err error }
+
+func (e *noAdminTokenError) Error() string { return "no admin token: " + e.err.Error() }
+func (e *noAdminTokenError) Unwrap() error { return e.err }
 
 // daemonOAuthStates reads the running daemon's credential states (GET /oauth) and names who answered.
 func daemonOAuthStates(ctx context.Context, af adminFlags) ([]oauth.Status, string, error) {
 	c, err := af.client(ctx)
 	if err != nil {
-		return nil, "", fmt.Errorf("%w: %v", errNoAdminToken, err)
+		return nil, "", &noAdminTokenError{err}
 	}
 	resp, err := c.call(http.MethodGet, "/oauth")
 	if err != nil {
