@@ -398,26 +398,7 @@ func TestCheckConfigBroken(t *testing.T) {
 		}
 	}
 	// The example is valid once the files it names under /etc/mailgate exist (as they would on a server).
-	example, err := os.ReadFile("../../examples/mailgate.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	etc := t.TempDir()
-	cert := peertest.SelfSignedCert(t)
-	for name, content := range map[string]string{"tls/cert.pem": readFile(t, cert.CertFile), "tls/key.pem": readFile(t, cert.KeyFile),
-		"secrets/m365-client-secret": "client-secret\n", "admin.token": "0123456789abcdef0123456789abcdef\n"} {
-		p := filepath.Join(etc, name)
-		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	exampleFile := filepath.Join(etc, "mailgate.yaml")
-	if err := os.WriteFile(exampleFile, []byte(strings.ReplaceAll(string(example), "/etc/mailgate/", etc+"/")), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	exampleFile := installExample(t, "../../examples/mailgate.yaml", peertest.SelfSignedCert(t))
 	out, code = in.mailgate("check-config", exampleFile)
 	if code != 0 || !strings.Contains(out, "ok") {
 		t.Fatalf("example config: exit %d\n%s", code, out)
@@ -456,6 +437,34 @@ func TestAdminEndpoints(t *testing.T) {
 	}
 }
 
+// installExample writes the example configuration src into a temporary directory standing in for
+// /etc/mailgate, with the files it names there (TLS certificate and key, the M365 app certificate and
+// key, a client secret, an admin token), and returns the rewritten configuration's path.
+func installExample(t *testing.T, src string, cert peertest.Cert) string {
+	t.Helper()
+	example, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	etc := t.TempDir()
+	for name, content := range map[string]string{"tls/cert.pem": readFile(t, cert.CertFile), "tls/key.pem": readFile(t, cert.KeyFile),
+		"m365-app.pem": readFile(t, cert.CertFile), "secrets/m365-app.key": readFile(t, cert.KeyFile),
+		"secrets/m365-client-secret": "client-secret\n", "admin.token": "0123456789abcdef0123456789abcdef\n"} {
+		p := filepath.Join(etc, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	file := filepath.Join(etc, "mailgate.yaml")
+	if err := os.WriteFile(file, []byte(strings.ReplaceAll(string(example), "/etc/mailgate/", etc+"/")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return file
+}
+
 // TestConfigExamples: each focused example in examples/config is a valid configuration once the files it
 // names under /etc/mailgate exist (as they would on a server) — check-config passes on every one.
 func TestConfigExamples(t *testing.T) {
@@ -467,26 +476,7 @@ func TestConfigExamples(t *testing.T) {
 	cert := peertest.SelfSignedCert(t)
 	for _, f := range files {
 		t.Run(filepath.Base(f), func(t *testing.T) {
-			example, err := os.ReadFile(f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			etc := t.TempDir()
-			for name, content := range map[string]string{"tls/cert.pem": readFile(t, cert.CertFile), "tls/key.pem": readFile(t, cert.KeyFile),
-				"m365-app.pem": readFile(t, cert.CertFile), "secrets/m365-app.key": readFile(t, cert.KeyFile),
-				"secrets/m365-client-secret": "client-secret\n", "admin.token": "0123456789abcdef0123456789abcdef\n"} {
-				p := filepath.Join(etc, name)
-				if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-					t.Fatal(err)
-				}
-				if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
-					t.Fatal(err)
-				}
-			}
-			file := filepath.Join(etc, "mailgate.yaml")
-			if err := os.WriteFile(file, []byte(strings.ReplaceAll(string(example), "/etc/mailgate/", etc+"/")), 0o600); err != nil {
-				t.Fatal(err)
-			}
+			file := installExample(t, f, cert)
 			if out, code := in.mailgate("check-config", file); code != 0 || !strings.Contains(out, ": ok") {
 				t.Fatalf("check-config: exit %d\n%s", code, out)
 			}
