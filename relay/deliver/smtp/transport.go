@@ -73,6 +73,8 @@ type Transport struct {
 	addr string
 	m    *metrics.Metrics
 	b    *budget // the identity's slots, windows and pause, shared with the Transports a reload builds
+	// shapingWait is m.ShapingWait's series for this server, looked up once: it is observed per message.
+	shapingWait prometheus.Observer
 
 	// fingerprint is what a pooled session must have been set up with to be reused by t: the
 	// address, TLS mode and name, HELO name and authentication identity.
@@ -112,6 +114,7 @@ func New(o Options) (*Transport, error) {
 		addr:        addr,
 		m:           m,
 		b:           budgets.budget(&o),
+		shapingWait: m.ShapingWait.WithLabelValues(o.Name),
 		fingerprint: strings.Join([]string{addr, string(o.TLS), o.TLSServerName, o.HeloName, string(o.Auth), o.Username, o.Mailbox}, "\x00"),
 	}
 	t.b.mu.Lock()
@@ -275,7 +278,7 @@ func (t *Transport) waitRate(ctx context.Context) (int64, error) {
 	started := time.Now()
 	stamp, wait, ok, err := t.b.waitMessage(ctx, t.o.MaxShapingWait)
 	if ok {
-		t.m.ShapingWait.WithLabelValues(t.o.Name).Observe(time.Since(started).Seconds())
+		t.shapingWait.Observe(time.Since(started).Seconds())
 	}
 	switch {
 	case err != nil:
