@@ -206,6 +206,7 @@ func (d *daemon) graphTransport(i int, gs config.GraphServer, secrets map[string
 		Name: gs.Name, Mailbox: gs.OAuth.Mailbox, Endpoint: gs.Endpoint, Tokens: src,
 		MaxConcurrent: gs.MaxConcurrentRequests, MessagesPerMinute: gs.MessagesPerMinute, RecipientsPerDay: gs.RecipientsPerDay,
 		MaxMessageBytes: gs.MaxMessageBytes, Budgets: d.graphBudgets, Logger: d.log.With("server", gs.Name),
+		ShapingWait: d.metrics.ShapingWait.WithLabelValues(gs.Name),
 	}
 	if gs.CAFile != "" {
 		pool, err := caPool(gs.CAFile)

@@ -185,7 +185,11 @@ func (t *Transport) precheck(m *relay.Message) error {
 // waitRate takes one message from the per-minute budget, waiting up to MaxShapingWait; longer waits
 // defer with RetryAfter so queue workers are not parked.
 func (t *Transport) waitRate(ctx context.Context) (int64, error) {
+	started := time.Now()
 	stamp, wait, ok, err := t.b.limits.WaitMessage(ctx, t.o.MaxShapingWait)
+	if ok && t.o.ShapingWait != nil {
+		t.o.ShapingWait.Observe(time.Since(started).Seconds())
+	}
 	switch {
 	case err != nil:
 		return 0, t.classify(err)

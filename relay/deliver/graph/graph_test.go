@@ -343,7 +343,8 @@ func TestConcurrencyPerMailbox(t *testing.T) {
 // The per-minute and per-day budgets defer (temporary, RetryAfter) instead of sending.
 func TestBudgets(t *testing.T) {
 	e := newEnv(t)
-	tr := e.transport(t, graph.Options{MessagesPerMinute: 2, RecipientsPerDay: 3, MaxShapingWait: time.Millisecond})
+	waits := &countingObserver{}
+	tr := e.transport(t, graph.Options{MessagesPerMinute: 2, RecipientsPerDay: 3, MaxShapingWait: time.Millisecond, ShapingWait: waits})
 	for i := range 2 {
 		if err := tr.Deliver(ctxT(t), message(smallMIME("x"), "a@example.net")).Errs[0]; err != nil {
 			t.Fatalf("message %d: %v", i, err)
@@ -352,6 +353,10 @@ func TestBudgets(t *testing.T) {
 	err := tr.Deliver(ctxT(t), message(smallMIME("x"), "a@example.net")).Errs[0]
 	if re, _ := relay.AsError(err); re == nil || re.Reason != graph.ReasonRateLimited || re.RetryAfter < 30*time.Second || relay.Classify(re) != relay.FaultTemporary {
 		t.Fatalf("third message in a minute: %v", err)
+	}
+	// The two sent messages took their budget; the deferred one never got it.
+	if n := waits.count(); n != 2 {
+		t.Fatalf("shaping waits observed: %d, want 2", n)
 	}
 	tr = e.transport(t, graph.Options{Name: "other", MessagesPerMinute: -1, RecipientsPerDay: 3})
 	res := tr.Deliver(ctxT(t), message(smallMIME("x"), "a@example.net", "b@example.net", "c@example.net", "d@example.net"))
@@ -384,3 +389,12 @@ func pythonEmail(t *testing.T, msg []byte, code string) string {
 	script := "import sys, email, email.policy\nm = email.message_from_binary_file(open(sys.argv[1], 'rb'), policy=email.policy.default)\n" + code
 	return peertest.Python(t, script, p)
 }
+
+// countingObserver counts graph.Options.ShapingWait observations.
+type countingObserver struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (c *countingObserver) Observe(float64) { c.mu.Lock(); c.n++; c.mu.Unlock() }
+func (c *countingObserver) count() int      { c.mu.Lock(); defer c.mu.Unlock(); return c.n }

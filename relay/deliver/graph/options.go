@@ -82,7 +82,13 @@ type Options struct {
 	// Budgets is the process's registry of per-mailbox shaping state, kept across reloads. nil: private.
 	Budgets *Budgets
 	Logger  *slog.Logger
+	// ShapingWait, when set, observes how long each sent message waited for the per-minute budget, in
+	// seconds (mailgate_shaping_wait_seconds{server}).
+	ShapingWait Observer
 }
+
+// Observer takes one measurement (prometheus.Observer is one).
+type Observer interface{ Observe(float64) }
 
 func (o *Options) setDefaults() error {
 	var problems []error
