@@ -62,7 +62,6 @@ func TestClassify(t *testing.T) {
 		{"setup: 5.7.60 no Send As, after the dot", reply(550, "5.7.60", relay.StageData), relay.FaultSetup},
 		{"setup: 5.7.233 tenant external recipient limit, after the dot", reply(550, "5.7.233", relay.StageData), relay.FaultSetup},
 		{"setup: 5.7.708 tenant blocked, after the dot", reply(550, "5.7.708", relay.StageData), relay.FaultSetup},
-		{"setup: 5.7.233 tenant external recipient limit, after the dot", reply(550, "5.7.233", relay.StageData), relay.FaultSetup},
 		{"setup: 503 nested MAIL (no enhanced code)", reply(503, "5.0.0", relay.StageMail), relay.FaultSetup},
 		{"setup: 503 5.5.1 bad sequence at RCPT", reply(503, "5.5.1", relay.StageRcpt), relay.FaultSetup},
 		{"setup: 554 banner", reply(554, "5.0.0", relay.StageConnect), relay.FaultSetup},

@@ -3,6 +3,7 @@ package admin
 import (
 	"encoding/json"
 	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,6 +23,8 @@ func TestCredentialsEndpoint(t *testing.T) {
 	s.SetCredentials(map[string]Credential{
 		"m365-smtp":  fixedCredential{Server: "m365-smtp", Flow: oauth.ClientCredentials, Healthy: false, LastError: "AADSTS7000215: invalid client secret", Remedy: "rotate the secret"},
 		"m365-graph": fixedCredential{Server: "m365-graph", Flow: oauth.ClientCredentials, Healthy: true},
+		"a-relay":    fixedCredential{Server: "a-relay", Flow: oauth.AuthorizationCode, Healthy: true},
+		"z-relay":    fixedCredential{Server: "z-relay", Flow: oauth.AuthorizationCode, Healthy: true},
 	})
 	if code, _ := do(t, "GET", base+"/oauth", "", ""); code != http.StatusUnauthorized {
 		t.Fatalf("GET /oauth without the token: %d, want 401", code)
@@ -31,7 +34,11 @@ func TestCredentialsEndpoint(t *testing.T) {
 	if code != 200 || json.Unmarshal([]byte(body), &got) != nil {
 		t.Fatalf("GET /oauth: %d %s", code, body)
 	}
-	if len(got) != 2 || got[0].Server != "m365-graph" || !got[0].Healthy || got[1].Server != "m365-smtp" || got[1].Healthy || got[1].Remedy != "rotate the secret" {
+	var order []string
+	for _, st := range got {
+		order = append(order, st.Server)
+	}
+	if strings.Join(order, " ") != "a-relay m365-graph m365-smtp z-relay" || !got[1].Healthy || got[2].Healthy || got[2].Remedy != "rotate the secret" {
 		t.Fatalf("GET /oauth answered %+v", got)
 	}
 
