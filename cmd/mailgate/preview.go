@@ -107,21 +107,20 @@ func cmdPreview(ctx context.Context, env *cliEnv, args []string) error {
 // encoded words decoded, then every part's content decoded (go-message: transfer encoding and
 // charset) under a line naming its type; attachments by name and size only. --raw prints the wire form.
 func printReadable(w io.Writer, msg []byte) error {
-	head, _, ok := bytes.Cut(msg, []byte("\r\n\r\n"))
-	if !ok {
-		return fmt.Errorf("composed message has no header/body separator")
-	}
-	var dec mime.WordDecoder
-	unfolded := strings.ReplaceAll(strings.ReplaceAll(string(head), "\r\n ", " "), "\r\n\t", " ")
-	for _, line := range strings.Split(unfolded, "\r\n") {
-		if d, err := dec.DecodeHeader(line); err == nil {
-			line = d
-		}
-		fmt.Fprintln(w, line)
-	}
 	m, err := message.Read(bytes.NewReader(msg))
 	if err != nil && !message.IsUnknownCharset(err) && !message.IsUnknownEncoding(err) {
 		return err
+	}
+	for f := m.Header.Fields(); f.Next(); {
+		v, err := f.Text() // unfolded, encoded words decoded
+		if err != nil {
+			v = f.Value()
+		}
+		key := f.Key()
+		if raw, err := f.Raw(); err == nil {
+			key, _, _ = strings.Cut(string(raw), ":") // as composed, not canonicalised (Message-ID)
+		}
+		fmt.Fprintf(w, "%s: %s\n", key, v)
 	}
 	return m.Walk(func(_ []int, e *message.Entity, err error) error {
 		if err != nil {
