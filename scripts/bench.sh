@@ -160,12 +160,14 @@ fi
 # --- mailgate ---
 go build -o "$WORK/mailgate" ./cmd/mailgate
 HASH=$(printf 'unused-password\n' | "$WORK/mailgate" hash-password -cost 4)
+# The operator token for /debug/pprof (PROFILE=pprof); never on argv: curl reads it from a file.
+(umask 077; head -c 24 /dev/urandom | base64 > "$WORK/admin.token"; printf 'header "Authorization: Bearer %s"\n' "$(cat "$WORK/admin.token")" > "$WORK/curl.cfg")
 cat > "$WORK/mailgate.yaml" <<YAML
 hostname: mailgate.bench.invalid
 development: true
 listeners:
   - {name: bench, address: 127.0.0.1:$MAILGATE_PORT, tls: starttls}
-admin: {address: 127.0.0.1:$ADMIN_PORT}
+admin: {address: 127.0.0.1:$ADMIN_PORT, token_file: $WORK/admin.token}
 spool: {dir: $WORK/mg/spool}
 store: {path: $WORK/mg/mailgate.db}
 business_units: [{name: BU, time_zone: Europe/Berlin}]
@@ -205,7 +207,7 @@ strace)
   exit 0;;
 pprof)
   start_mailgate
-  curl -s -o "$WORK/cpu.pprof" "http://127.0.0.1:$ADMIN_PORT/debug/pprof/profile?seconds=$PROFILE_SECONDS" &
+  curl -s -K "$WORK/curl.cfg" -o "$WORK/cpu.pprof" "http://127.0.0.1:$ADMIN_PORT/debug/pprof/profile?seconds=$PROFILE_SECONDS" &
   prof=$!
   read -r e p c o sm < <(run "$MAILGATE_PORT" "$MG_PROC" "$MG_PROC")
   wait "$prof"

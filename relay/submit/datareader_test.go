@@ -138,6 +138,9 @@ func FuzzDataReader(f *testing.F) {
 			return // would end the data early
 		}
 		whole := readData(t, body, 32<<10)
+		if want := byteMachine(body); !bytes.Equal(whole, want) {
+			t.Fatalf("body %q: reader gave %q, the byte-at-a-time machine %q", body, whole, want)
+		}
 		if bytes.Count(whole, []byte("\r")) != bytes.Count(body, []byte("\r"))+2 { // + the two CRLF before "."
 			t.Fatalf("CRs: body %q became %q", body, whole)
 		}
@@ -145,4 +148,78 @@ func FuzzDataReader(f *testing.F) {
 			t.Fatalf("read size changes the data: %q vs %q", bytewise, whole)
 		}
 	})
+}
+
+// byteMachine is the DATA decoder as go-smtp wrote it, one byte at a time (with mailgate's ".\r" fix),
+// followed by the end of data readData sends: the model the patched reader's bulk copy must match.
+func byteMachine(body []byte) []byte {
+	const (
+		beginLine = iota
+		dot
+		dotCR
+		cr
+		data
+	)
+	in := append(append([]byte{}, body...), "\r\n\r\n.\r\n"...)
+	var out []byte
+	state := beginLine
+	for _, c := range in {
+		switch state {
+		case beginLine:
+			switch c {
+			case '.':
+				state = dot
+				continue
+			case '\r':
+				state = cr
+			default:
+				state = data
+			}
+		case dot:
+			if c == '\r' {
+				state = dotCR
+				continue
+			}
+			state = data
+		case dotCR:
+			if c == '\n' {
+				return out
+			}
+			out = append(out, '\r')
+			state = data
+		case cr:
+			if c == '\n' {
+				state = beginLine
+			} else {
+				state = data
+			}
+		case data:
+			if c == '\r' {
+				state = cr
+			}
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// TestDataReaderBulk: long lines, lines that are nothing but CRs, and stuffed dots, read in pieces of
+// every size from one byte to the whole, come out as the byte-at-a-time machine decodes them.
+func TestDataReaderBulk(t *testing.T) {
+	body := []byte("a\r\n" + strings.Repeat("x", 5000) + "\r\n..stuffed\r\n\r\r\r\n.\rX\r\n" + strings.Repeat("y\r\n", 300) + "end")
+	want := byteMachine(body)
+	for _, size := range []int{1, 2, 3, 7, 64, 4095, 4096, 32 << 10} {
+		if got := readData(t, body, size); !bytes.Equal(got, want) {
+			t.Errorf("read %d at a time: got %d bytes, want %d (first difference at %d)", size, len(got), len(want), firstDiff(got, want))
+		}
+	}
+}
+
+func firstDiff(a, b []byte) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
 }
