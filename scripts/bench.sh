@@ -26,7 +26,8 @@
 # same run is what counts, so runs are interleaved and medians printed.
 #
 # PROFILE=strace|pprof runs mailgate alone, once, and prints its system calls per message (strace -c -f)
-# or the top 10 of a CPU profile taken during the run from the admin listener's /debug/pprof.
+# or the top 10 of a CPU profile and of the bytes allocated, taken during the run from the admin
+# listener's /debug/pprof.
 # Env (defaults): MODE=relay MSGS=5000 SESSIONS=20 SIZE=10240 REPS=3 BIG=40000000 BIGN=2
 #   SINK_PORT=2626 POSTFIX_PORT=2625 MAILGATE_PORT=2627 ADMIN_PORT=2628 PROFILE= PROFILE_SECONDS=8
 #   PROFILE_OUT= (a directory to keep the binary and the CPU profile in)
@@ -209,13 +210,17 @@ pprof)
   start_mailgate
   curl -s -K "$WORK/curl.cfg" -o "$WORK/cpu.pprof" "http://127.0.0.1:$ADMIN_PORT/debug/pprof/profile?seconds=$PROFILE_SECONDS" &
   prof=$!
+  curl -s -K "$WORK/curl.cfg" -o "$WORK/allocs.pprof" "http://127.0.0.1:$ADMIN_PORT/debug/pprof/allocs?seconds=$PROFILE_SECONDS" &
+  aprof=$!
   read -r e p c o sm < <(run "$MAILGATE_PORT" "$MG_PROC" "$MG_PROC")
-  wait "$prof"
+  wait "$prof" "$aprof"
   echo "mailgate: $e msg/s, own CPU $o µs/msg (profile: the first $PROFILE_SECONDS s of the run)"
   go tool pprof -top -nodecount=10 "$WORK/mailgate" "$WORK/cpu.pprof" 2>/dev/null | sed -n '5,16p'
   echo "where the system calls are made (cumulative):"
   go tool pprof -top -cum -nodecount=25 -focus=syscall.Syscall6 "$WORK/mailgate" "$WORK/cpu.pprof" 2>/dev/null | sed -n '8,40p'
-  if [ -n "${PROFILE_OUT:-}" ]; then mkdir -p "$PROFILE_OUT"; cp "$WORK/mailgate" "$WORK/cpu.pprof" "$PROFILE_OUT/"; fi
+  echo "allocated bytes during the profile, top 10:"
+  go tool pprof -top -sample_index=alloc_space -nodecount=10 "$WORK/mailgate" "$WORK/allocs.pprof" 2>/dev/null | sed -n '5,16p'
+  if [ -n "${PROFILE_OUT:-}" ]; then mkdir -p "$PROFILE_OUT"; cp "$WORK/mailgate" "$WORK/cpu.pprof" "$WORK/allocs.pprof" "$PROFILE_OUT/"; fi
   exit 0;;
 "") ;;
 *) echo "PROFILE must be strace or pprof" >&2; exit 2;;

@@ -173,7 +173,7 @@ func (j *job) writeEntity(fs []hfield, e entity, body io.Reader, depth int, top 
 		if err := j.writeFields(fs); err != nil {
 			return err
 		}
-		_, err := io.Copy(j.out, body)
+		_, err := io.CopyBuffer(j.out, body, j.copyBuf)
 		return err
 
 	case kindMultipartPass, kindMessage:
@@ -184,7 +184,7 @@ func (j *job) writeEntity(fs []hfield, e entity, body io.Reader, depth int, top 
 			return err
 		}
 		if j.allowed == nil {
-			_, err := io.Copy(j.out, body)
+			_, err := io.CopyBuffer(j.out, body, j.copyBuf)
 			return err
 		}
 		// Parse while copying: the tee writes every byte the parser reads, in order; the rest is
@@ -193,7 +193,7 @@ func (j *job) writeEntity(fs []hfield, e entity, body io.Reader, depth int, top 
 		if err := j.scan(e, tee, depth+1); err != nil {
 			return err
 		}
-		_, err := io.Copy(io.Discard, tee)
+		_, err := io.CopyBuffer(io.Discard, tee, j.copyBuf)
 		return err
 
 	case kindText, kindHTML, kindTextToAlt, kindHTMLToAlt:

@@ -33,6 +33,8 @@ type Server struct {
 	bufs sync.Pool
 	// raws recycles the in-memory raw messages (rawMessage) between DATA and composition.
 	raws sync.Pool
+	// headerReaders recycles the buffered readers the submitted header is parsed through.
+	headerReaders sync.Pool
 
 	listeners []*listener
 

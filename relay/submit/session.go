@@ -398,6 +398,20 @@ func (h *headerLimit) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// readHeader parses the header of the raw message (at most maxHeaderBytes) through a recycled reader.
+func (s *session) readHeader(f io.ReaderAt, size int64) (textproto.Header, error) {
+	br, _ := s.srv.headerReaders.Get().(*bufio.Reader)
+	if br == nil {
+		br = bufio.NewReader(nil)
+	}
+	br.Reset(&headerLimit{r: io.NewSectionReader(f, 0, size), n: maxHeaderBytes})
+	defer func() {
+		br.Reset(nil)
+		s.srv.headerReaders.Put(br)
+	}()
+	return textproto.ReadHeader(br)
+}
+
 func drain(r io.Reader) { _, _ = io.Copy(io.Discard, r) }
 
 // deliver checks the received message against the channel policy, composes it into a spool draft and
@@ -409,7 +423,7 @@ func (s *session) deliver(f io.ReaderAt, size int64, rcpts []string, received ti
 		return s.reply(stageData, errAuthRequired)
 	}
 	// The raw message is read twice from its start (header, then composition) with positioned reads.
-	header, err := textproto.ReadHeader(bufio.NewReader(&headerLimit{r: io.NewSectionReader(f, 0, size), n: maxHeaderBytes}))
+	header, err := s.readHeader(f, size)
 	if errors.Is(err, errHeaderTooBig) {
 		return s.reply(stageData, relay.Errorf(552, relay.CodeTooBig, "header_size", "Message header too large"),
 			"principal", p.Login)
@@ -452,7 +466,7 @@ func (s *session) deliver(f io.ReaderAt, size int64, rcpts []string, received ti
 		}
 	}()
 	started := time.Now()
-	composed, err := rules.composer.Compose(ctx, bufio.NewReaderSize(io.NewSectionReader(f, 0, size), 32<<10), draft, sub)
+	composed, err := rules.composer.Compose(ctx, io.NewSectionReader(f, 0, size), draft, sub)
 	if err == nil && composed == nil {
 		err = errors.New("composer returned no result")
 	}

@@ -168,7 +168,7 @@ func (x *transaction) run(body io.Reader, utf8 bool) string {
 		x.state = txClean
 		return ""
 	}
-	dw := newDotWriter(x.tp.W)
+	dw := newDotWriter(x.s.bodyWriter())
 	if re := t.copyBody(x.s, dw, body); re != nil {
 		x.broken(accepted, re)
 		return ""

@@ -433,7 +433,7 @@ func failAll(errs []error, idx []int, err error) {
 // delivering a truncated message.
 func (t *Transport) copyBody(s *session, w io.Writer, body io.Reader) *relay.Error {
 	rt := &readTracker{r: body}
-	if _, err := io.Copy(w, rt); err != nil {
+	if _, err := io.CopyBuffer(w, rt, s.copyBuf); err != nil {
 		s.conn.Close()
 		if rt.err != nil {
 			return &relay.Error{Code: 451, Enhanced: relay.CodeTempLocal, Reason: ReasonLocal,
