@@ -369,7 +369,9 @@ func (d *draft) commit(env relay.Envelope) (string, error) {
 		d.abortFiles()
 		return "", err
 	}
-	q.log.Info("queued", "queue_id", e.ID, "channel", env.Channel, "transport", env.Transport,
+	// Debug: the submission's "accepted" line (or the test-send command's) already names the queue id,
+	// channel and transport; a second info line per message was a third of the relay's log writes.
+	q.log.Debug("queued", "queue_id", e.ID, "channel", env.Channel, "transport", env.Transport,
 		"recipients", len(env.Recipients), "size", e.Size)
 	q.logQueued(&e)
 	q.mu.Lock()

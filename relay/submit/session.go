@@ -504,7 +504,7 @@ func (s *session) deliver(f io.ReaderAt, size int64, rcpts []string, received ti
 	committed = true
 	s.srv.o.Metrics.MessagesAccepted.WithLabelValues(ch.Name).Inc()
 	s.srv.log.Info("accepted", "session", s.id, "listener", s.listener, "queue_id", queueID, "channel", ch.Name,
-		"principal", p.Login, "agent", agentLogin(agent), "message_id", composed.MessageID, "ticket", composed.Ticket, "reply", composed.Reply,
+		"transport", ch.Transport, "principal", p.Login, "agent", agentLogin(agent), "message_id", composed.MessageID, "ticket", composed.Ticket, "reply", composed.Reply,
 		"recipients", len(rcpts), "raw_size", size, "size", composed.Size)
 	// go-smtp sends an *SMTPError returned by Data as the reply, whatever its code: this is how the
 	// queue id reaches the client.

@@ -1,6 +1,7 @@
 package smtp
 
 import (
+	"bytes"
 	"errors"
 	"io"
 )
@@ -32,16 +33,26 @@ func (r *lineLimitReader) Read(b []byte) (int, error) {
 		return n, nil
 	}
 
-	for _, chr := range b[:n] {
-		if chr == '\n' {
-			r.curLineLength = 0
+	// mailgate: counted a line at a time instead of a byte at a time (the same counts: a line's length
+	// includes the LF that ended the previous one).
+	p := b[:n]
+	for {
+		i := bytes.IndexByte(p, '\n')
+		if i < 0 {
+			r.curLineLength += len(p)
+			if r.curLineLength > r.LineLimit {
+				return 0, ErrTooLongLine
+			}
+			return n, nil
 		}
-		r.curLineLength++
-
+		r.curLineLength += i
 		if r.curLineLength > r.LineLimit {
 			return 0, ErrTooLongLine
 		}
+		r.curLineLength = 1
+		if r.curLineLength > r.LineLimit {
+			return 0, ErrTooLongLine
+		}
+		p = p[i+1:]
 	}
-
-	return n, nil
 }
