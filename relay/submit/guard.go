@@ -1,6 +1,10 @@
 package submit
 
-import "bytes"
+import (
+	"bytes"
+
+	"github.com/mailgate/mailgate/relay/internal/lineend"
+)
 
 // lineGuard checks a message stream for bare CR and bare LF: RFC 5321 §2.3.8 allows CR and LF only as the
 // CRLF pair that ends a line, and the SMTP smuggling attacks (CVE-2023-51764/51765/51766) rely on
@@ -40,7 +44,7 @@ func (g *lineGuard) check(p []byte) {
 			i++
 			continue
 		}
-		j := bytes.IndexAny(p[i:], "\r\n")
+		j := lineend.Index(p[i:])
 		if j < 0 {
 			return
 		}

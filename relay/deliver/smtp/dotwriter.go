@@ -2,7 +2,8 @@ package smtp
 
 import (
 	"bufio"
-	"bytes"
+
+	"github.com/mailgate/mailgate/relay/internal/lineend"
 )
 
 // dotWriter writes a DATA body with RFC 5321 §4.5.2 transparency: a line that starts with '.' gets
@@ -47,7 +48,7 @@ func (d *dotWriter) Write(b []byte) (int, error) {
 			keep(d.w.WriteByte(b[n]))
 			n++
 		default:
-			i := bytes.IndexAny(b[n:], "\r\n")
+			i := lineend.Index(b[n:])
 			if i < 0 {
 				_, e := d.w.Write(b[n:])
 				keep(e)
