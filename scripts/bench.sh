@@ -230,7 +230,7 @@ pprof)
   echo "mailgate: $e msg/s, own CPU $o µs/msg (profile: the first $PROFILE_SECONDS s of the run)"
   go tool pprof -top -nodecount=10 "$WORK/mailgate" "$WORK/cpu.pprof" 2>/dev/null | sed -n '5,16p'
   echo "where the system calls are made (cumulative):"
-  go tool pprof -top -cum -nodecount=25 -focus=syscall.Syscall6 "$WORK/mailgate" "$WORK/cpu.pprof" 2>/dev/null | sed -n '8,40p'
+  go tool pprof -top -cum -nodecount=25 -focus='linux\.Syscall6$' "$WORK/mailgate" "$WORK/cpu.pprof" 2>/dev/null | sed -n '8,40p'
   echo "allocated bytes during the profile, top 10:"
   go tool pprof -top -sample_index=alloc_space -nodecount=10 "$WORK/mailgate" "$WORK/allocs.pprof" 2>/dev/null | sed -n '5,16p'
   if [ -n "${PROFILE_OUT:-}" ]; then mkdir -p "$PROFILE_OUT"; cp "$WORK/mailgate" "$WORK/cpu.pprof" "$WORK/allocs.pprof" "$PROFILE_OUT/"; fi
