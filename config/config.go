@@ -219,6 +219,9 @@ type SMTPServer struct {
 	MaxMessageBytes   int64        `yaml:"max_message_bytes"`
 	CAFile            string       `yaml:"ca_file"` // extra trust anchors (a private CA); system roots otherwise
 	Timeouts          SMTPTimeouts `yaml:"timeouts"`
+	// Chunking (default true) sends each message as MAIL, RCPT and BDAT LAST in one round trip where
+	// the server offers CHUNKING and PIPELINING (Exchange Online does); false always uses DATA.
+	Chunking *bool `yaml:"chunking"`
 }
 
 // GraphServer is a Microsoft 365 mailbox that sends through Microsoft Graph's sendMail instead of SMTP

@@ -242,7 +242,7 @@ func (d *daemon) smtpTransport(cfg *config.Config, i int, s config.SMTPServer, s
 	o := smtpdeliver.Options{
 		Name: s.Name, Host: s.Host, Port: s.Port, TLS: smtpdeliver.TLSMode(s.TLS),
 		HeloName: cfg.Hostname, MaxConnections: s.MaxConnections, MessagesPerMinute: s.MessagesPerMinute,
-		RecipientsPerDay: s.RecipientsPerDay, MaxMessageBytes: s.MaxMessageBytes,
+		RecipientsPerDay: s.RecipientsPerDay, MaxMessageBytes: s.MaxMessageBytes, DisableChunking: s.Chunking != nil && !*s.Chunking,
 		DialTimeout: s.Timeouts.Connect.D(), CommandTimeout: s.Timeouts.Command.D(), DataTimeout: s.Timeouts.Data.D(), IdleTimeout: s.Timeouts.Idle.D(),
 		Logger: d.log, Metrics: d.metrics, Budgets: d.budgets, // the transport names the server on every line
 	}

@@ -92,6 +92,10 @@ type Options struct {
 	RecipientsPerDay int
 	// MaxMessageBytes is the configured size limit; the upstream's SIZE (RFC 1870) is honoured too.
 	MaxMessageBytes int64
+	// DisableChunking sends DATA even to a server that offers CHUNKING (RFC 3030). By default a server
+	// offering CHUNKING and PIPELINING gets each message as one pipelined group ending in BDAT LAST:
+	// one round trip per message instead of two. The switch is for an upstream whose BDAT is broken.
+	DisableChunking bool
 	// MaxShapingWait is how long Deliver waits for the per-minute rate to allow a message before
 	// deferring it with RetryAfter instead. Default 10s.
 	MaxShapingWait time.Duration

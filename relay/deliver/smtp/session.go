@@ -46,10 +46,12 @@ type session struct {
 	fellBack    bool // opportunistic STARTTLS failed and this session is in plain text
 
 	// base is the connection under go-smtp's client (TLS when in use); tp is the session's own text
-	// connection on it, for pipelined transactions. pipelining, ext8bit and extSize are what EHLO offered.
+	// connection on it, for pipelined transactions. pipelining, ext8bit, extSize and chunking are what EHLO
+	// offered.
 	base                         net.Conn
 	tp                           *textproto.Conn
 	pipelining, ext8bit, extSize bool
+	chunking                     bool // CHUNKING (RFC 3030): BDAT instead of DATA, with pipelining
 	// bodyW and copyBuf carry message bodies (see bodyWriter); made on first use and kept with the
 	// session, so a pooled session sends message after message without allocating.
 	bodyW   *bufio.Writer
@@ -220,6 +222,8 @@ func (t *Transport) dial(ctx context.Context, forceTLS, allowTLS bool) (*session
 	s.pipelining, _ = s.c.Extension("PIPELINING")
 	s.ext8bit, _ = s.c.Extension("8BITMIME")
 	s.extSize, _ = s.c.Extension("SIZE")
+	s.chunking, _ = s.c.Extension("CHUNKING")
+	s.chunking = s.chunking && !o.DisableChunking
 	if t.m != nil {
 		t.m.UpstreamConnections.WithLabelValues(o.Name, s.tlsMode).Inc()
 	}

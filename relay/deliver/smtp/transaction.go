@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/textproto"
+	"os"
 	"strings"
 	"time"
 
@@ -70,6 +71,14 @@ func (t *Transport) transact(ctx context.Context, s *session, m *relay.Message, 
 		return "", true, false
 	}
 	s.uses++
+	if sk, ok := body.(io.Seeker); ok {
+		// A BDAT attempt on a session found dead sent (part of) the body already; this one starts over.
+		if _, err := sk.Seek(0, io.SeekStart); err != nil {
+			failAll(res.Errs, idx, &relay.Error{Code: 451, Enhanced: relay.CodeTempLocal, Reason: ReasonLocal,
+				Msg: "cannot read the queued message", Err: err})
+			return "", true, false
+		}
+	}
 	if s.tp == nil {
 		s.tp = textproto.NewConn(s.base)
 	}
@@ -84,6 +93,9 @@ func (t *Transport) transact(ctx context.Context, s *session, m *relay.Message, 
 
 // run sends the transaction and returns the final reply on success.
 func (x *transaction) run(body io.Reader, utf8 bool) string {
+	if size, ok := x.chunkable(body); ok {
+		return x.runChunked(body, size, utf8)
+	}
 	t := x.t
 	pipelined := x.s.pipelining
 	cmds := x.commands(utf8)
@@ -187,6 +199,96 @@ func (x *transaction) run(body io.Reader, utf8 bool) string {
 		x.fail(accepted, t.classify(err, relay.StageData))
 		return ""
 	}
+	return fmt.Sprintf("%d %s", code, oneLine(msg))
+}
+
+// chunkable reports whether the transaction can go as one pipelined group with BDAT (the server offers
+// CHUNKING and PIPELINING), and the body's exact size: BDAT announces it before the first byte, so a
+// body whose size is not known for certain goes by DATA.
+func (x *transaction) chunkable(body io.Reader) (int64, bool) {
+	if !x.s.chunking || !x.s.pipelining {
+		return 0, false
+	}
+	if _, ok := body.(io.Seeker); !ok { // a retry on a fresh session must send it again from the start
+		return 0, false
+	}
+	switch b := body.(type) {
+	case interface{ Size() int64 }: // the spool's segment reader (io.SectionReader)
+		return b.Size(), true
+	case *os.File: // a large body in a file of its own
+		st, err := b.Stat()
+		if err != nil || !st.Mode().IsRegular() {
+			return 0, false
+		}
+		return st.Size(), true
+	}
+	return 0, false
+}
+
+// runChunked sends MAIL, every RCPT and "BDAT <size> LAST" followed by the body in one write (RFC 3030
+// with RFC 2920), then reads their replies: one round trip per message where DATA takes two (the body
+// waits for 354), and no dot-stuffing. The server reads the chunk whatever it answered before it (RFC
+// 3030 §4.2), so replies stay in step after a refused MAIL or RCPT. Only a BDAT LAST answered 250 ends
+// the transaction for certain; after any refusal the session is cleaned with RSET before it is pooled.
+func (x *transaction) runChunked(body io.Reader, size int64, utf8 bool) string {
+	t := x.t
+	cmds := x.commands(utf8)
+	cmds[len(cmds)-1] = fmt.Sprintf("BDAT %d LAST", size)
+	x.state = txOpen
+	w := x.s.bodyWriter()
+	for _, c := range cmds {
+		_, _ = w.WriteString(c)
+		_, _ = w.WriteString("\r\n")
+	}
+	if re, local := t.copyBodyExact(x.s, w, body, size); re != nil {
+		// Nothing was answered yet: a reused session that fails here was dead before it was used
+		// (unless the spool could not be read, which a new session would not fix).
+		x.broken(x.idx, re)
+		x.stale = !local && x.s.uses > 1
+		return ""
+	}
+	if err := w.Flush(); err != nil {
+		x.broken(x.idx, t.classify(err, relay.StageMail))
+		x.stale = x.s.uses > 1
+		return ""
+	}
+	mailRefused := false
+	if err := x.reply(250); err != nil {
+		if !x.clean(err) {
+			x.broken(x.idx, t.classify(err, relay.StageMail))
+			x.stale = !isSMTPReply(err) && x.s.uses > 1
+			return ""
+		}
+		x.fail(x.idx, t.classify(err, relay.StageMail))
+		mailRefused = true
+	}
+	var accepted []int
+	for k, i := range x.idx {
+		err := x.reply(25)
+		switch {
+		case !x.clean(err):
+			x.broken(append(accepted, x.idx[k:]...), t.classify(err, relay.StageRcpt))
+			return ""
+		case mailRefused:
+		case err == nil:
+			accepted = append(accepted, i)
+		default:
+			x.fail([]int{i}, t.classify(err, relay.StageRcpt))
+		}
+	}
+	code, msg, err := x.finalReply()
+	switch {
+	case !x.clean(err):
+		x.broken(accepted, t.classify(err, relay.StageData))
+		return ""
+	case len(accepted) == 0:
+		// The BDAT refusal (no valid recipients) is expected; every recipient already has its outcome.
+		return ""
+	case err != nil:
+		x.fail(accepted, t.classify(err, relay.StageData))
+		return ""
+	}
+	x.state = txClean
 	return fmt.Sprintf("%d %s", code, oneLine(msg))
 }
 

@@ -115,7 +115,7 @@ func New(o Options) (*Transport, error) {
 		m:           m,
 		b:           budgets.budget(&o),
 		shapingWait: m.ShapingWait.WithLabelValues(o.Name),
-		fingerprint: strings.Join([]string{addr, string(o.TLS), o.TLSServerName, o.HeloName, string(o.Auth), o.Username, o.Mailbox}, "\x00"),
+		fingerprint: strings.Join([]string{addr, string(o.TLS), o.TLSServerName, o.HeloName, string(o.Auth), o.Username, o.Mailbox, fmt.Sprint(o.DisableChunking)}, "\x00"),
 	}
 	t.b.mu.Lock()
 	t.b.users[t.fingerprint]++
@@ -442,6 +442,26 @@ func (t *Transport) copyBody(s *session, w io.Writer, body io.Reader) *relay.Err
 		return t.classify(err, relay.StageData)
 	}
 	return nil
+}
+
+// copyBodyExact writes exactly size bytes of the queued message to w, for a BDAT chunk that announced
+// them. Fewer bytes (a spool read failure) close the connection, so the server never takes a short
+// chunk for the message. local says the failure was reading the spool, not writing to the server.
+func (t *Transport) copyBodyExact(s *session, w io.Writer, body io.Reader, size int64) (re *relay.Error, local bool) {
+	rt := &readTracker{r: io.LimitReader(body, size)}
+	n, err := io.CopyBuffer(w, rt, s.copyBuf)
+	if err == nil && n < size {
+		rt.err = fmt.Errorf("queued message ended after %d of %d bytes", n, size)
+	}
+	if err == nil && rt.err == nil {
+		return nil, false
+	}
+	s.conn.Close()
+	if rt.err != nil {
+		return &relay.Error{Code: 451, Enhanced: relay.CodeTempLocal, Reason: ReasonLocal,
+			Msg: "cannot read the queued message", Err: rt.err}, true
+	}
+	return t.classify(err, relay.StageData), false
 }
 
 // checkQuota pauses the server after a quota reply until the daily window frees up (our own record of
