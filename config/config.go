@@ -220,7 +220,7 @@ type SMTPServer struct {
 	CAFile            string       `yaml:"ca_file"` // extra trust anchors (a private CA); system roots otherwise
 	Timeouts          SMTPTimeouts `yaml:"timeouts"`
 	// Chunking (default true) sends each message as MAIL, RCPT and BDAT LAST in one round trip where
-	// the server offers CHUNKING and PIPELINING (Exchange Online does); false always uses DATA.
+	// the server offers CHUNKING and PIPELINING (Exchange and Postfix do); false always uses DATA.
 	Chunking *bool `yaml:"chunking"`
 }
 

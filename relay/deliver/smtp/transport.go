@@ -19,6 +19,11 @@
 //     of step — closes it, so the next message never meets "503 nested MAIL command". A pooled session
 //     that turns out to be dead at MAIL (nothing accepted) is replaced by a freshly dialled one once,
 //     and the idle sessions pooled with it are dropped too (an upstream restart kills them together).
+//   - Where the server offers CHUNKING with PIPELINING (RFC 3030; Exchange and Postfix do), a
+//     message goes as MAIL, every RCPT and "BDAT <size> LAST" followed by its body in one write: one
+//     round trip per message instead of two (DATA's body must wait for 354), and no dot-stuffing. Only
+//     a body whose exact size is known (the spool's) goes this way; BDAT LAST answered 250 ends the
+//     transaction, any refusal is followed by RSET. Options.DisableChunking turns it off.
 //   - go-smtp's client sets the session up (EHLO, AUTH) and ends it (QUIT); it has no context support
 //     and no deadline while DATA is written, so every step has a deadline (DialTimeout for connect and
 //     TLS handshake, CommandTimeout per reply, DataTimeout per written block through deadlineConn,
