@@ -184,7 +184,7 @@ type peerMessage struct {
 	body  []byte
 }
 
-func startGoSMTPPeer(t *testing.T) *goSMTPPeer {
+func startGoSMTPPeer(t testing.TB) *goSMTPPeer {
 	t.Helper()
 	p := &goSMTPPeer{}
 	srv := gosmtp.NewServer(p)
