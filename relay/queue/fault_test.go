@@ -439,3 +439,65 @@ func TestDeliveryLogPerRecipient(t *testing.T) {
 		t.Errorf("search by the delivered address: %+v", byGood)
 	}
 }
+
+// TestSpoolBodiesGoByBDAT: the spool's body readers — a message in a segment, and one over the
+// large-body threshold in a file of its own — qualify for BDAT (known size, rewindable): against
+// Postfix's smtpd, which offers CHUNKING, both go as BDAT LAST, never DATA, and arrive whole.
+func TestSpoolBodiesGoByBDAT(t *testing.T) {
+	pf := peertest.StartPostfix(t, peertest.PostfixOptions{})
+	host, portStr, _ := net.SplitHostPort(pf.Addr)
+	port, _ := strconv.Atoi(portStr)
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	tr, err := smtp.New(smtp.Options{Name: "upstream", Host: host, Port: port, MaxConnections: 1, Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := queue.New(queue.Options{Dir: t.TempDir(), Transports: queue.TransportMap{"upstream": tr}, Logger: logger, Workers: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- q.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+		q.Close()
+	}()
+	big := strings.Repeat(strings.Repeat("z", 98)+"\r\n", (3<<20)/100) // 3 MiB: a file of its own
+	var ids []string
+	for i, body := range []string{"Hello.\r\n.a line with a leading dot\r\n", big} {
+		d, err := q.Create()
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(d, "From: Support <support@example.com>\r\nTo: <c%d@example.net>\r\nSubject: bdat %d\r\n\r\n%s", i, i, body)
+		id, err := d.Commit(context.Background(), relay.Envelope{Channel: "Support", Transport: "upstream", MailFrom: "support@example.com",
+			Recipients: []string{fmt.Sprintf("c%d@example.net", i)}, Received: time.Now()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	for _, id := range ids {
+		waitUntil(t, "message "+id+" delivered", func() bool { _, ok := q.Get(id); return !ok })
+	}
+	// The sink writes each message as it arrives from Postfix: wait until both are whole.
+	whole := func() bool {
+		joined := strings.ReplaceAll(strings.Join(pf.Delivered(t, 2, 30*time.Second), ""), "\r\n", "\n")
+		return strings.Contains(joined, "\n.a line with a leading dot\n") && strings.Contains(joined, strings.ReplaceAll(big, "\r\n", "\n"))
+	}
+	waitUntil(t, "both bodies whole at the sink", whole)
+	tr.Close() // QUIT: Postfix logs the session's command counts
+	var counts string
+	for deadline := time.Now().Add(10 * time.Second); counts == "" && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		for _, line := range strings.Split(pf.MailLog(), "\n") {
+			if strings.Contains(line, "disconnect from") && strings.Contains(line, " mail=") {
+				counts = line
+			}
+		}
+	}
+	if !strings.Contains(counts, " bdat=2 ") || strings.Contains(counts, " data=") {
+		t.Fatalf("want both messages by BDAT and none by DATA; Postfix logged: %q", counts)
+	}
+}
