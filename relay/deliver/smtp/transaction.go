@@ -91,63 +91,100 @@ func (t *Transport) transact(ctx context.Context, s *session, m *relay.Message, 
 	return reply, x.state == txClean, x.stale
 }
 
-// run sends the transaction and returns the final reply on success.
+// run sends the transaction and returns the final reply on success. With BDAT (chunkable) the whole
+// transaction goes in one write and its replies are read after it; otherwise MAIL (pipelined: with
+// every RCPT and DATA) goes first and the body only after 354.
 func (x *transaction) run(body io.Reader, utf8 bool) string {
-	if size, ok := x.chunkable(body); ok {
-		return x.runChunked(body, size, utf8)
-	}
-	t := x.t
-	pipelined := x.s.pipelining
+	size, chunked := x.chunkable(body)
+	pipelined := x.s.pipelining || chunked
 	cmds := x.commands(utf8)
-
-	// MAIL (and, pipelined, every RCPT and DATA with it).
 	x.state = txOpen
-	group := cmds[:1]
-	if pipelined {
-		group = cmds
+	switch {
+	case chunked:
+		cmds[len(cmds)-1] = fmt.Sprintf("BDAT %d LAST", size)
+		if !x.sendChunked(cmds, body, size) {
+			return ""
+		}
+	case pipelined:
+		if !x.sendEnvelope(cmds...) {
+			return ""
+		}
+	default:
+		if !x.sendEnvelope(cmds[0]) {
+			return ""
+		}
 	}
-	if err := x.send(group...); err != nil {
-		x.broken(x.idx, t.classify(err, relay.StageMail))
-		x.stale = x.s.uses > 1
+	mailRefused, ok := x.mailReply(pipelined)
+	if !ok {
 		return ""
 	}
-	mailRefused := false
-	if err := x.reply(250); err != nil {
-		if !x.clean(err) {
-			x.broken(x.idx, t.classify(err, relay.StageMail))
-			x.stale = !isSMTPReply(err) && x.s.uses > 1
-			return ""
-		}
-		x.fail(x.idx, t.classify(err, relay.StageMail))
-		if !pipelined {
-			return ""
-		}
-		mailRefused = true // its RCPT and DATA replies are still owed
+	accepted, ok := x.rcptReplies(cmds, pipelined, mailRefused)
+	if !ok {
+		return ""
 	}
+	if chunked {
+		return x.chunkReply(accepted)
+	}
+	return x.data(body, accepted, pipelined)
+}
 
-	// RCPT, one reply each.
+// sendEnvelope sends the first command group. Nothing was answered yet, so a reused session that
+// fails here was dead before it was used: stale.
+func (x *transaction) sendEnvelope(lines ...string) bool {
+	if err := x.send(lines...); err != nil {
+		x.broken(x.idx, x.t.classify(err, relay.StageMail))
+		x.stale = x.s.uses > 1
+		return false
+	}
+	return true
+}
+
+// mailReply reads MAIL's reply. After a refusal a pipelined client goes on reading the RCPT and DATA
+// (or BDAT) replies the server owes it (RFC 2920 §3.1), so mailRefused is reported, not the end; an
+// unpipelined one stops there.
+func (x *transaction) mailReply(pipelined bool) (mailRefused, ok bool) {
+	err := x.reply(250)
+	switch {
+	case err == nil:
+		return false, true
+	case !x.clean(err):
+		x.broken(x.idx, x.t.classify(err, relay.StageMail))
+		x.stale = !isSMTPReply(err) && x.s.uses > 1
+		return false, false
+	}
+	x.fail(x.idx, x.t.classify(err, relay.StageMail))
+	return true, pipelined
+}
+
+// rcptReplies reads one reply per RCPT (sending each first when not pipelined) and returns the
+// recipients accepted.
+func (x *transaction) rcptReplies(cmds []string, pipelined, mailRefused bool) ([]int, bool) {
 	var accepted []int
 	for k, i := range x.idx {
 		if !pipelined {
 			if err := x.send(cmds[1+k]); err != nil {
-				x.broken(append(accepted, x.idx[k:]...), t.classify(err, relay.StageRcpt))
-				return ""
+				x.broken(append(accepted, x.idx[k:]...), x.t.classify(err, relay.StageRcpt))
+				return nil, false
 			}
 		}
 		err := x.reply(25)
 		switch {
 		case !x.clean(err):
-			x.broken(append(accepted, x.idx[k:]...), t.classify(err, relay.StageRcpt))
-			return ""
+			x.broken(append(accepted, x.idx[k:]...), x.t.classify(err, relay.StageRcpt))
+			return nil, false
 		case mailRefused:
 		case err == nil:
 			accepted = append(accepted, i)
 		default:
-			x.fail([]int{i}, t.classify(err, relay.StageRcpt))
+			x.fail([]int{i}, x.t.classify(err, relay.StageRcpt))
 		}
 	}
+	return accepted, true
+}
 
-	// DATA.
+// data runs DATA for the accepted recipients: 354, the dot-stuffed body, the final reply.
+func (x *transaction) data(body io.Reader, accepted []int, pipelined bool) string {
+	t := x.t
 	if !pipelined {
 		if len(accepted) == 0 {
 			return ""
@@ -225,67 +262,45 @@ func (x *transaction) chunkable(body io.Reader) (int64, bool) {
 	return 0, false
 }
 
-// runChunked sends MAIL, every RCPT and "BDAT <size> LAST" followed by the body in one write (RFC 3030
-// with RFC 2920), then reads their replies: one round trip per message where DATA takes two (the body
-// waits for 354), and no dot-stuffing. The server reads the chunk whatever it answered before it (RFC
-// 3030 §4.2), so replies stay in step after a refused MAIL or RCPT. Only a BDAT LAST answered 250 ends
-// the transaction for certain; after any refusal the session is cleaned with RSET before it is pooled.
-func (x *transaction) runChunked(body io.Reader, size int64, utf8 bool) string {
-	t := x.t
-	cmds := x.commands(utf8)
-	cmds[len(cmds)-1] = fmt.Sprintf("BDAT %d LAST", size)
-	x.state = txOpen
+// sendChunked writes MAIL, every RCPT and "BDAT <size> LAST" followed by the body in one write (RFC
+// 3030 with RFC 2920): one round trip per message where DATA takes two (the body waits for 354), and
+// no dot-stuffing. The server reads the chunk whatever it answered before it (RFC 3030 §4.2), so the
+// replies stay in step after a refused MAIL or RCPT.
+func (x *transaction) sendChunked(cmds []string, body io.Reader, size int64) bool {
 	w := x.s.bodyWriter()
 	for _, c := range cmds {
 		_, _ = w.WriteString(c)
 		_, _ = w.WriteString("\r\n")
 	}
-	if re, local := t.copyBodyExact(x.s, w, body, size); re != nil {
-		// Nothing was answered yet: a reused session that fails here was dead before it was used
-		// (unless the spool could not be read, which a new session would not fix).
+	if re, local := x.t.copyBodyExact(x.s, w, body, size); re != nil {
+		// Nothing was answered yet: stale as in sendEnvelope, unless the spool could not be read
+		// (which a new session would not fix).
 		x.broken(x.idx, re)
 		x.stale = !local && x.s.uses > 1
-		return ""
+		return false
 	}
 	if err := w.Flush(); err != nil {
-		x.broken(x.idx, t.classify(err, relay.StageMail))
+		x.broken(x.idx, x.t.classify(err, relay.StageMail))
 		x.stale = x.s.uses > 1
-		return ""
+		return false
 	}
-	mailRefused := false
-	if err := x.reply(250); err != nil {
-		if !x.clean(err) {
-			x.broken(x.idx, t.classify(err, relay.StageMail))
-			x.stale = !isSMTPReply(err) && x.s.uses > 1
-			return ""
-		}
-		x.fail(x.idx, t.classify(err, relay.StageMail))
-		mailRefused = true
-	}
-	var accepted []int
-	for k, i := range x.idx {
-		err := x.reply(25)
-		switch {
-		case !x.clean(err):
-			x.broken(append(accepted, x.idx[k:]...), t.classify(err, relay.StageRcpt))
-			return ""
-		case mailRefused:
-		case err == nil:
-			accepted = append(accepted, i)
-		default:
-			x.fail([]int{i}, t.classify(err, relay.StageRcpt))
-		}
-	}
+	return true
+}
+
+// chunkReply reads BDAT LAST's reply, the transaction's final one. Only a 250 ends the transaction for
+// certain; after any refusal (no recipient accepted, a refused MAIL, the message refused) the state
+// stays open, so the session is cleaned with RSET before it is pooled.
+func (x *transaction) chunkReply(accepted []int) string {
 	code, msg, err := x.finalReply()
 	switch {
 	case !x.clean(err):
-		x.broken(accepted, t.classify(err, relay.StageData))
+		x.broken(accepted, x.t.classify(err, relay.StageData))
 		return ""
 	case len(accepted) == 0:
 		// The BDAT refusal (no valid recipients) is expected; every recipient already has its outcome.
 		return ""
 	case err != nil:
-		x.fail(accepted, t.classify(err, relay.StageData))
+		x.fail(accepted, x.t.classify(err, relay.StageData))
 		return ""
 	}
 	x.state = txClean
