@@ -218,7 +218,7 @@ func (x *transaction) data(body io.Reader, accepted []int, pipelined bool) strin
 		return ""
 	}
 	dw := newDotWriter(x.s.bodyWriter())
-	if re := t.copyBody(x.s, dw, body); re != nil {
+	if re, _ := t.copyBody(x.s, dw, body, -1); re != nil {
 		x.broken(accepted, re)
 		return ""
 	}
@@ -272,7 +272,7 @@ func (x *transaction) sendChunked(cmds []string, body io.Reader, size int64) boo
 		_, _ = w.WriteString(c)
 		_, _ = w.WriteString("\r\n")
 	}
-	if re, local := x.t.copyBodyExact(x.s, w, body, size); re != nil {
+	if re, local := x.t.copyBody(x.s, w, body, size); re != nil {
 		// Nothing was answered yet: stale as in sendEnvelope, unless the spool could not be read
 		// (which a new session would not fix).
 		x.broken(x.idx, re)

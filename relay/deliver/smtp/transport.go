@@ -432,30 +432,19 @@ func failAll(errs []error, idx []int, err error) {
 	}
 }
 
-// copyBody streams the queued message into an open DATA writer (go-smtp's or the pipelined one's).
-// It never lets the DATA of a message it could not read whole be finished: on any failure the
-// connection is closed, so the server discards the transaction (RFC 5321 §4.1.1.4) instead of
-// delivering a truncated message.
-func (t *Transport) copyBody(s *session, w io.Writer, body io.Reader) *relay.Error {
+// copyBody streams the queued message into w: the dot-stuffing DATA writer (size < 0: to the end of
+// the body), or a BDAT chunk that announced exactly size bytes. It never lets a message it could not
+// read whole be finished: on any failure the connection is closed, so the server discards the
+// transaction (RFC 5321 §4.1.1.4) — or, for BDAT, never takes a short chunk for the message — instead
+// of delivering a truncated one. local says the failure was reading the spool, not writing to the
+// server.
+func (t *Transport) copyBody(s *session, w io.Writer, body io.Reader, size int64) (re *relay.Error, local bool) {
 	rt := &readTracker{r: body}
-	if _, err := io.CopyBuffer(w, rt, s.copyBuf); err != nil {
-		s.conn.Close()
-		if rt.err != nil {
-			return &relay.Error{Code: 451, Enhanced: relay.CodeTempLocal, Reason: ReasonLocal,
-				Msg: "cannot read the queued message", Err: rt.err}
-		}
-		return t.classify(err, relay.StageData)
+	if size >= 0 {
+		rt.r = io.LimitReader(body, size)
 	}
-	return nil
-}
-
-// copyBodyExact writes exactly size bytes of the queued message to w, for a BDAT chunk that announced
-// them. Fewer bytes (a spool read failure) close the connection, so the server never takes a short
-// chunk for the message. local says the failure was reading the spool, not writing to the server.
-func (t *Transport) copyBodyExact(s *session, w io.Writer, body io.Reader, size int64) (re *relay.Error, local bool) {
-	rt := &readTracker{r: io.LimitReader(body, size)}
 	n, err := io.CopyBuffer(w, rt, s.copyBuf)
-	if err == nil && n < size {
+	if err == nil && size >= 0 && n < size {
 		rt.err = fmt.Errorf("queued message ended after %d of %d bytes", n, size)
 	}
 	if err == nil && rt.err == nil {
