@@ -1,6 +1,7 @@
 // Package peertest starts the real third-party peers that mailgate's tests talk to — Postfix's
-// smtp-sink, a private Postfix smtpd (CHUNKING, stateful refusals), Node's smtp-server, oauth2-mock-server (also shaped like Entra ID: EntraMock),
-// aws-ses-v2-local, local-kms — and swaks as a client; where no peer exists it holds the stand-in
+// smtp-sink, a private Postfix smtpd (CHUNKING, stateful refusals), Node's smtp-server,
+// oauth2-mock-server (also shaped like Entra ID: EntraMock), aws-ses-v2-local, local-kms — and swaks
+// as a client; where no peer exists it holds the stand-in
 // (GraphFake: Microsoft Graph's mail API, which has no local emulator) and test credentials
 // (NewClientCertificate). It is imported by _test.go files only.
 //
