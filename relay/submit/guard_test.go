@@ -71,7 +71,8 @@ func FuzzLineGuard(f *testing.F) {
 		for i := 0; i < len(data); i += n {
 			g.check(data[i:min(i+n, len(data))])
 		}
-		if got, want := g.ok(), cleanLineEndings(data); got != want {
+		// The guard refuses NUL too (RFC 5322 §2.3), which the line-ending reference does not look at.
+		if got, want := g.ok(), cleanLineEndings(data) && bytes.IndexByte(data, 0) < 0; got != want {
 			t.Fatalf("guard says %v, reference %v for %q", got, want, data)
 		}
 	})

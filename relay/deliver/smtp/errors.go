@@ -46,6 +46,11 @@ func (t *Transport) replyError(se *gosmtp.SMTPError, st relay.Stage) *relay.Erro
 	// print the same reply twice ("451 4.3.0 try later: SMTP error 451: try later").
 	re := &relay.Error{Code: se.Code, Enhanced: enh, Stage: st, Reason: ReasonUpstream, Msg: text}
 	switch {
+	case se.Code < 400 || se.Code > 599:
+		// A reply outside 4xx/5xx where a failure was reported (a protocol violation), at any stage —
+		// AUTH included: retry.
+		re.Code, re.Enhanced = 451, relay.CodeTempLocal
+		re.Msg = fmt.Sprintf("unexpected reply from upstream %s: %s", t.o.Name, upstream)
 	case quotaReply(se, enh):
 		re.Code, re.Enhanced, re.Reason = 451, "4.2.0", ReasonQuota
 		re.Msg = fmt.Sprintf("upstream %s sending quota exceeded (%s); mail deferred", t.o.Name, upstream)
@@ -56,10 +61,6 @@ func (t *Transport) replyError(se *gosmtp.SMTPError, st relay.Stage) *relay.Erro
 	case st == relay.StageAuth || authConfigReply(se, enh):
 		re.Reason = ReasonUpstreamAuth
 		re.Msg = fmt.Sprintf("upstream %s refused the relay's authentication or sender (%s)", t.o.Name, upstream)
-	case se.Code < 400 || se.Code > 599:
-		// A reply outside 4xx/5xx where a failure was reported (a protocol violation): retry.
-		re.Code, re.Enhanced = 451, relay.CodeTempLocal
-		re.Msg = fmt.Sprintf("unexpected reply from upstream %s: %s", t.o.Name, upstream)
 	}
 	re.Remedy = t.remedy(re) // for the queue's alert and /readyz
 	return re
