@@ -40,6 +40,11 @@ func TestBrokenConfigs(t *testing.T) {
 		"bad-time-zone.yaml": {
 			{"business_units[0].time_zone", `unknown time zone "CEST" (use an IANA name such as America/New_York)`},
 		},
+		"wrong-types.yaml": {
+			{"admin.allowed_hosts", `"mailgate.example.com" is not valid here (line 13): the value must be a list`},
+			{"smtp_servers[0].port", `"submission" is not valid here (line 24): the value must be a whole number`},
+			{"smtp_servers[0].chunking", `"maybe" is not valid here (line 25): the value must be true or false`},
+		},
 		"duplicate-from.yaml": {
 			{"channels[1].from", `Support@Example.com is already the address of channel "Support"; a From address picks exactly one channel`},
 		},

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"reflect"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -69,8 +70,13 @@ func Parse(data []byte) (*Config, error) {
 	if err := root.Decode(&c); err != nil {
 		var te *yaml.TypeError
 		if errors.As(err, &te) {
+			var vs []valueAt
+			if len(root.Content) == 1 {
+				vs = values(root.Content[0], "", nil)
+			}
 			for _, e := range te.Errors {
-				ps.add("", "%s", strings.TrimPrefix(e, "yaml: "))
+				path, msg := typeProblem(strings.TrimPrefix(e, "yaml: "), vs)
+				ps.add(path, "%s", msg)
 			}
 		} else {
 			// Nothing was decoded (e.g. a key defined twice): validating the empty rest would only
@@ -134,6 +140,78 @@ func unknownKeys(n *yaml.Node, t reflect.Type, path string, ps *Problems) {
 			unknownKeys(n.Content[i+1], t.Elem(), join(path, n.Content[i].Value), ps)
 		}
 	}
+}
+
+// valueAt is a value of the document (a scalar, or a whole mapping or sequence) with the key path that
+// leads to it.
+type valueAt struct {
+	path, kind, value string // kind: str (any scalar), map or seq
+	line              int
+}
+
+// values lists every value under n with its path (smtp_servers[0].chunking), for naming the key of a
+// value of the wrong type: yaml.v3 reports those by line only.
+func values(n *yaml.Node, path string, out []valueAt) []valueAt {
+	switch n.Kind {
+	case yaml.ScalarNode:
+		out = append(out, valueAt{path: path, kind: "str", value: n.Value, line: n.Line})
+	case yaml.MappingNode:
+		out = append(out, valueAt{path: path, kind: "map", line: n.Line})
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			out = values(n.Content[i+1], join(path, n.Content[i].Value), out)
+		}
+	case yaml.SequenceNode:
+		out = append(out, valueAt{path: path, kind: "seq", line: n.Line})
+		for i, item := range n.Content {
+			out = values(item, path+"["+strconv.Itoa(i)+"]", out)
+		}
+	}
+	return out
+}
+
+// typeError is yaml.v3's text for a value of the wrong type: a scalar (with its text) or a whole
+// mapping or sequence.
+var typeError = regexp.MustCompile("^line ([0-9]+): cannot unmarshal !!(\\w+)(?: `(.*)`)? into (.+)$")
+
+// typeProblem turns "line 85: cannot unmarshal !!str `maybe` into bool" into the key's path and a
+// message that says what the key takes; a message it does not recognise is kept as it is.
+func typeProblem(msg string, vs []valueAt) (path, problem string) {
+	m := typeError.FindStringSubmatch(msg)
+	if m == nil {
+		return "", msg
+	}
+	line, _ := strconv.Atoi(m[1])
+	kind, got := "str", fmt.Sprintf("%q", m[3])
+	switch m[2] {
+	case "map":
+		kind, got = "map", "a mapping"
+	case "seq":
+		kind, got = "seq", "a list"
+	}
+	// yaml.v3 shortens a long value to its first 7 characters and "...".
+	shown := strings.TrimSuffix(m[3], "...")
+	for _, v := range vs {
+		if v.line == line && v.kind == kind && (path == "" || strings.HasPrefix(v.value, shown)) && v.path != "" {
+			path = v.path
+			if kind == "str" {
+				got = fmt.Sprintf("%q", v.value)
+			}
+		}
+	}
+	want := m[4]
+	switch {
+	case want == "bool":
+		want = "true or false"
+	case strings.HasPrefix(want, "int") || strings.HasPrefix(want, "uint"):
+		want = "a whole number"
+	case want == "string":
+		want = "a single value"
+	case strings.HasPrefix(want, "[]"):
+		want = "a list"
+	case strings.HasPrefix(want, "map[") || strings.Contains(want, "."):
+		want = "a mapping of keys"
+	}
+	return path, fmt.Sprintf("%s is not valid here (line %d): the value must be %s", got, line, want)
 }
 
 func join(path, key string) string {
