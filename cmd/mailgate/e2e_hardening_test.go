@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -17,29 +16,6 @@ import (
 
 // Operator surfaces and check-config = serve, as the running binary shows them.
 
-// adminRequest sends one request to the admin listener with the given Host ("" = the address) and
-// bearer token ("" = none).
-func adminRequest(t *testing.T, method, url, host, token string) (int, string) {
-	t.Helper()
-	req, err := http.NewRequest(method, url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if host != "" {
-		req.Host = host
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
-
 // TestAdminListenerLocked: on a running daemon, /metrics is open; the queue API and pprof answer 401
 // without the token or with a wrong one and 200 with it; a foreign Host is refused with 421 even with
 // the token; `queue list` without the token file is refused and says where the token should come from.
@@ -48,29 +24,29 @@ func TestAdminListenerLocked(t *testing.T) {
 	in := newInstance(t, sinkChannels(sink.Addr))
 	in.start()
 	base := "http://" + in.admin
-	if code, body := adminRequest(t, "GET", base+"/metrics", "", ""); code != 200 || !strings.Contains(body, "mailgate_") {
+	if code, body := peertest.HTTP(t, "GET", base+"/metrics", "", ""); code != 200 || !strings.Contains(body, "mailgate_") {
 		t.Errorf("/metrics without a token: %d", code)
 	}
 	for _, p := range []string{"/queue", "/debug/pprof/"} {
 		for _, tok := range []string{"", "wrong-token-0123456789"} {
-			if code, _ := adminRequest(t, "GET", base+p, "", tok); code != http.StatusUnauthorized {
+			if code, _ := peertest.HTTP(t, "GET", base+p, "", tok); code != http.StatusUnauthorized {
 				t.Errorf("GET %s with token %q: %d, want 401", p, tok, code)
 			}
 		}
-		if code, _ := adminRequest(t, "GET", base+p, "", in.token); code != 200 {
+		if code, _ := peertest.HTTP(t, "GET", base+p, "", in.token); code != 200 {
 			t.Errorf("GET %s with the token: %d, want 200", p, code)
 		}
 	}
-	if code, _ := adminRequest(t, "POST", base+"/queue/nonexistent/drop", "", ""); code != http.StatusUnauthorized {
+	if code, _ := peertest.HTTP(t, "POST", base+"/queue/nonexistent/drop", "", ""); code != http.StatusUnauthorized {
 		t.Errorf("POST drop without a token: %d, want 401", code)
 	}
 	_, port, _ := strings.Cut(in.admin, ":")
 	for _, p := range []string{"/queue", "/metrics"} {
-		if code, _ := adminRequest(t, "GET", base+p, "rebind.attacker.example:"+port, in.token); code != http.StatusMisdirectedRequest {
+		if code, _ := peertest.HTTP(t, "GET", base+p, "rebind.attacker.example:"+port, in.token); code != http.StatusMisdirectedRequest {
 			t.Errorf("GET %s with a foreign Host: %d, want 421", p, code)
 		}
 	}
-	if code, _ := adminRequest(t, "GET", base+"/queue", "localhost:"+port, in.token); code != 200 {
+	if code, _ := peertest.HTTP(t, "GET", base+"/queue", "localhost:"+port, in.token); code != 200 {
 		t.Errorf("Host localhost: %d", code)
 	}
 	out, code := in.mailgate("queue", "list", "--admin", in.admin, "--data-dir", t.TempDir())
@@ -107,7 +83,7 @@ func TestDevelopmentQueueFindsToken(t *testing.T) {
 			t.Errorf("%s: %v, want mode 0600", f, err)
 		}
 	}
-	if code, _ := adminRequest(t, "GET", "http://"+admin+"/queue", "", ""); code != http.StatusUnauthorized {
+	if code, _ := peertest.HTTP(t, "GET", "http://"+admin+"/queue", "", ""); code != http.StatusUnauthorized {
 		t.Errorf("development /queue without a token: %d, want 401", code)
 	}
 	cmd := exec.Command(binary, "queue", "list")

@@ -24,7 +24,7 @@ import (
 // httpGet returns the status and body of a GET on the admin listener.
 func httpGet(t *testing.T, url string) (int, string) {
 	t.Helper()
-	return adminRequest(t, "GET", url, "", "")
+	return peertest.HTTP(t, "GET", url, "", "")
 }
 
 // rewriteConfig replaces old with new in the instance's config file; old must occur.
@@ -499,13 +499,13 @@ func TestQueueRetryDropThroughAdmin(t *testing.T) {
 		t.Errorf("log search rcpt= status= since=:\n%s", out)
 	}
 	// The read-only endpoint agent applications ask "what happened to ticket N": token required.
-	if code, _ := adminRequest(t, "GET", "http://"+in.admin+"/deliveries?ticket=880001", "", ""); code != http.StatusUnauthorized {
+	if code, _ := peertest.HTTP(t, "GET", "http://"+in.admin+"/deliveries?ticket=880001", "", ""); code != http.StatusUnauthorized {
 		t.Errorf("GET /deliveries without the token: %d, want 401", code)
 	}
-	if code, body := adminRequest(t, "GET", "http://"+in.admin+"/deliveries", "", in.token); code != http.StatusBadRequest {
+	if code, body := peertest.HTTP(t, "GET", "http://"+in.admin+"/deliveries", "", in.token); code != http.StatusBadRequest {
 		t.Errorf("GET /deliveries without a selector: %d %s, want 400", code, body)
 	}
-	code, body := adminRequest(t, "GET", "http://"+in.admin+"/deliveries?ticket=880001", "", in.token)
+	code, body := peertest.HTTP(t, "GET", "http://"+in.admin+"/deliveries?ticket=880001", "", in.token)
 	var answered []map[string]any
 	if err := json.Unmarshal([]byte(body), &answered); code != http.StatusOK || err != nil || len(answered) != 1 ||
 		answered[0]["queue_id"] != keep || answered[0]["status"] != "delivered" {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/mailgate/mailgate/relay/peertest"
 	"github.com/mailgate/mailgate/relay/queue"
 )
 
@@ -67,28 +68,6 @@ func serveListening(t *testing.T, l *listener) string {
 	return l.Addr()
 }
 
-// do sends one request with the given Host and bearer token ("" = none) and returns status and body.
-func do(t *testing.T, method, url, host, bearer string) (int, string) {
-	t.Helper()
-	req, err := http.NewRequest(method, url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if host != "" {
-		req.Host = host
-	}
-	if bearer != "" {
-		req.Header.Set("Authorization", "Bearer "+bearer)
-	}
-	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
-
 // TestOperatorAPINeedsToken: /metrics, /healthz and /readyz are open; the queue API and pprof answer
 // 401 without the token or with a wrong one (even one that shares a prefix), 200 with it.
 func TestOperatorAPINeedsToken(t *testing.T) {
@@ -96,13 +75,13 @@ func TestOperatorAPINeedsToken(t *testing.T) {
 	s := New(Options{Gatherer: prometheus.NewRegistry(), Token: []byte(token), Queue: q})
 	base := "http://" + serve(t, &s.listener)
 	for _, p := range []string{"/metrics", "/healthz", "/readyz"} {
-		if code, _ := do(t, "GET", base+p, "", ""); code != 200 {
+		if code, _ := peertest.HTTP(t, "GET", base+p, "", ""); code != 200 {
 			t.Errorf("GET %s without a token: %d, want 200", p, code)
 		}
 	}
 	for _, r := range []struct{ method, path string }{{"GET", "/queue"}, {"POST", "/queue/q1/drop"}, {"POST", "/queue/q1/retry"}, {"GET", "/debug/pprof/"}} {
 		for _, bad := range []string{"", "wrong", token[:31], token + "x"} {
-			if code, _ := do(t, r.method, base+r.path, "", bad); code != http.StatusUnauthorized {
+			if code, _ := peertest.HTTP(t, r.method, base+r.path, "", bad); code != http.StatusUnauthorized {
 				t.Errorf("%s %s with token %q: %d, want 401", r.method, r.path, bad, code)
 			}
 		}
@@ -110,26 +89,26 @@ func TestOperatorAPINeedsToken(t *testing.T) {
 	if len(q.droppedIDs()) != 0 {
 		t.Fatalf("dropped without a token: %v", q.droppedIDs())
 	}
-	if code, body := do(t, "GET", base+"/queue", "", token); code != 200 || !strings.Contains(body, `"q1"`) {
+	if code, body := peertest.HTTP(t, "GET", base+"/queue", "", token); code != 200 || !strings.Contains(body, `"q1"`) {
 		t.Errorf("GET /queue with the token: %d %s", code, body)
 	}
-	if code, _ := do(t, "POST", base+"/queue/q1/drop", "", token); code != 200 || len(q.droppedIDs()) != 1 {
+	if code, _ := peertest.HTTP(t, "POST", base+"/queue/q1/drop", "", token); code != 200 || len(q.droppedIDs()) != 1 {
 		t.Errorf("drop with the token: %d %v", code, q.droppedIDs())
 	}
-	if code, _ := do(t, "POST", base+"/queue/q9/retry", "", token); code != 404 {
+	if code, _ := peertest.HTTP(t, "POST", base+"/queue/q9/retry", "", token); code != 404 {
 		t.Errorf("retry of an unknown id: %d, want 404", code)
 	}
-	if code, _ := do(t, "GET", base+"/debug/pprof/", "", token); code != 200 {
+	if code, _ := peertest.HTTP(t, "GET", base+"/debug/pprof/", "", token); code != 200 {
 		t.Errorf("pprof with the token: %d", code)
 	}
 
 	// Without a configured token the operator API is off, never open.
 	off := New(Options{Gatherer: prometheus.NewRegistry(), Queue: q})
 	offBase := "http://" + serve(t, &off.listener)
-	if code, _ := do(t, "GET", offBase+"/queue", "", ""); code != http.StatusForbidden {
+	if code, _ := peertest.HTTP(t, "GET", offBase+"/queue", "", ""); code != http.StatusForbidden {
 		t.Errorf("no token configured: GET /queue = %d, want 403", code)
 	}
-	if code, _ := do(t, "GET", offBase+"/queue", "", "anything"); code != http.StatusForbidden {
+	if code, _ := peertest.HTTP(t, "GET", offBase+"/queue", "", "anything"); code != http.StatusForbidden {
 		t.Errorf("no token configured, some bearer: GET /queue = %d, want 403", code)
 	}
 }
@@ -142,13 +121,13 @@ func TestHostChecked(t *testing.T) {
 	_, port, _ := net.SplitHostPort(addr)
 	base := "http://" + addr
 	for _, h := range []string{"localhost:" + port, "localhost", "127.0.0.1:" + port, "[::1]:" + port, "mailgate-1.internal:" + port, "MAILGATE-1.internal."} {
-		if code, _ := do(t, "GET", base+"/queue", h, token); code != 200 {
+		if code, _ := peertest.HTTP(t, "GET", base+"/queue", h, token); code != 200 {
 			t.Errorf("Host %q: %d, want 200", h, code)
 		}
 	}
 	for _, h := range []string{"evil.example:" + port, "evil.example", "localhost.evil.example", "mailgate-1.internal.evil.example"} {
 		for _, p := range []string{"/queue", "/metrics"} {
-			if code, _ := do(t, "GET", base+p, h, token); code != http.StatusMisdirectedRequest {
+			if code, _ := peertest.HTTP(t, "GET", base+p, h, token); code != http.StatusMisdirectedRequest {
 				t.Errorf("Host %q %s: %d, want 421", h, p, code)
 			}
 		}
@@ -160,11 +139,11 @@ func TestEventsServesOnlyItsPath(t *testing.T) {
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "events") })
 	e := NewEvents("/ses/events", h, Limits{})
 	base := "http://" + serve(t, &e.listener)
-	if code, body := do(t, "POST", base+"/ses/events", "", ""); code != 200 || body != "events" {
+	if code, body := peertest.HTTP(t, "POST", base+"/ses/events", "", ""); code != 200 || body != "events" {
 		t.Errorf("POST /ses/events: %d %q", code, body)
 	}
 	for _, p := range []string{"/metrics", "/healthz", "/readyz", "/queue", "/debug/pprof/"} {
-		if code, _ := do(t, "GET", base+p, "", ""); code != 404 {
+		if code, _ := peertest.HTTP(t, "GET", base+p, "", ""); code != 404 {
 			t.Errorf("GET %s on the events listener: %d, want 404", p, code)
 		}
 	}
@@ -245,7 +224,7 @@ func TestReadyzWarnings(t *testing.T) {
 		},
 		"spool": func(context.Context) error { return nil },
 	})
-	code, body := do(t, "GET", base+"/readyz", "", "")
+	code, body := peertest.HTTP(t, "GET", base+"/readyz", "", "")
 	if code != 200 || !strings.Contains(body, "WARN oauth m365: soon: the client certificate expires in 20 days") || !strings.Contains(body, "ok   spool") {
 		t.Fatalf("%d\n%s", code, body)
 	}
@@ -253,7 +232,7 @@ func TestReadyzWarnings(t *testing.T) {
 		"oauth m365": func(context.Context) error { return &Warning{Msg: "expires in 20 days"} },
 		"store":      func(context.Context) error { return errors.New("down") },
 	})
-	if code, body := do(t, "GET", base+"/readyz", "", ""); code != 503 || !strings.Contains(body, "FAIL store: down") {
+	if code, body := peertest.HTTP(t, "GET", base+"/readyz", "", ""); code != 503 || !strings.Contains(body, "FAIL store: down") {
 		t.Fatalf("%d\n%s", code, body)
 	}
 }

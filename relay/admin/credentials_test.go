@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mailgate/mailgate/auth/oauth"
+	"github.com/mailgate/mailgate/relay/peertest"
 )
 
 type fixedCredential oauth.Status
@@ -26,10 +27,10 @@ func TestCredentialsEndpoint(t *testing.T) {
 		"a-relay":    fixedCredential{Server: "a-relay", Flow: oauth.AuthorizationCode, Healthy: true},
 		"z-relay":    fixedCredential{Server: "z-relay", Flow: oauth.AuthorizationCode, Healthy: true},
 	})
-	if code, _ := do(t, "GET", base+"/oauth", "", ""); code != http.StatusUnauthorized {
+	if code, _ := peertest.HTTP(t, "GET", base+"/oauth", "", ""); code != http.StatusUnauthorized {
 		t.Fatalf("GET /oauth without the token: %d, want 401", code)
 	}
-	code, body := do(t, "GET", base+"/oauth", "", token)
+	code, body := peertest.HTTP(t, "GET", base+"/oauth", "", token)
 	var got []oauth.Status
 	if code != 200 || json.Unmarshal([]byte(body), &got) != nil {
 		t.Fatalf("GET /oauth: %d %s", code, body)
@@ -43,7 +44,7 @@ func TestCredentialsEndpoint(t *testing.T) {
 	}
 
 	s.SetCredentials(nil) // a reload that removed every OAuth server
-	if code, body := do(t, "GET", base+"/oauth", "", token); code != 200 || body != "[]\n" {
+	if code, body := peertest.HTTP(t, "GET", base+"/oauth", "", token); code != 200 || body != "[]\n" {
 		t.Fatalf("GET /oauth after the reload: %d %q", code, body)
 	}
 }
