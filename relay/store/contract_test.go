@@ -323,26 +323,7 @@ func contractRecordNotification(t *testing.T, bk backend) {
 	s, _ := bk.open(t)
 	b := bounce("gone@example.net", time.Now())
 	b.Reason = "ses_bounce"
-	var firsts int
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			first, err := s.RecordNotification(ctx, "sns-0001", []relay.Bounce{b})
-			if err != nil {
-				t.Error(err)
-			}
-			if first {
-				mu.Lock()
-				firsts++
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	if firsts != 1 {
+	if firsts := claimConcurrently(t, "sns-0001", []relay.Bounce{b}, s); firsts != 1 {
 		t.Errorf("%d callers saw the notification as first, want exactly 1", firsts)
 	}
 	if got, _ := s.Bounces(ctx, BounceFilter{Address: "gone@example.net"}); len(got) != 1 {
@@ -605,4 +586,37 @@ func contractDeliveryRecipients(t *testing.T, bk backend) {
 			t.Errorf("row not updated: %+v", st)
 		}
 	}
+}
+
+// notificationRecorder is the part of a store claimConcurrently uses.
+type notificationRecorder interface {
+	RecordNotification(ctx context.Context, id string, bs []relay.Bounce) (bool, error)
+}
+
+// claimConcurrently records notification id with its bounces from 8 goroutines at once, spread over
+// the stores given (instances of one database), and returns how many saw it as the first.
+func claimConcurrently(t *testing.T, id string, bs []relay.Bounce, stores ...notificationRecorder) int {
+	t.Helper()
+	var (
+		wg     sync.WaitGroup
+		mu     sync.Mutex
+		firsts int
+	)
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			first, err := stores[i%len(stores)].RecordNotification(context.Background(), id, bs)
+			if err != nil {
+				t.Error(err)
+			}
+			if first {
+				mu.Lock()
+				firsts++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return firsts
 }

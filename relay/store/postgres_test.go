@@ -175,29 +175,7 @@ func TestPostgresNotificationClaimAcrossInstances(t *testing.T) {
 	a, b := openPostgres(t, dsn), openPostgres(t, dsn)
 	ctx := context.Background()
 	bs := []relay.Bounce{bounce("x@example.net", time.Now()), bounce("w@example.net", time.Now())}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	firsts := 0
-	for i := range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			s := a
-			if i%2 == 1 {
-				s = b
-			}
-			first, err := s.RecordNotification(ctx, "sns-shared", bs)
-			if err != nil {
-				t.Error(err)
-			}
-			if first {
-				mu.Lock()
-				firsts++
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
+	firsts := claimConcurrently(t, "sns-shared", bs, a, b)
 	if got, _ := a.Bounces(ctx, BounceFilter{}); firsts != 1 || len(got) != 2 {
 		t.Errorf("%d first claims, %d bounces; want 1 and 2", firsts, len(got))
 	}
