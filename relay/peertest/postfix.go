@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -180,3 +181,35 @@ func tail(s string, n int) string {
 	}
 	return string(bytes.Join(lines, []byte("\n")))
 }
+
+// Sessions waits up to timeout for want client sessions that sent MAIL to have ended, and returns the
+// command counts smtpd logged for each as it disconnected ("disconnect from … ehlo=1 mail=10/11
+// rcpt=8/12 bdat=7/11 rset=4 quit=1 commands=…"): per command, "accepted/sent", or one number when all
+// were accepted; a command never sent is absent.
+func (p *Postfix) Sessions(t testing.TB, want int, timeout time.Duration) []map[string]string {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		var out []map[string]string
+		for _, line := range strings.Split(p.MailLog(), "\n") {
+			if !strings.Contains(line, "disconnect from") || !strings.Contains(line, " mail=") {
+				continue
+			}
+			counts := map[string]string{}
+			for _, m := range commandCount.FindAllStringSubmatch(line, -1) {
+				counts[m[1]] = m[2]
+			}
+			out = append(out, counts)
+		}
+		if len(out) >= want || time.Now().After(deadline) {
+			if len(out) < want {
+				t.Fatalf("Postfix logged %d sessions that sent mail, want %d; its log:\n%s", len(out), want, tail(p.MailLog(), 40))
+			}
+			return out
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// commandCount is one "command=count" of smtpd's disconnect line.
+var commandCount = regexp.MustCompile(`(\w+)=([0-9/]+)`)

@@ -5,7 +5,6 @@ import (
 	"io"
 	"log"
 	"net"
-	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -39,25 +38,6 @@ func chunkable(m *relay.Message) *relay.Message {
 		return spoolBody{io.NewSectionReader(strings.NewReader(string(b)), 0, int64(len(b)))}, nil
 	}
 	return m
-}
-
-// postfixCounts parses the command counts Postfix's smtpd logs when a client disconnects
-// ("disconnect from … ehlo=1 mail=3/4 rcpt=2/5 bdat=2/3 rset=2 quit=1 commands=…"): accepted/sent per
-// command, for the sessions that sent MAIL.
-func postfixCounts(t *testing.T, log string) []map[string]string {
-	t.Helper()
-	var out []map[string]string
-	for _, line := range strings.Split(log, "\n") {
-		if !strings.Contains(line, "disconnect from") || !strings.Contains(line, " mail=") {
-			continue
-		}
-		counts := map[string]string{}
-		for _, m := range regexp.MustCompile(`(\w+)=([0-9/]+)`).FindAllStringSubmatch(line, -1) {
-			counts[m[1]] = m[2]
-		}
-		out = append(out, counts)
-	}
-	return out
 }
 
 // TestChunkingPostfix: against Postfix's smtpd (CHUNKING and PIPELINING), every message goes as MAIL,
@@ -123,12 +103,7 @@ func TestChunkingPostfix(t *testing.T) {
 			t.Fatalf("a line starting with a dot arrived changed (BDAT is not dot-stuffed):\n%s", d)
 		}
 	}
-	var sessions []map[string]string
-	deadline := time.Now().Add(10 * time.Second)
-	for len(sessions) == 0 && time.Now().Before(deadline) {
-		sessions = postfixCounts(t, pf.MailLog())
-		time.Sleep(50 * time.Millisecond)
-	}
+	sessions := pf.Sessions(t, 1, 10*time.Second)
 	if len(sessions) != 1 {
 		t.Fatalf("%d sessions sent mail, want the one pooled connection; log:\n%s", len(sessions), pf.MailLog())
 	}
@@ -156,12 +131,7 @@ func TestChunkingDisabled(t *testing.T) {
 	}
 	h.tr.Close()
 	pf.Delivered(t, 2, 20*time.Second)
-	var c map[string]string
-	for deadline := time.Now().Add(10 * time.Second); c == nil && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if s := postfixCounts(t, pf.MailLog()); len(s) > 0 {
-			c = s[0]
-		}
-	}
+	c := pf.Sessions(t, 1, 10*time.Second)[0]
 	if c["data"] != "2" || c["bdat"] != "" {
 		t.Fatalf("want data=2 and no bdat, got %v", c)
 	}
